@@ -1,0 +1,134 @@
+//! The broker: binds the listeners, owns the shared router, registry and metrics, and runs
+//! until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Acl, AnonymousPolicy, Authenticator};
+use crate::config::{Config, ListenerConfig};
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::retain::RetainStore;
+use crate::router::Router;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every task of one broker.
+pub struct Shared {
+    /// The configuration the broker started with.
+    pub config: Config,
+    /// Routes and retained messages.
+    pub router: Router,
+    /// Sessions by client id.
+    pub registry: Registry,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// CONNECT admission.
+    pub auth: Arc<dyn Authenticator>,
+    /// Topic access.
+    pub acl: Arc<dyn Acl>,
+    /// Cancelled on shutdown; sessions' discard tokens are its children.
+    pub shutdown: CancellationToken,
+    /// Every listener, connection and session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// A bound, not yet running broker.
+pub struct Broker {
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+}
+
+/// How long `run` waits for connections and sessions to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Binds every configured listener.
+    pub async fn bind(config: Config) -> Result<Broker, StartError> {
+        let mut listeners = Vec::with_capacity(config.listener.len());
+        for l in &config.listener {
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: l.bind,
+                    source,
+                })?;
+            listeners.push((socket, l.clone()));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let retain = RetainStore::new(
+            config.retain.max_retained_messages,
+            config.retain.retained_payload_limit,
+        );
+        let policy = Arc::new(AnonymousPolicy {
+            allow_anonymous: config.auth.allow_anonymous,
+        });
+        let shared = Arc::new(Shared {
+            router: Router::new(retain, metrics.clone(), config.mqtt.upgrade_outgoing_qos),
+            registry: Registry::new(),
+            metrics,
+            auth: policy.clone(),
+            acl: policy,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config,
+        });
+        Ok(Broker { shared, listeners })
+    }
+
+    /// The addresses actually bound, in listener order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and session and waits
+    /// (at most a few seconds) for them to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared;
+        for (socket, cfg) in self.listeners {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "listening");
+            }
+            shared
+                .tracker
+                .spawn(listener::accept_loop(socket, cfg, shared.clone()));
+        }
+        shutdown.await;
+        tracing::info!("shutting down");
+        shared.shutdown.cancel();
+        shared.registry.discard_all();
+        shared.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within the shutdown grace period");
+        }
+    }
+}

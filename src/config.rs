@@ -1,0 +1,364 @@
+//! The TOML configuration: typed sections, defaults in one place, validation with errors that
+//! name the file, the key and the problem. Key names follow mosquitto.conf.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The shipped default configuration file, printed by `tern --print-default-config`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/tern.toml");
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}: key `{key}`: {msg}", path.display())]
+pub struct ConfigError {
+    /// The file read (or `<defaults>`).
+    pub path: PathBuf,
+    /// Dotted key path, e.g. `mqtt.max_packet_size`; empty for a file-level problem.
+    pub key: String,
+    /// What is wrong with it.
+    pub msg: String,
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Network listeners (`[[listener]]`).
+    pub listener: Vec<ListenerConfig>,
+    /// Protocol limits (`[mqtt]`).
+    pub mqtt: MqttConfig,
+    /// Per-session limits (`[session]`).
+    pub session: SessionConfig,
+    /// Retained-store limits (`[retain]`).
+    pub retain: RetainConfig,
+    /// Authentication (`[auth]`).
+    pub auth: AuthConfig,
+    /// Logging (`[log]`).
+    pub log: LogConfig,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address and port to listen on.
+    pub bind: SocketAddr,
+    /// Wire protocol; only "mqtt" (plain TCP) for now.
+    pub protocol: String,
+    /// Most simultaneous connections on this listener; 0 = unlimited.
+    pub max_connections: usize,
+}
+
+/// `[mqtt]`: protocol-level limits and choices.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Largest accepted control packet in bytes, header included.
+    pub max_packet_size: usize,
+    /// Largest keepalive a client may ask for, in seconds; larger is refused with CONNACK 0x02.
+    pub max_keepalive: u16,
+    /// Time a new socket has to send CONNECT.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Accept a zero-length client id (with clean session 1) and assign one.
+    pub allow_zero_length_clientid: bool,
+    /// Prefix of assigned client ids.
+    pub auto_id_prefix: String,
+    /// Accept retained messages; if false a retained PUBLISH closes the connection.
+    pub retain_available: bool,
+    /// Deliver at the subscription's QoS even when the message was published lower.
+    pub upgrade_outgoing_qos: bool,
+}
+
+/// What a full session queue discards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueOverflow {
+    /// Refuse the new message (Mosquitto).
+    DropNew,
+    /// Evict the oldest queued message (emqttd).
+    DropOldest,
+}
+
+/// `[session]`: per-client delivery limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// QoS 1/2 messages sent and not yet acknowledged, per client.
+    pub max_inflight_messages: usize,
+    /// Messages waiting behind the inflight window, per client.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting behind the inflight window, per client; 0 = unlimited.
+    pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages for offline persistent sessions.
+    pub queue_qos0_messages: bool,
+    /// What a full queue discards; QoS 0 messages are always evicted first.
+    pub queue_overflow: QueueOverflow,
+}
+
+/// `[retain]`: limits of the retained store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetainConfig {
+    /// Most retained topics; 0 = unlimited.
+    pub max_retained_messages: usize,
+    /// Largest retained payload in bytes; 0 = unlimited.
+    pub retained_payload_limit: usize,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients without a user name.
+    pub allow_anonymous: bool,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "tern=debug"; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listener: vec![ListenerConfig::default()],
+            mqtt: MqttConfig::default(),
+            session: SessionConfig::default(),
+            retain: RetainConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            protocol: "mqtt".into(),
+            max_connections: 0,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 1_048_576,
+            max_keepalive: 65_535,
+            connect_timeout: Duration::from_secs(10),
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".into(),
+            retain_available: true,
+            upgrade_outgoing_qos: false,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_qos0_messages: false,
+            queue_overflow: QueueOverflow::DropNew,
+        }
+    }
+}
+
+impl Default for RetainConfig {
+    fn default() -> Self {
+        RetainConfig {
+            max_retained_messages: 100_000,
+            retained_payload_limit: 65_536,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The largest frame MQTT can express: a 268,435,455-byte body plus a 5-byte header.
+const MAX_FRAME: usize = 268_435_460;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            key: String::new(),
+            msg: format!("cannot read file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().trim().replace('\n', " ");
+            // For an unknown key the path stops at its table; name the key itself.
+            if let Some(unknown) = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                if key == "." || key.is_empty() {
+                    key = unknown.to_owned();
+                } else if !key.ends_with(unknown) {
+                    key = format!("{key}.{unknown}");
+                }
+            }
+            if key == "." {
+                key.clear();
+            }
+            let at = inner
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" (line {line}, column {col})")
+                })
+                .unwrap_or_default();
+            ConfigError {
+                path: path.to_owned(),
+                key,
+                msg: format!("{message}{at}"),
+            }
+        })?;
+        config.validate().map_err(|(key, msg)| ConfigError {
+            path: path.to_owned(),
+            key: key.into(),
+            msg,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values the types alone cannot: `Err((key, problem))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listener.is_empty() {
+            return Err(("listener", "at least one [[listener]] is needed".into()));
+        }
+        for l in &self.listener {
+            if l.protocol != "mqtt" {
+                return Err((
+                    "listener.protocol",
+                    format!("unsupported protocol {:?}; expected \"mqtt\"", l.protocol),
+                ));
+            }
+        }
+        if !(64..=MAX_FRAME).contains(&self.mqtt.max_packet_size) {
+            return Err((
+                "mqtt.max_packet_size",
+                format!(
+                    "must be between 64 and {MAX_FRAME}, got {}",
+                    self.mqtt.max_packet_size
+                ),
+            ));
+        }
+        if self.mqtt.connect_timeout.is_zero() {
+            return Err(("mqtt.connect_timeout", "must be greater than 0s".into()));
+        }
+        if self.session.max_inflight_messages == 0 || self.session.max_inflight_messages > 65_535 {
+            return Err((
+                "session.max_inflight_messages",
+                "must be between 1 and 65535 (an unlimited window is not allowed)".into(),
+            ));
+        }
+        if self.session.max_queued_messages == 0 {
+            return Err(("session.max_queued_messages", "must be at least 1".into()));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err((
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads durations written as "10s", "5m", "500ms" or "14d".
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\" or \"14d\""
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn shipped_file_is_the_defaults() {
+        assert_eq!(parse(DEFAULT_CONFIG_TOML), Ok(Config::default()));
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = parse("[mqtt]\nmax_packet_size = 4096\n").expect("valid");
+        assert_eq!(c.mqtt.max_packet_size, 4096);
+        assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
+        let c = parse(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nqueue_overflow = \"drop_oldest\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.listener[0].protocol, "mqtt");
+        assert_eq!(c.session.queue_overflow, QueueOverflow::DropOldest);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[mqtt]\nmax_packet_sise = 5\n").expect_err("unknown key");
+        assert_eq!(e.key, "mqtt.max_packet_sise");
+        assert!(e.msg.contains("line 2"), "{}", e.msg);
+        let e = parse("[mqtt]\nmax_packet_size = \"big\"\n").expect_err("bad type");
+        assert_eq!(e.key, "mqtt.max_packet_size");
+        let e = parse("[mqtt]\nconnect_timeout = \"soon\"\n").expect_err("bad duration");
+        assert_eq!(e.key, "mqtt.connect_timeout");
+        let e = parse("[[listener]]\nbind = \"nowhere\"\n").expect_err("bad address");
+        assert_eq!(e.key, "listener[0].bind");
+        let e = parse("[session]\nmax_inflight_messages = 0\n").expect_err("invalid");
+        assert_eq!(e.key, "session.max_inflight_messages");
+        let e = parse("bogus = 1\n").expect_err("unknown top-level key");
+        assert_eq!(e.key, "bogus");
+        let e = parse("[mqtt\n").expect_err("syntax");
+        assert!(e.msg.contains("line 1"), "{}", e.msg);
+        assert_eq!(e.to_string().lines().count(), 1, "one line: {e}");
+    }
+}

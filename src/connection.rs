@@ -1,0 +1,494 @@
+//! The connection task: one per socket. It owns the socket (its only reader and writer),
+//! decodes frames, applies protocol checks, publishes through the router, hands session work
+//! to the session actor, keeps the will, and enforces keepalive.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, trace, Instrument};
+
+use crate::broker::Shared;
+use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
+use crate::message::{next_id, ConnId, Message, QoS};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Accepted, ProtocolError, Refusal};
+use crate::registry::SessionHandle;
+use crate::session::{ConnLink, Kick, Outbound, SessionCmd};
+
+/// Why a connection ended; logged once per connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    #[error("client disconnected")]
+    Disconnect,
+    /// The socket reached EOF without DISCONNECT.
+    #[error("connection closed by peer")]
+    PeerClosed,
+    /// A socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be decoded.
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol rule was broken.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// No CONNECT within `connect_timeout`.
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    /// Nothing received for 1.5 x keepalive [MQTT-3.1.2-24].
+    #[error("keepalive timeout")]
+    KeepaliveTimeout,
+    /// CONNECT refused with this CONNACK code.
+    #[error("connection refused: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The session could not be reached to attach.
+    #[error("session unavailable")]
+    SessionUnavailable,
+    /// A new connection with the same client id took over [MQTT-3.1.4-2].
+    #[error("session taken over by a new connection")]
+    TakenOver,
+    /// The session was discarded.
+    #[error("session discarded")]
+    Discarded,
+    /// The broker is shutting down.
+    #[error("broker shutting down")]
+    Shutdown,
+}
+
+impl CloseReason {
+    /// True if the will is published for this close [MQTT-3.1.2-8], [MQTT-3.14.4-3].
+    fn publishes_will(&self) -> bool {
+        !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
+    }
+}
+
+/// Bytes of encoded outbound packets gathered before one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Outbound packets gathered before one write.
+const WRITE_BATCH_PACKETS: usize = 256;
+/// How long a connection waits for its session to accept it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long goodbye bytes (a refusing CONNACK) may take to write.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one accepted socket to completion.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn_id = next_id();
+    let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
+    let conn = Connection {
+        stream,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        max_packet: shared.config.mqtt.max_packet_size,
+        shared,
+        conn_id,
+    };
+    conn.run().instrument(span).await;
+}
+
+struct Connection<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_packet: usize,
+    shared: Arc<Shared>,
+    conn_id: ConnId,
+}
+
+/// The state of a connected client.
+struct Client {
+    accepted: Accepted,
+    session: SessionHandle,
+    outbound: mpsc::Receiver<Outbound>,
+    kick: oneshot::Receiver<Kick>,
+}
+
+enum Flow {
+    Continue,
+    Disconnect,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn run(mut self) {
+        let mut client = match self.handshake().await {
+            Ok(c) => c,
+            Err(reason) => {
+                if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
+                    Metrics::incr(&self.shared.metrics.protocol_errors);
+                }
+                debug!(%reason, "connection closed before CONNECT completed");
+                return;
+            }
+        };
+        Metrics::incr(&self.shared.metrics.clients_connected);
+        let reason = self.serve_client(&mut client).await;
+        if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
+            Metrics::incr(&self.shared.metrics.protocol_errors);
+        }
+        if reason.publishes_will() {
+            if let Some(will) = client.accepted.will.take() {
+                debug!(topic = will.topic_str(), "publishing will");
+                self.shared.router.publish(will);
+            }
+        }
+        let _ = client
+            .session
+            .ctrl
+            .send(SessionCmd::Detach { conn: self.conn_id })
+            .await;
+        Metrics::decr(&self.shared.metrics.clients_connected);
+        info!(%reason, "client disconnected");
+    }
+
+    /// Reads CONNECT, applies the rules, attaches the session and writes CONNACK.
+    async fn handshake(&mut self) -> Result<Client, CloseReason> {
+        let deadline = self.shared.config.mqtt.connect_timeout;
+        let first = match timeout(deadline, self.read_packet()).await {
+            Err(_) => return Err(CloseReason::ConnectTimeout),
+            Ok(Err(CloseReason::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+                // [MQTT-3.1.2-2]
+                self.refuse(ConnectReturnCode::UnacceptableProtocolVersion)
+                    .await;
+                return Err(DecodeError::UnsupportedProtocolLevel(level).into());
+            }
+            Ok(r) => r?,
+        };
+        let connect = match first {
+            Packet::Connect(c) => c,
+            // [MQTT-3.1.0-1]
+            other => return Err(ProtocolError::FirstPacketNotConnect(other.name()).into()),
+        };
+        let shared = self.shared.clone();
+        let accepted = match protocol::check_connect(
+            &connect,
+            &shared.config.mqtt,
+            shared.auth.as_ref(),
+            shared.acl.as_ref(),
+        ) {
+            Ok(a) => a,
+            Err(Refusal::Connack(code)) => {
+                // [MQTT-3.2.2-4], [MQTT-3.2.2-5], [MQTT-3.1.4-5]: answer, close, read no more.
+                self.refuse(code).await;
+                return Err(CloseReason::Refused(code));
+            }
+            Err(Refusal::Close(e)) => return Err(e.into()),
+        };
+        tracing::Span::current().record("client_id", &*accepted.client_id);
+
+        let capacity = shared.config.session.max_inflight_messages + 64;
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+        let mut attached = None;
+        for _ in 0..2 {
+            let (session, present) =
+                shared
+                    .registry
+                    .open(&shared, &accepted.client_id, accepted.clean_session);
+            let (kick_tx, kick_rx) = oneshot::channel();
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let link = ConnLink {
+                conn: self.conn_id,
+                outbound: out_tx.clone(),
+                kick: kick_tx,
+            };
+            let attach = SessionCmd::Attach {
+                link,
+                reply: reply_tx,
+            };
+            if session.ctrl.send(attach).await.is_err() {
+                // The session ended between lookup and attach; look again once.
+                continue;
+            }
+            if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
+                attached = Some((session, present, kick_rx));
+                break;
+            }
+        }
+        let Some((session, present, kick)) = attached else {
+            self.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Err(CloseReason::SessionUnavailable);
+        };
+        // [MQTT-3.2.0-1] CONNACK is written before anything from the session.
+        // [MQTT-3.2.2-1], [MQTT-3.2.2-2], [MQTT-3.2.2-3]
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: present,
+                code: ConnectReturnCode::Accepted,
+            }),
+            &mut self.wbuf,
+        );
+        self.stream.write_all_buf(&mut self.wbuf).await?;
+        info!(
+            clean_session = accepted.clean_session,
+            keep_alive = ?accepted.keep_alive.grace(),
+            session_present = present,
+            "client connected"
+        );
+        Ok(Client {
+            accepted,
+            session,
+            outbound: out_rx,
+            kick,
+        })
+    }
+
+    /// Writes a refusing CONNACK (session present 0) and gives up on the socket.
+    async fn refuse(&mut self, code: ConnectReturnCode) {
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+            }),
+            &mut self.wbuf,
+        );
+        let _ = timeout(GOODBYE_TIMEOUT, self.stream.write_all_buf(&mut self.wbuf)).await;
+        let _ = timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
+    }
+
+    /// Reads until one whole packet is decoded (used before CONNECT).
+    async fn read_packet(&mut self) -> Result<Packet, CloseReason> {
+        loop {
+            if let Some(p) = codec::decode(&mut self.rbuf, self.max_packet)? {
+                Metrics::incr(&self.shared.metrics.packets_received);
+                trace!(packet = p.name(), "received");
+                return Ok(p);
+            }
+            self.rbuf.reserve(4096);
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                n = self.stream.read_buf(&mut self.rbuf) => {
+                    if n? == 0 {
+                        return Err(CloseReason::PeerClosed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connected phase: until DISCONNECT, an error, a kick, keepalive or shutdown.
+    async fn serve_client(&mut self, client: &mut Client) -> CloseReason {
+        let keep_alive = client.accepted.keep_alive;
+        let mut last_packet = Instant::now();
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = sleep_until(
+            keep_alive
+                .deadline(last_packet.into_std())
+                .map_or(far, Instant::from_std),
+        );
+        tokio::pin!(timer);
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            if !self.wbuf.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                    k = &mut client.kick => return kicked(k),
+                    r = self.stream.write_all_buf(&mut self.wbuf) => {
+                        if let Err(e) = r {
+                            return e.into();
+                        }
+                    }
+                }
+            }
+            self.rbuf.reserve(4096);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                k = &mut client.kick => return kicked(k),
+                _ = &mut timer, if keep_alive.grace().is_some() => {
+                    let now = Instant::now();
+                    if keep_alive.expired(last_packet.into_std(), now.into_std()) {
+                        return CloseReason::KeepaliveTimeout;
+                    }
+                    if let Some(d) = keep_alive.deadline(last_packet.into_std()) {
+                        timer.as_mut().reset(Instant::from_std(d));
+                    }
+                }
+                r = self.stream.read_buf(&mut self.rbuf) => {
+                    match r {
+                        Ok(0) => return CloseReason::PeerClosed,
+                        Ok(_) => {}
+                        Err(e) => return e.into(),
+                    }
+                    let mut got_packet = false;
+                    loop {
+                        let packet = match codec::decode(&mut self.rbuf, self.max_packet) {
+                            Ok(Some(p)) => p,
+                            Ok(None) => break,
+                            Err(e) => return e.into(),
+                        };
+                        got_packet = true;
+                        match self.on_packet(packet, client).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Disconnect) => return CloseReason::Disconnect,
+                            Err(reason) => return reason,
+                        }
+                    }
+                    // Reset on whole packets, not bytes: a dribbled frame still times out.
+                    if got_packet {
+                        last_packet = Instant::now();
+                    }
+                }
+                Some(out) = client.outbound.recv() => {
+                    self.encode_outbound(out);
+                    let mut n = 1;
+                    while n < WRITE_BATCH_PACKETS && self.wbuf.len() < WRITE_BATCH_BYTES {
+                        match client.outbound.try_recv() {
+                            Ok(out) => self.encode_outbound(out),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn encode_outbound(&mut self, out: Outbound) {
+        match out {
+            Outbound::Packet(p) => {
+                trace!(packet = p.name(), "sending");
+                codec::encode(&p, &mut self.wbuf);
+            }
+            Outbound::Publish {
+                msg,
+                qos,
+                pkid,
+                dup,
+                retain,
+            } => {
+                trace!(
+                    topic = msg.topic_str(),
+                    ?qos,
+                    ?pkid,
+                    dup,
+                    retain,
+                    "sending PUBLISH"
+                );
+                codec::encode_publish(
+                    &msg.topic,
+                    &msg.payload,
+                    qos,
+                    pkid,
+                    dup,
+                    retain,
+                    &mut self.wbuf,
+                );
+            }
+        }
+    }
+
+    async fn on_packet(
+        &mut self,
+        packet: Packet,
+        client: &mut Client,
+    ) -> Result<Flow, CloseReason> {
+        let metrics = &self.shared.metrics;
+        Metrics::incr(&metrics.packets_received);
+        trace!(packet = packet.name(), "received");
+        let ctrl = &client.session.ctrl;
+        let cmd = match packet {
+            Packet::Publish(p) => {
+                Metrics::incr(&metrics.messages_received);
+                protocol::check_publish(&p, &self.shared.config.mqtt)?;
+                let acc = &client.accepted;
+                let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+                let allowed = protocol::may_publish(
+                    self.shared.acl.as_ref(),
+                    &acc.client_id,
+                    acc.username.as_deref(),
+                    topic,
+                );
+                if !allowed {
+                    debug!(topic, "publish denied; acknowledged and dropped");
+                }
+                let msg = allowed.then(|| {
+                    Arc::new(Message {
+                        topic: p.topic,
+                        payload: p.payload,
+                        qos: p.qos,
+                        retain: p.retain,
+                        from: acc.client_id.clone(),
+                    })
+                });
+                // [MQTT-3.3.4-1], [MQTT-2.3.1-6]
+                match (p.qos, p.pkid) {
+                    (QoS::AtMostOnce, _) => {
+                        if let Some(msg) = msg {
+                            self.shared.router.publish(msg);
+                        }
+                        return Ok(Flow::Continue);
+                    }
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        // PUBACK only after routing: the message is now owed to every subscriber.
+                        if let Some(msg) = msg {
+                            self.shared.router.publish(msg);
+                        }
+                        codec::encode(&Packet::PubAck(id), &mut self.wbuf);
+                        return Ok(Flow::Continue);
+                    }
+                    (_, pkid) => SessionCmd::PublishQos2 {
+                        pkid: pkid.unwrap_or(0),
+                        msg,
+                    },
+                }
+            }
+            Packet::PubAck(id) => SessionCmd::PubAck(id),
+            Packet::PubRec(id) => SessionCmd::PubRec(id),
+            Packet::PubRel(id) => SessionCmd::PubRel(id),
+            Packet::PubComp(id) => SessionCmd::PubComp(id),
+            Packet::Subscribe(s) => {
+                let acc = &client.accepted;
+                let filters = protocol::grant(
+                    s.filters,
+                    self.shared.acl.as_ref(),
+                    &acc.client_id,
+                    acc.username.as_deref(),
+                );
+                SessionCmd::Subscribe {
+                    pkid: s.pkid,
+                    filters,
+                }
+            }
+            Packet::Unsubscribe(u) => SessionCmd::Unsubscribe {
+                pkid: u.pkid,
+                filters: u.filters,
+            },
+            Packet::PingReq => {
+                // [MQTT-3.12.4-1]
+                codec::encode(&Packet::PingResp, &mut self.wbuf);
+                return Ok(Flow::Continue);
+            }
+            Packet::Disconnect => {
+                // [MQTT-3.14.4-3] the will is discarded.
+                client.accepted.will = None;
+                return Ok(Flow::Disconnect);
+            }
+            // [MQTT-3.1.0-2]
+            Packet::Connect(_) => return Err(ProtocolError::SecondConnect.into()),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => return Err(ProtocolError::UnexpectedPacket(other.name()).into()),
+        };
+        if ctrl.send(cmd).await.is_err() {
+            return Err(CloseReason::Discarded);
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+fn kicked(k: Result<Kick, oneshot::error::RecvError>) -> CloseReason {
+    match k {
+        Ok(Kick::TakenOver) => CloseReason::TakenOver,
+        _ => CloseReason::Discarded,
+    }
+}

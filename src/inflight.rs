@@ -1,0 +1,184 @@
+//! The outbound window: QoS 1/2 messages sent to the client and not yet acknowledged, by
+//! packet id, with the id allocator and the order for resends.
+//!
+//! Packet ids are never 0 and never reused while in flight [MQTT-2.3.1-4]; they count up and
+//! wrap from 65535 to 1.
+
+use std::collections::HashMap;
+
+use crate::mqueue::Queued;
+
+/// Where an outbound QoS 1/2 flow stands.
+#[derive(Debug, Clone)]
+pub enum Flight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish(Queued),
+    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer kept [MQTT-4.3.3-1].
+    PubRel,
+}
+
+/// The inflight table of one session.
+#[derive(Debug)]
+pub struct Inflight {
+    entries: HashMap<u16, (u64, Flight)>,
+    max: usize,
+    next_id: u16,
+    seq: u64,
+}
+
+impl Inflight {
+    /// An empty window of `max` slots (at least 1, at most 65535).
+    pub fn new(max: usize) -> Self {
+        Inflight {
+            entries: HashMap::new(),
+            max: max.clamp(1, 65_535),
+            next_id: 0,
+            seq: 0,
+        }
+    }
+
+    /// Flows in progress.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True if another flow may start.
+    pub fn has_room(&self) -> bool {
+        self.entries.len() < self.max
+    }
+
+    /// Starts a flow for `item`: allocates a free packet id, or `None` if the window is full.
+    pub fn insert(&mut self, item: Queued) -> Option<u16> {
+        if !self.has_room() {
+            return None;
+        }
+        let id = self.free_id();
+        self.seq += 1;
+        self.entries.insert(id, (self.seq, Flight::Publish(item)));
+        Some(id)
+    }
+
+    fn free_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.entries.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    /// PUBACK: ends a QoS 1 flow. False if the id was not awaiting a PUBACK.
+    pub fn puback(&mut self, id: u16) -> bool {
+        match self.entries.get(&id) {
+            Some((_, Flight::Publish(_))) => self.entries.remove(&id).is_some(),
+            _ => false,
+        }
+    }
+
+    /// PUBREC: the QoS 2 flow moves to awaiting PUBCOMP. False if the id was not awaiting one.
+    pub fn pubrec(&mut self, id: u16) -> bool {
+        match self.entries.get_mut(&id) {
+            Some((_, flight @ Flight::Publish(_))) => {
+                *flight = Flight::PubRel;
+                true
+            }
+            Some((_, Flight::PubRel)) => true,
+            None => false,
+        }
+    }
+
+    /// PUBCOMP: ends a QoS 2 flow. False if the id was not awaiting one.
+    pub fn pubcomp(&mut self, id: u16) -> bool {
+        match self.entries.get(&id) {
+            Some((_, Flight::PubRel)) => self.entries.remove(&id).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Every flow in the order it started, for resending after a reconnect [MQTT-4.4.0-1].
+    pub fn in_order(&self) -> Vec<(u16, &Flight)> {
+        let mut all: Vec<(u64, u16, &Flight)> = self
+            .entries
+            .iter()
+            .map(|(id, (seq, f))| (*seq, *id, f))
+            .collect();
+        all.sort_unstable_by_key(|(seq, _, _)| *seq);
+        all.into_iter().map(|(_, id, f)| (id, f)).collect()
+    }
+
+    /// Drops every flow.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, QoS};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn item() -> Queued {
+        Queued {
+            msg: Arc::new(Message {
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::new(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                from: "c".into(),
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn window_limit() {
+        let mut f = Inflight::new(2);
+        assert_eq!(f.insert(item()), Some(1));
+        assert_eq!(f.insert(item()), Some(2));
+        assert_eq!(f.insert(item()), None);
+        assert!(f.puback(1));
+        assert!(!f.puback(1), "already acknowledged");
+        assert_eq!(f.insert(item()), Some(3));
+    }
+
+    #[test]
+    fn ids_wrap_skip_zero_and_in_use() {
+        // [MQTT-2.3.1-4]
+        let mut f = Inflight::new(3);
+        let held = f.insert(item()).expect("room");
+        assert_eq!(held, 1);
+        let mut seen = 0u32;
+        for _ in 0..70_000u32 {
+            let id = f.insert(item()).expect("room");
+            assert_ne!(id, 0);
+            assert_ne!(id, held, "id 1 is still in flight");
+            assert!(f.puback(id));
+            seen += 1;
+        }
+        assert_eq!(seen, 70_000);
+    }
+
+    #[test]
+    fn qos2_states_and_order() {
+        let mut f = Inflight::new(10);
+        let a = f.insert(item()).expect("room");
+        let b = f.insert(item()).expect("room");
+        let c = f.insert(item()).expect("room");
+        assert!(f.pubrec(b));
+        assert!(!f.pubcomp(a), "a awaits PUBACK/PUBREC, not PUBCOMP");
+        assert!(!f.puback(b), "b awaits PUBCOMP");
+        let order: Vec<u16> = f.in_order().iter().map(|(id, _)| *id).collect();
+        assert_eq!(order, [a, b, c]);
+        assert!(matches!(f.in_order()[1].1, Flight::PubRel));
+        assert!(f.pubcomp(b));
+        assert_eq!(f.len(), 2);
+    }
+}

@@ -1,0 +1,40 @@
+//! Tern: an MQTT 3.1.1 broker with an emqttd-style actor design.
+//!
+//! - `listener` accepts sockets and spawns one `connection` task per socket.
+//! - `connection` owns the socket: it decodes frames (`codec`), applies the rules of
+//!   `protocol`, enforces `keepalive`, keeps the will, and publishes through the `router`.
+//! - `session` is an actor per client id, found or created by the `registry`; it owns the
+//!   subscriptions, the `inflight` window, the `mqueue` and `awaiting_rel`, and outlives its
+//!   connection when clean_session = 0.
+//! - `router` is a shared object, not a task: exact filters in a map, wildcard filters in the
+//!   `trie`, retained messages in `retain`. The publisher's own task matches and hands each
+//!   matching session one `Delivery` with `try_send`, so a slow subscriber never blocks it.
+//! - Channels: connection -> session `ctrl` (awaited, always drained), router -> session
+//!   `deliver` (try_send, counted drops), session -> connection `outbound` (reserved inside
+//!   `select!`). No cycle of awaited sends exists.
+//! - Every queue is bounded by `config`; every drop is counted in `metrics`.
+//!
+//! The library exposes `Broker::bind(config)` and `broker.run(shutdown)`, which `main` and the
+//! integration tests both use.
+
+pub mod auth;
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod inflight;
+pub mod keepalive;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod mqueue;
+pub mod protocol;
+pub mod registry;
+pub mod retain;
+pub mod router;
+pub mod session;
+pub mod topic;
+pub mod trie;
+
+pub use broker::{Broker, StartError};
+pub use config::Config;

@@ -1,0 +1,58 @@
+//! The accept loop of one `[[listener]]`: `max_connections`, `TCP_NODELAY`, and one spawned
+//! connection task per socket (nothing slow ever runs in the loop itself).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::broker::Shared;
+use crate::config::ListenerConfig;
+use crate::connection;
+use crate::metrics::Metrics;
+
+/// Pause after an accept error (such as running out of file descriptors) before retrying.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts sockets until shutdown.
+pub async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shared: Arc<Shared>) {
+    let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let permit = match &limit {
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    Metrics::incr(&shared.metrics.connections_refused);
+                    debug!(%peer, max_connections = cfg.max_connections, "connection refused: listener full");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        Metrics::incr(&shared.metrics.connections_accepted);
+        // Batching is the writer's job; Nagle would add latency to every small ack.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
+        let shared = shared.clone();
+        shared.tracker.clone().spawn(async move {
+            connection::serve(socket, peer, shared).await;
+            drop(permit);
+        });
+    }
+}

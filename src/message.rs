@@ -1,0 +1,70 @@
+//! The application message and the small identifiers every actor shares.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Quality of service of a PUBLISH or a subscription; ordered so `min` downgrades.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum QoS {
+    /// Fire and forget.
+    AtMostOnce = 0,
+    /// Acknowledged with PUBACK; may arrive twice.
+    AtLeastOnce = 1,
+    /// Four-way handshake; arrives exactly once.
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// The QoS for the two-bit field value, `None` for the forbidden value 3.
+    pub fn from_u8(v: u8) -> Option<QoS> {
+        match v {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// A client identifier, cheap to clone into routes, logs and messages.
+pub type ClientId = Arc<str>;
+
+/// Identifies one session actor; a new session for the same client id gets a new one,
+/// so a stale route or registry entry can be recognised.
+pub type SessionId = u64;
+
+/// Identifies one network connection; a stale `Detach` carries an old one and is ignored.
+pub type ConnId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique, never-zero id for sessions and connections.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An application message as the router sees it: shared by every subscriber, queue and
+/// inflight table through one `Arc`, never copied per subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name: validated UTF-8 with no wildcards, kept as bytes of the read buffer.
+    pub topic: Bytes,
+    /// Application payload, a slice of the read buffer (or a copy for retained messages).
+    pub payload: Bytes,
+    /// QoS the publisher used; each subscriber gets `min(qos, granted)`.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// The publishing client, for logs and later for no-local style rules.
+    pub from: ClientId,
+}
+
+impl Message {
+    /// The topic as text (it was validated as UTF-8 when decoded).
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+}

@@ -1,0 +1,145 @@
+//! Broker-wide counters and gauges: lock-free atomics, read as a consistent-enough snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Why a message was not delivered to a subscriber that was owed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's mqueue was full (`max_queued_messages` / `max_queued_bytes`).
+    QueueFull,
+    /// The session's delivery mailbox was full: the session actor is starved.
+    MailboxFull,
+    /// QoS 0 for an offline session with `queue_qos0_messages = false`.
+    Qos0Offline,
+}
+
+impl DropReason {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::MailboxFull => "mailbox_full",
+            DropReason::Qos0Offline => "qos0_offline",
+        }
+    }
+}
+
+/// The broker's counters; one instance shared by every task.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Sockets accepted.
+    pub connections_accepted: AtomicU64,
+    /// Sockets refused at accept because `max_connections` was reached.
+    pub connections_refused: AtomicU64,
+    /// Clients currently connected (CONNACK 0 sent, not yet closed).
+    pub clients_connected: AtomicU64,
+    /// Control packets decoded.
+    pub packets_received: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets written to clients.
+    pub messages_sent: AtomicU64,
+    /// Deliveries dropped because a session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Deliveries dropped because a session's mailbox was full.
+    pub dropped_mailbox_full: AtomicU64,
+    /// QoS 0 deliveries not queued for offline sessions.
+    pub dropped_qos0_offline: AtomicU64,
+    /// Retained messages refused by the store's limits.
+    pub retained_refused: AtomicU64,
+    /// Connections closed for a protocol violation or malformed packet.
+    pub protocol_errors: AtomicU64,
+    last_drop_warning: Mutex<Option<Instant>>,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// See [`Metrics::connections_accepted`].
+    pub connections_accepted: u64,
+    /// See [`Metrics::connections_refused`].
+    pub connections_refused: u64,
+    /// See [`Metrics::clients_connected`].
+    pub clients_connected: u64,
+    /// See [`Metrics::packets_received`].
+    pub packets_received: u64,
+    /// See [`Metrics::messages_received`].
+    pub messages_received: u64,
+    /// See [`Metrics::messages_sent`].
+    pub messages_sent: u64,
+    /// See [`Metrics::dropped_queue_full`].
+    pub dropped_queue_full: u64,
+    /// See [`Metrics::dropped_mailbox_full`].
+    pub dropped_mailbox_full: u64,
+    /// See [`Metrics::dropped_qos0_offline`].
+    pub dropped_qos0_offline: u64,
+    /// See [`Metrics::retained_refused`].
+    pub retained_refused: u64,
+    /// See [`Metrics::protocol_errors`].
+    pub protocol_errors: u64,
+}
+
+/// Drop warnings are logged at most once per this interval; the counters keep the totals.
+const DROP_WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge.
+    pub fn decr(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped delivery and logs it, at most one warning per interval.
+    pub fn dropped(&self, reason: DropReason, client_id: &str, topic: &str) {
+        let counter = match reason {
+            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::MailboxFull => &self.dropped_mailbox_full,
+            DropReason::Qos0Offline => &self.dropped_qos0_offline,
+        };
+        Metrics::incr(counter);
+        if reason == DropReason::Qos0Offline {
+            // Expected behaviour, not a fault: no warning.
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut last) = self.last_drop_warning.lock() else {
+            return;
+        };
+        if last.is_none_or(|t| now.duration_since(t) >= DROP_WARN_INTERVAL) {
+            *last = Some(now);
+            let s = self.snapshot();
+            tracing::warn!(
+                reason = reason.as_str(),
+                client_id,
+                topic,
+                queue_full = s.dropped_queue_full,
+                mailbox_full = s.dropped_mailbox_full,
+                "dropping messages for a slow subscriber"
+            );
+        }
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            connections_accepted: r(&self.connections_accepted),
+            connections_refused: r(&self.connections_refused),
+            clients_connected: r(&self.clients_connected),
+            packets_received: r(&self.packets_received),
+            messages_received: r(&self.messages_received),
+            messages_sent: r(&self.messages_sent),
+            dropped_queue_full: r(&self.dropped_queue_full),
+            dropped_mailbox_full: r(&self.dropped_mailbox_full),
+            dropped_qos0_offline: r(&self.dropped_qos0_offline),
+            retained_refused: r(&self.retained_refused),
+            protocol_errors: r(&self.protocol_errors),
+        }
+    }
+}

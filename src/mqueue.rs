@@ -1,0 +1,230 @@
+//! The session's pending queue: messages waiting behind the inflight window or for an offline
+//! client.
+//!
+//! ```text
+//!  deliveries ──> [ q0 q1 q1 q2 q0 ... ] ──> inflight window ──> connection
+//!                 bounded by max_queued_messages and max_queued_bytes;
+//!                 when full: evict the oldest QoS 0 first, then apply the overflow policy
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::config::QueueOverflow;
+use crate::message::{Message, QoS};
+
+/// A message owed to this session, at the QoS it will be delivered with.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// Delivery QoS: `min(published, granted)`.
+    pub qos: QoS,
+    /// RETAIN flag for the outgoing PUBLISH (1 only for retained-on-subscribe deliveries).
+    pub retain: bool,
+}
+
+/// A bounded FIFO of `Queued` messages with an overflow policy.
+#[derive(Debug)]
+pub struct MQueue {
+    items: VecDeque<Queued>,
+    max_len: usize,
+    max_bytes: usize,
+    bytes: usize,
+    qos0: usize,
+    overflow: QueueOverflow,
+}
+
+impl MQueue {
+    /// An empty queue; `max_bytes` of 0 means no byte limit.
+    pub fn new(max_len: usize, max_bytes: usize, overflow: QueueOverflow) -> Self {
+        MQueue {
+            items: VecDeque::new(),
+            max_len: max_len.max(1),
+            max_bytes,
+            bytes: 0,
+            qos0: 0,
+            overflow,
+        }
+    }
+
+    /// Messages queued.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Payload bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The next message to send, without removing it.
+    pub fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    /// Appends `item`, dropping by policy if the queue is full; returns how many messages
+    /// (the new one or queued ones) were dropped.
+    pub fn push(&mut self, item: Queued) -> usize {
+        let size = item.msg.payload.len();
+        if self.max_bytes > 0 && size > self.max_bytes {
+            return 1;
+        }
+        let mut dropped = 0;
+        while self.full_for(size) {
+            if self.qos0 > 0 {
+                self.evict_oldest_qos0();
+            } else if item.qos == QoS::AtMostOnce || self.overflow == QueueOverflow::DropNew {
+                return dropped + 1;
+            } else {
+                self.pop();
+            }
+            dropped += 1;
+        }
+        self.account_in(&item);
+        self.items.push_back(item);
+        dropped
+    }
+
+    /// Puts a message back at the head (a send that could not complete); never drops.
+    pub fn push_front(&mut self, item: Queued) {
+        self.account_in(&item);
+        self.items.push_front(item);
+    }
+
+    /// Removes and returns the oldest message.
+    pub fn pop(&mut self) -> Option<Queued> {
+        let item = self.items.pop_front()?;
+        self.account_out(&item);
+        Some(item)
+    }
+
+    /// Empties the queue, returning how many messages it held.
+    pub fn clear(&mut self) -> usize {
+        let n = self.items.len();
+        self.items.clear();
+        self.bytes = 0;
+        self.qos0 = 0;
+        n
+    }
+
+    fn full_for(&self, size: usize) -> bool {
+        self.items.len() >= self.max_len
+            || (self.max_bytes > 0 && self.bytes + size > self.max_bytes)
+    }
+
+    fn evict_oldest_qos0(&mut self) {
+        if let Some(i) = self.items.iter().position(|q| q.qos == QoS::AtMostOnce) {
+            if let Some(item) = self.items.remove(i) {
+                self.account_out(&item);
+            }
+        }
+    }
+
+    fn account_in(&mut self, item: &Queued) {
+        self.bytes += item.msg.payload.len();
+        if item.qos == QoS::AtMostOnce {
+            self.qos0 += 1;
+        }
+    }
+
+    fn account_out(&mut self, item: &Queued) {
+        self.bytes -= item.msg.payload.len();
+        if item.qos == QoS::AtMostOnce {
+            self.qos0 -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn q(payload: &str, qos: QoS) -> Queued {
+        Queued {
+            msg: Arc::new(Message {
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                qos,
+                retain: false,
+                from: "c".into(),
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn payloads(m: &mut MQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(i) = m.pop() {
+            out.push(String::from_utf8_lossy(&i.msg.payload).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn fifo_order() {
+        let mut m = MQueue::new(10, 0, QueueOverflow::DropNew);
+        for p in ["a", "b", "c"] {
+            assert_eq!(m.push(q(p, QoS::AtLeastOnce)), 0);
+        }
+        assert_eq!(
+            m.front().map(|f| f.msg.payload.clone()),
+            Some(Bytes::from_static(b"a"))
+        );
+        assert_eq!(payloads(&mut m), ["a", "b", "c"]);
+        assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn drop_new_keeps_the_old() {
+        let mut m = MQueue::new(2, 0, QueueOverflow::DropNew);
+        m.push(q("a", QoS::AtLeastOnce));
+        m.push(q("b", QoS::ExactlyOnce));
+        assert_eq!(m.push(q("c", QoS::AtLeastOnce)), 1);
+        assert_eq!(payloads(&mut m), ["a", "b"]);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_new() {
+        let mut m = MQueue::new(2, 0, QueueOverflow::DropOldest);
+        m.push(q("a", QoS::AtLeastOnce));
+        m.push(q("b", QoS::AtLeastOnce));
+        assert_eq!(m.push(q("c", QoS::AtLeastOnce)), 1);
+        assert_eq!(payloads(&mut m), ["b", "c"]);
+    }
+
+    #[test]
+    fn qos0_is_evicted_first() {
+        for policy in [QueueOverflow::DropNew, QueueOverflow::DropOldest] {
+            let mut m = MQueue::new(3, 0, policy);
+            m.push(q("a", QoS::AtLeastOnce));
+            m.push(q("z", QoS::AtMostOnce));
+            m.push(q("b", QoS::AtLeastOnce));
+            assert_eq!(m.push(q("c", QoS::AtLeastOnce)), 1);
+            assert_eq!(payloads(&mut m), ["a", "b", "c"], "{policy:?}");
+            // A new QoS 0 message into a queue of QoS 1 is the one dropped.
+            let mut m = MQueue::new(1, 0, policy);
+            m.push(q("a", QoS::AtLeastOnce));
+            assert_eq!(m.push(q("z", QoS::AtMostOnce)), 1);
+            assert_eq!(payloads(&mut m), ["a"]);
+        }
+    }
+
+    #[test]
+    fn byte_limit() {
+        let mut m = MQueue::new(100, 5, QueueOverflow::DropOldest);
+        m.push(q("aa", QoS::AtLeastOnce));
+        m.push(q("bb", QoS::AtLeastOnce));
+        assert_eq!(m.push(q("ccc", QoS::AtLeastOnce)), 1, "evicts aa to fit");
+        assert_eq!(m.bytes(), 5);
+        assert_eq!(m.push(q("dddddd", QoS::AtLeastOnce)), 1, "never fits");
+        assert_eq!(payloads(&mut m), ["bb", "ccc"]);
+    }
+}

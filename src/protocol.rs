@@ -1,0 +1,275 @@
+//! Protocol rules with no IO: CONNECT checks and client-id rules, PUBLISH checks, and what a
+//! SUBSCRIBE is granted. The connection task applies the results.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::auth::{Access, Acl, Authenticator, Credentials};
+use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
+use crate::config::MqttConfig;
+use crate::keepalive::KeepAlive;
+use crate::message::{ClientId, Message, QoS};
+use crate::topic;
+
+/// A protocol violation: the connection is closed without an answer [MQTT-4.8.0-1].
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// [MQTT-3.1.0-1]
+    #[error("first packet was {0}, not CONNECT")]
+    FirstPacketNotConnect(&'static str),
+    /// [MQTT-3.1.0-2]
+    #[error("second CONNECT on one connection")]
+    SecondConnect,
+    /// [MQTT-3.3.2-2], [MQTT-4.7.3-1]
+    #[error("invalid topic name in PUBLISH")]
+    InvalidTopicName,
+    /// [MQTT-3.1.3-10] plus the topic-name rules for the will.
+    #[error("invalid will topic")]
+    InvalidWillTopic,
+    /// `retain_available = false` and a retained PUBLISH arrived.
+    #[error("retained messages are not available")]
+    RetainNotAvailable,
+    /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
+    #[error("unexpected {0} from a client")]
+    UnexpectedPacket(&'static str),
+}
+
+/// What a CONNECT gets when it is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Answer with this CONNACK code, then close [MQTT-3.2.2-5].
+    Connack(ConnectReturnCode),
+    /// Close without CONNACK [MQTT-3.1.4-1].
+    Close(ProtocolError),
+}
+
+/// An accepted CONNECT, ready for the session registry.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The client id, assigned if the client sent an empty one.
+    pub client_id: ClientId,
+    /// True if the broker made the id up.
+    pub assigned: bool,
+    /// Clean-session flag.
+    pub clean_session: bool,
+    /// The keepalive rule.
+    pub keep_alive: KeepAlive,
+    /// The will, ready to publish.
+    pub will: Option<Arc<Message>>,
+    /// User name, for ACL checks.
+    pub username: Option<String>,
+}
+
+/// Applies the CONNECT rules of section 3.1 in the order Mosquitto does.
+pub fn check_connect(
+    c: &Connect,
+    cfg: &MqttConfig,
+    auth: &dyn Authenticator,
+    acl: &dyn Acl,
+) -> Result<Accepted, Refusal> {
+    let reject = || Refusal::Connack(ConnectReturnCode::IdentifierRejected);
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: an empty id needs clean session 1.
+        if !c.clean_session || !cfg.allow_zero_length_clientid || c.protocol == Protocol::V31 {
+            return Err(reject());
+        }
+        (assign_client_id(&cfg.auto_id_prefix), true)
+    } else {
+        // MQTT 3.1 limited ids to 23 characters; 3.1.1 lets the server accept longer
+        // [MQTT-3.1.3-5], and we do.
+        if c.protocol == Protocol::V31 && c.client_id.len() > 23 {
+            return Err(reject());
+        }
+        (c.client_id.clone(), false)
+    };
+    if c.keep_alive > cfg.max_keepalive {
+        return Err(reject());
+    }
+    let will = match &c.will {
+        Some(w) => Some(will_message(w, &client_id)?),
+        None => None,
+    };
+    let creds = Credentials {
+        client_id: &client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+    };
+    auth.authenticate(&creds).map_err(Refusal::Connack)?;
+    let client_id: ClientId = client_id.into();
+    // A will the client may not publish is dropped now rather than refused later.
+    let will = will.filter(|w| may_publish(acl, &client_id, c.username.as_deref(), w.topic_str()));
+    Ok(Accepted {
+        client_id,
+        assigned,
+        clean_session: c.clean_session,
+        keep_alive: KeepAlive::new(c.keep_alive),
+        will,
+        username: c.username.clone(),
+    })
+}
+
+fn will_message(w: &LastWill, client_id: &str) -> Result<Arc<Message>, Refusal> {
+    if !topic::valid_name(&w.topic) {
+        return Err(Refusal::Close(ProtocolError::InvalidWillTopic));
+    }
+    Ok(Arc::new(Message {
+        topic: w.topic.clone(),
+        payload: w.payload.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        from: client_id.into(),
+    }))
+}
+
+/// Checks a PUBLISH from a client before it is routed.
+pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError> {
+    if !topic::valid_name(&p.topic) {
+        return Err(ProtocolError::InvalidTopicName);
+    }
+    if p.retain && !cfg.retain_available {
+        return Err(ProtocolError::RetainNotAvailable);
+    }
+    Ok(())
+}
+
+/// True if the client may publish to `topic`. `$SYS` belongs to the broker, as in Mosquitto:
+/// a client's PUBLISH there is acknowledged and dropped [MQTT-3.3.5-2].
+pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+    if topic == "$SYS" || topic.starts_with("$SYS/") {
+        return false;
+    }
+    acl.allowed(client_id, username, Access::Write, topic)
+}
+
+/// The QoS granted for each requested filter, `None` for 0x80: an invalid filter or one the
+/// ACL refuses [MQTT-3.8.4-5], [MQTT-3.9.3-1].
+pub fn grant(
+    filters: Vec<(String, QoS)>,
+    acl: &dyn Acl,
+    client_id: &str,
+    username: Option<&str>,
+) -> Vec<(String, Option<QoS>)> {
+    filters
+        .into_iter()
+        .map(|(f, q)| {
+            let ok = topic::valid_filter(&f) && acl.allowed(client_id, username, Access::Read, &f);
+            (f, ok.then_some(q))
+        })
+        .collect()
+}
+
+/// A new client id: the configured prefix, then a process-unique, time-seeded hex number.
+pub fn assign_client_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{prefix}{t:016x}{n:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AnonymousPolicy;
+    use bytes::Bytes;
+
+    const OPEN: AnonymousPolicy = AnonymousPolicy {
+        allow_anonymous: true,
+    };
+
+    fn connect(id: &str, clean: bool) -> Connect {
+        Connect {
+            protocol: Protocol::V311,
+            clean_session: clean,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    fn check(c: &Connect) -> Result<Accepted, Refusal> {
+        check_connect(c, &MqttConfig::default(), &OPEN, &OPEN)
+    }
+
+    #[test]
+    fn client_id_rules() {
+        // [MQTT-3.1.3-6]
+        let a = check(&connect("", true)).expect("accepted");
+        assert!(a.assigned && a.client_id.starts_with("auto-"));
+        let b = check(&connect("", true)).expect("accepted");
+        assert_ne!(a.client_id, b.client_id);
+        // [MQTT-3.1.3-8]
+        assert_eq!(
+            check(&connect("", false)).err(),
+            Some(Refusal::Connack(ConnectReturnCode::IdentifierRejected))
+        );
+        // [MQTT-3.1.3-5]
+        let long = "x".repeat(100);
+        assert!(check(&connect(&long, true)).is_ok());
+        let mut v31 = connect(&long, true);
+        v31.protocol = Protocol::V31;
+        assert!(check(&v31).is_err());
+        let cfg = MqttConfig {
+            allow_zero_length_clientid: false,
+            ..MqttConfig::default()
+        };
+        assert!(check_connect(&connect("", true), &cfg, &OPEN, &OPEN).is_err());
+    }
+
+    #[test]
+    fn anonymous_refused_with_0x05() {
+        let closed = AnonymousPolicy {
+            allow_anonymous: false,
+        };
+        assert_eq!(
+            check_connect(&connect("c", true), &MqttConfig::default(), &closed, &OPEN).err(),
+            Some(Refusal::Connack(ConnectReturnCode::NotAuthorized))
+        );
+    }
+
+    #[test]
+    fn will_topic_must_be_a_name() {
+        let mut c = connect("c", true);
+        c.will = Some(LastWill {
+            topic: Bytes::from_static(b"a/#"),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        assert_eq!(
+            check(&c).err(),
+            Some(Refusal::Close(ProtocolError::InvalidWillTopic))
+        );
+    }
+
+    #[test]
+    fn grants() {
+        let g = grant(
+            vec![
+                ("a/+".into(), QoS::AtLeastOnce),
+                ("a/#/b".into(), QoS::AtMostOnce),
+                ("#".into(), QoS::ExactlyOnce),
+            ],
+            &OPEN,
+            "c",
+            None,
+        );
+        let codes: Vec<Option<QoS>> = g.into_iter().map(|(_, q)| q).collect();
+        assert_eq!(
+            codes,
+            [Some(QoS::AtLeastOnce), None, Some(QoS::ExactlyOnce)]
+        );
+    }
+
+    #[test]
+    fn sys_is_read_only() {
+        assert!(!may_publish(&OPEN, "c", None, "$SYS/x"));
+        assert!(may_publish(&OPEN, "c", None, "$SYSTEM"));
+        assert!(may_publish(&OPEN, "c", None, "a"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Client id -> session: open, resume, discard and takeover decisions, made atomically.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Shared;
+use crate::message::{ClientId, SessionId};
+use crate::session::{Session, SessionCmd};
+
+/// A cloneable reference to a running session actor.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// The session's id; a registry entry or route carrying an older one is stale.
+    pub id: SessionId,
+    /// The session's control mailbox (commands from its connection).
+    pub ctrl: mpsc::Sender<SessionCmd>,
+    /// Cancelled to discard the session (clean-start takeover, shutdown).
+    pub discard: CancellationToken,
+    /// True for clean_session = 0: the session outlives its connections.
+    pub persistent: bool,
+}
+
+/// Every live session by client id.
+#[derive(Default)]
+pub struct Registry {
+    sessions: DashMap<ClientId, SessionHandle>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of sessions, connected or not.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True if there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Finds or creates the session for a CONNECT: `(handle, session_present)`.
+    ///
+    /// A persistent session is resumed by a clean_session = 0 CONNECT [MQTT-3.1.2-4]; in every
+    /// other case an existing session is discarded and a new one started [MQTT-3.1.2-6].
+    /// Runs under the map's entry lock, so two CONNECTs for one id cannot both create.
+    pub fn open(
+        &self,
+        shared: &Arc<Shared>,
+        client_id: &ClientId,
+        clean: bool,
+    ) -> (SessionHandle, bool) {
+        match self.sessions.entry(client_id.clone()) {
+            Entry::Occupied(mut e) => {
+                if !clean && e.get().persistent && !e.get().ctrl.is_closed() {
+                    return (e.get().clone(), true);
+                }
+                let handle = Session::spawn(shared, client_id.clone(), !clean);
+                let old = e.insert(handle.clone());
+                old.discard.cancel();
+                (handle, false)
+            }
+            Entry::Vacant(e) => {
+                let handle = Session::spawn(shared, client_id.clone(), !clean);
+                e.insert(handle.clone());
+                (handle, false)
+            }
+        }
+    }
+
+    /// Removes the entry for `client_id` only if it is still session `id`.
+    pub fn remove_if(&self, client_id: &str, id: SessionId) {
+        self.sessions.remove_if(client_id, |_, h| h.id == id);
+    }
+
+    /// Discards every session (broker shutdown).
+    pub fn discard_all(&self) {
+        for entry in self.sessions.iter() {
+            entry.value().discard.cancel();
+        }
+        self.sessions.clear();
+    }
+}

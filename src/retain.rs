@@ -1,0 +1,257 @@
+//! The retained-message store: one message per topic, in a topic-level tree so a wildcard
+//! subscription walks only the branches it matches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::message::Message;
+
+/// What `RetainStore::set` did with a retained PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainOutcome {
+    /// Stored, replacing any earlier message for the topic.
+    Stored,
+    /// An empty payload removed the topic's message (or there was none) [MQTT-3.3.1-10].
+    Deleted,
+    /// Not stored: the store holds `max_retained_messages` already.
+    StoreFull,
+    /// Not stored: the payload is over `retained_payload_limit`.
+    PayloadTooLarge,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<[u8]>, Node>,
+    message: Option<Arc<Message>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.message.is_none()
+    }
+
+    fn collect_all(&self, out: &mut Vec<Arc<Message>>) {
+        out.extend(self.message.iter().cloned());
+        for child in self.children.values() {
+            child.collect_all(out);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tree {
+    root: Node,
+    len: usize,
+}
+
+/// Retained messages by topic, with the configured limits.
+pub struct RetainStore {
+    tree: RwLock<Tree>,
+    max_messages: usize,
+    payload_limit: usize,
+}
+
+impl RetainStore {
+    /// An empty store; a limit of 0 means unlimited.
+    pub fn new(max_messages: usize, payload_limit: usize) -> Self {
+        RetainStore {
+            tree: RwLock::new(Tree::default()),
+            max_messages,
+            payload_limit,
+        }
+    }
+
+    /// Number of retained messages.
+    pub fn len(&self) -> usize {
+        self.tree.read().len
+    }
+
+    /// True if nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores, replaces or (for an empty payload) deletes the topic's retained message
+    /// [MQTT-3.3.1-5, MQTT-3.3.1-7, MQTT-3.3.1-10, MQTT-3.3.1-11].
+    pub fn set(&self, msg: &Message) -> RetainOutcome {
+        if msg.payload.is_empty() {
+            self.delete(&msg.topic);
+            return RetainOutcome::Deleted;
+        }
+        if self.payload_limit > 0 && msg.payload.len() > self.payload_limit {
+            return RetainOutcome::PayloadTooLarge;
+        }
+        // Copy out of the read buffer, so a small retained message does not pin a large frame.
+        let stored = Arc::new(Message {
+            topic: Bytes::copy_from_slice(&msg.topic),
+            payload: Bytes::copy_from_slice(&msg.payload),
+            ..msg.clone()
+        });
+        let mut guard = self.tree.write();
+        let tree = &mut *guard;
+        let full = self.max_messages > 0 && tree.len >= self.max_messages;
+        let mut node = &mut tree.root;
+        for level in msg.topic.split(|&b| b == b'/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        if node.message.is_none() {
+            if full {
+                // Undo the empty branch the walk may have created.
+                let levels: Vec<&[u8]> = msg.topic.split(|&b| b == b'/').collect();
+                remove_at(&mut tree.root, &levels);
+                return RetainOutcome::StoreFull;
+            }
+            tree.len += 1;
+        }
+        node.message = Some(stored);
+        RetainOutcome::Stored
+    }
+
+    fn delete(&self, topic: &[u8]) {
+        let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
+        let mut tree = self.tree.write();
+        if remove_at(&mut tree.root, &levels) {
+            tree.len -= 1;
+        }
+    }
+
+    /// Every retained message whose topic matches `filter` (assumed valid); wildcards at the
+    /// first level skip `$` topics [MQTT-4.7.2-1].
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut out = Vec::new();
+        collect(&self.tree.read().root, &levels, true, &mut out);
+        out
+    }
+}
+
+/// Removes the message at `levels`, pruning empty nodes; true if a message was removed.
+fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
+    let Some((&level, rest)) = levels.split_first() else {
+        return node.message.take().is_some();
+    };
+    let Some(child) = node.children.get_mut(level) else {
+        return false;
+    };
+    let removed = remove_at(child, rest);
+    if child.is_empty() {
+        node.children.remove(level);
+    }
+    removed
+}
+
+fn collect(node: &Node, levels: &[&str], root: bool, out: &mut Vec<Arc<Message>>) {
+    let Some((&level, rest)) = levels.split_first() else {
+        out.extend(node.message.iter().cloned());
+        return;
+    };
+    let visible = |name: &[u8]| !(root && name.first() == Some(&b'$'));
+    match level {
+        "#" => {
+            // "a/#" matches "a" itself too.
+            out.extend(node.message.iter().cloned().filter(|_| !root));
+            for (name, child) in &node.children {
+                if visible(name) {
+                    child.collect_all(out);
+                }
+            }
+        }
+        "+" => {
+            for (name, child) in &node.children {
+                if visible(name) {
+                    collect(child, rest, false, out);
+                }
+            }
+        }
+        l => {
+            if let Some(child) = node.children.get(l.as_bytes()) {
+                collect(child, rest, false, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::QoS;
+
+    fn msg(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            from: "c".into(),
+        }
+    }
+
+    fn topics(store: &RetainStore, filter: &str) -> Vec<String> {
+        let mut t: Vec<String> = store
+            .matching(filter)
+            .iter()
+            .map(|m| m.topic_str().to_owned())
+            .collect();
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn set_replace_delete() {
+        let s = RetainStore::new(0, 0);
+        assert_eq!(s.set(&msg("a/b", "1")), RetainOutcome::Stored);
+        assert_eq!(s.set(&msg("a/b", "2")), RetainOutcome::Stored);
+        assert_eq!(s.len(), 1);
+        assert_eq!(&s.matching("a/b")[0].payload[..], b"2");
+        // [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+        assert_eq!(s.set(&msg("a/b", "")), RetainOutcome::Deleted);
+        assert!(s.is_empty());
+        assert!(s.matching("#").is_empty());
+        assert!(s.tree.read().root.is_empty(), "pruned");
+    }
+
+    #[test]
+    fn wildcard_queries() {
+        let s = RetainStore::new(0, 0);
+        for t in ["a", "a/b", "a/c", "a/b/c", "x/b", "$SYS/up", "/lead"] {
+            s.set(&msg(t, "p"));
+        }
+        assert_eq!(
+            topics(&s, "#"),
+            ["/lead", "a", "a/b", "a/b/c", "a/c", "x/b"]
+        );
+        assert_eq!(topics(&s, "a/#"), ["a", "a/b", "a/b/c", "a/c"]);
+        assert_eq!(topics(&s, "+/b"), ["a/b", "x/b"]);
+        assert_eq!(topics(&s, "+"), ["a"]);
+        assert_eq!(topics(&s, "$SYS/#"), ["$SYS/up"]);
+        assert_eq!(topics(&s, "+/lead"), ["/lead"]);
+        assert!(topics(&s, "a/b/c/d").is_empty());
+    }
+
+    #[test]
+    fn limits() {
+        let s = RetainStore::new(2, 4);
+        assert_eq!(s.set(&msg("a", "12345")), RetainOutcome::PayloadTooLarge);
+        assert_eq!(s.set(&msg("a", "1")), RetainOutcome::Stored);
+        assert_eq!(s.set(&msg("b", "1")), RetainOutcome::Stored);
+        assert_eq!(s.set(&msg("c/d", "1")), RetainOutcome::StoreFull);
+        assert_eq!(
+            s.set(&msg("a", "2")),
+            RetainOutcome::Stored,
+            "replacing is allowed"
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(topics(&s, "#"), ["a", "b"]);
+    }
+
+    #[test]
+    fn stored_payload_is_copied() {
+        let s = RetainStore::new(0, 0);
+        let m = msg("a", "xyz");
+        s.set(&m);
+        assert_ne!(s.matching("a")[0].payload.as_ptr(), m.payload.as_ptr());
+    }
+}

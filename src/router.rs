@@ -1,0 +1,372 @@
+//! The pub/sub router: routes from topic filters to sessions, the retained store, and publish.
+//!
+//! A shared object, not a task (ARCHITECTURE.md section 4): the publisher's own task matches
+//! and fans out. Exact filters sit in a `DashMap`, wildcard filters in a trie behind a
+//! `parking_lot::RwLock` (CPU-only critical sections, never held across `.await`). Route lists
+//! are copy-on-write `Arc<[Route]>`, so readers clone an `Arc` under the lock and send unlocked.
+//!
+//! Two ordering rules make this lossless without a router actor: subscribe inserts the route
+//! *then* reads retained messages; publish writes the retained store *then* matches.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::message::{ClientId, Message, QoS, SessionId};
+use crate::metrics::{DropReason, Metrics};
+use crate::retain::{RetainOutcome, RetainStore};
+use crate::topic;
+use crate::trie::Trie;
+
+/// A message on its way from the router to one session, at the QoS it is owed.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// `min(published QoS, granted QoS)`.
+    pub qos: QoS,
+}
+
+/// One session's subscription to one filter.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The subscribing session; a filter has at most one route per session.
+    pub session: SessionId,
+    /// Its client id, for drop logs.
+    pub client_id: ClientId,
+    /// Granted QoS.
+    pub qos: QoS,
+    /// The session's delivery mailbox.
+    pub deliver: mpsc::Sender<Delivery>,
+}
+
+type Routes = Arc<[Route]>;
+
+/// What a publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Sessions the message was handed to.
+    pub delivered: usize,
+    /// Sessions whose mailbox was full (counted as `mailbox_full`).
+    pub dropped: usize,
+}
+
+/// Routes and retained messages, shared by every connection and session.
+pub struct Router {
+    exact: DashMap<Bytes, Routes>,
+    wild: RwLock<Trie<Routes>>,
+    /// Lets a publish skip the trie lock while there is no wildcard subscription.
+    wild_count: AtomicUsize,
+    retain: RetainStore,
+    metrics: Arc<Metrics>,
+    upgrade_outgoing_qos: bool,
+}
+
+fn with_route(list: Option<&Routes>, route: Route) -> Routes {
+    let mut v: Vec<Route> = list
+        .map(|l| {
+            l.iter()
+                .filter(|r| r.session != route.session)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    v.push(route);
+    v.into()
+}
+
+fn without(list: &Routes, session: SessionId) -> Option<Routes> {
+    if !list.iter().any(|r| r.session == session) {
+        return None;
+    }
+    Some(
+        list.iter()
+            .filter(|r| r.session != session)
+            .cloned()
+            .collect(),
+    )
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(retain: RetainStore, metrics: Arc<Metrics>, upgrade_outgoing_qos: bool) -> Self {
+        Router {
+            exact: DashMap::new(),
+            wild: RwLock::new(Trie::new()),
+            wild_count: AtomicUsize::new(0),
+            retain,
+            metrics,
+            upgrade_outgoing_qos,
+        }
+    }
+
+    /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3].
+    pub fn subscribe(&self, filter: &str, route: Route) {
+        if topic::is_wildcard(filter) {
+            let mut trie = self.wild.write();
+            let list = with_route(trie.get(filter), route);
+            trie.insert(filter, list);
+            self.wild_count.store(trie.len(), Ordering::Release);
+        } else {
+            let mut entry = self
+                .exact
+                .entry(Bytes::copy_from_slice(filter.as_bytes()))
+                .or_default();
+            let list = with_route(Some(entry.value()), route);
+            *entry.value_mut() = list;
+        }
+    }
+
+    /// Removes `session`'s route for exactly `filter` [MQTT-3.10.4-1]; true if there was one.
+    pub fn unsubscribe(&self, filter: &str, session: SessionId) -> bool {
+        if topic::is_wildcard(filter) {
+            let mut trie = self.wild.write();
+            let Some(list) = trie.get(filter).and_then(|l| without(l, session)) else {
+                return false;
+            };
+            if list.is_empty() {
+                trie.remove(filter);
+            } else {
+                trie.insert(filter, list);
+            }
+            self.wild_count.store(trie.len(), Ordering::Release);
+            true
+        } else {
+            let key = filter.as_bytes();
+            let removed = match self.exact.get_mut(key) {
+                Some(mut entry) => match without(entry.value(), session) {
+                    Some(list) => {
+                        *entry.value_mut() = list;
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            };
+            self.exact.remove_if(key, |_, list| list.is_empty());
+            removed
+        }
+    }
+
+    /// Retained messages matching `filter`, read after the route was inserted.
+    pub fn retained(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retain.matching(filter)
+    }
+
+    /// The retained store.
+    pub fn retain_store(&self) -> &RetainStore {
+        &self.retain
+    }
+
+    /// Number of distinct filters with routes.
+    pub fn filter_count(&self) -> usize {
+        self.exact.len() + self.wild_count.load(Ordering::Acquire)
+    }
+
+    /// Stores a retained message if flagged, then hands `msg` once to every matching session,
+    /// at the highest QoS among that session's matching filters [MQTT-3.3.5-1].
+    pub fn publish(&self, msg: Arc<Message>) -> Published {
+        if msg.retain {
+            match self.retain.set(&msg) {
+                RetainOutcome::Stored | RetainOutcome::Deleted => {}
+                outcome => {
+                    Metrics::incr(&self.metrics.retained_refused);
+                    tracing::debug!(
+                        topic = msg.topic_str(),
+                        ?outcome,
+                        "retained message not stored"
+                    );
+                }
+            }
+        }
+        let exact = self.exact.get(&msg.topic[..]).map(|e| e.value().clone());
+        let mut lists: Vec<Routes> = Vec::new();
+        if self.wild_count.load(Ordering::Acquire) > 0 {
+            self.wild
+                .read()
+                .for_each_match(&msg.topic, |l| lists.push(l.clone()));
+        }
+        let mut out = Published::default();
+        match (exact, lists.len()) {
+            (None, 0) => {}
+            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out),
+            (None, 1) => self.fan_out(&msg, lists[0].iter(), &mut out),
+            (exact, _) => {
+                // Several filters matched: one delivery per session, at its highest grant.
+                let mut all: Vec<&Route> = exact
+                    .iter()
+                    .chain(lists.iter())
+                    .flat_map(|l| l.iter())
+                    .collect();
+                all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
+                all.dedup_by_key(|r| r.session);
+                self.fan_out(&msg, all.into_iter(), &mut out);
+            }
+        }
+        out
+    }
+
+    fn fan_out<'a>(
+        &self,
+        msg: &Arc<Message>,
+        routes: impl Iterator<Item = &'a Route>,
+        out: &mut Published,
+    ) {
+        for route in routes {
+            let qos = if self.upgrade_outgoing_qos {
+                route.qos
+            } else {
+                msg.qos.min(route.qos)
+            };
+            match route.deliver.try_send(Delivery {
+                msg: msg.clone(),
+                qos,
+            }) {
+                Ok(()) => out.delivered += 1,
+                Err(TrySendError::Full(_)) => {
+                    out.dropped += 1;
+                    self.metrics.dropped(
+                        DropReason::MailboxFull,
+                        &route.client_id,
+                        msg.topic_str(),
+                    );
+                }
+                // The session is ending; its routes are about to go.
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false)
+    }
+
+    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            Route {
+                session,
+                client_id: format!("c{session}").into(),
+                qos,
+                deliver: tx,
+            },
+            rx,
+        )
+    }
+
+    fn msg(topic: &str, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::from_static(b"p"),
+            qos,
+            retain: false,
+            from: "pub".into(),
+        })
+    }
+
+    #[test]
+    fn overlapping_filters_deliver_once_at_highest_qos() {
+        // [MQTT-3.3.5-1]
+        let r = router();
+        let (a0, mut rx) = route(1, QoS::AtMostOnce, 8);
+        let a2 = Route {
+            qos: QoS::ExactlyOnce,
+            ..a0.clone()
+        };
+        let a1 = Route {
+            qos: QoS::AtLeastOnce,
+            ..a0.clone()
+        };
+        r.subscribe("a/#", a0);
+        r.subscribe("a/b", a2);
+        r.subscribe("+/b", a1);
+        let out = r.publish(msg("a/b", QoS::ExactlyOnce));
+        assert_eq!(
+            out,
+            Published {
+                delivered: 1,
+                dropped: 0
+            }
+        );
+        let d = rx.try_recv().expect("one delivery");
+        assert_eq!(d.qos, QoS::ExactlyOnce);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn qos_is_downgraded_to_the_grant() {
+        // [MQTT-3.8.4-6]
+        let r = router();
+        let (a, mut rx) = route(1, QoS::AtLeastOnce, 8);
+        r.subscribe("t", a);
+        r.publish(msg("t", QoS::ExactlyOnce));
+        r.publish(msg("t", QoS::AtMostOnce));
+        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtLeastOnce));
+        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtMostOnce));
+    }
+
+    #[test]
+    fn resubscribe_replaces_and_unsubscribe_is_exact() {
+        // [MQTT-3.8.4-3], [MQTT-3.10.4-1]
+        let r = router();
+        let (a, mut rx) = route(1, QoS::AtMostOnce, 8);
+        r.subscribe("a/+", a.clone());
+        r.subscribe(
+            "a/+",
+            Route {
+                qos: QoS::AtLeastOnce,
+                ..a.clone()
+            },
+        );
+        r.subscribe("a/b", a);
+        assert_eq!(r.filter_count(), 2);
+        assert!(!r.unsubscribe("a/#", 1));
+        assert!(r.unsubscribe("a/b", 1));
+        assert!(!r.unsubscribe("a/b", 1));
+        r.publish(msg("a/b", QoS::AtLeastOnce));
+        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtLeastOnce));
+        assert!(rx.try_recv().is_err(), "one route only");
+        assert!(r.unsubscribe("a/+", 1));
+        assert_eq!(r.filter_count(), 0);
+        assert_eq!(r.publish(msg("a/b", QoS::AtLeastOnce)).delivered, 0);
+    }
+
+    #[test]
+    fn full_mailbox_is_counted_not_blocking() {
+        let metrics = Arc::new(Metrics::default());
+        let r = Router::new(RetainStore::new(0, 0), metrics.clone(), false);
+        let (a, _rx) = route(1, QoS::AtMostOnce, 1);
+        let (b, mut rxb) = route(2, QoS::AtMostOnce, 8);
+        r.subscribe("t", a);
+        r.subscribe("t", b);
+        for _ in 0..3 {
+            r.publish(msg("t", QoS::AtMostOnce));
+        }
+        assert_eq!(metrics.snapshot().dropped_mailbox_full, 2);
+        let mut got = 0;
+        while rxb.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "the other subscriber is unaffected");
+    }
+
+    #[test]
+    fn dollar_topics_and_wildcards() {
+        // [MQTT-4.7.2-1]
+        let r = router();
+        let (a, mut rx) = route(1, QoS::AtMostOnce, 8);
+        r.subscribe("#", a);
+        assert_eq!(r.publish(msg("$SYS/x", QoS::AtMostOnce)).delivered, 0);
+        assert_eq!(r.publish(msg("x", QoS::AtMostOnce)).delivered, 1);
+        assert!(rx.try_recv().is_ok());
+    }
+}

@@ -1,0 +1,446 @@
+//! The session actor: one per client id, owning subscriptions, the inflight window, the
+//! mqueue and `awaiting_rel`. It outlives its connection when clean_session = 0.
+//!
+//! It never awaits a send to its connection outside `select!`: it uses `try_reserve`, and only
+//! when the outbound channel is full does it wait on `reserve()` as one branch among the
+//! others, so it keeps draining control commands and deliveries (ARCHITECTURE.md section 5).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Shared;
+use crate::codec::{Packet, SubAck, SubAckCode};
+use crate::inflight::{Flight, Inflight};
+use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
+use crate::metrics::{DropReason, Metrics};
+use crate::mqueue::{MQueue, Queued};
+use crate::registry::SessionHandle;
+use crate::router::{Delivery, Route};
+
+/// Commands from a connection to its session.
+#[derive(Debug)]
+pub enum SessionCmd {
+    /// A connection takes the session over; any earlier connection is kicked.
+    Attach {
+        /// How to reach the new connection.
+        link: ConnLink,
+        /// Answered once the link is stored, before any resend is queued.
+        reply: oneshot::Sender<()>,
+    },
+    /// The connection `conn` closed; ignored unless it is the current link.
+    Detach {
+        /// The connection that closed.
+        conn: ConnId,
+    },
+    /// SUBSCRIBE, already checked: `None` marks a refused filter (SUBACK 0x80).
+    Subscribe {
+        /// SUBSCRIBE packet id.
+        pkid: u16,
+        /// Filters in request order with the QoS to grant.
+        filters: Vec<(String, Option<QoS>)>,
+    },
+    /// UNSUBSCRIBE.
+    Unsubscribe {
+        /// UNSUBSCRIBE packet id.
+        pkid: u16,
+        /// Filters to remove.
+        filters: Vec<String>,
+    },
+    /// PUBACK from the client for one of our QoS 1 deliveries.
+    PubAck(u16),
+    /// PUBREC from the client for one of our QoS 2 deliveries.
+    PubRec(u16),
+    /// PUBCOMP from the client.
+    PubComp(u16),
+    /// An inbound QoS 2 PUBLISH (Method B: routed on receipt, id kept until PUBREL).
+    PublishQos2 {
+        /// Its packet id.
+        pkid: u16,
+        /// The message, or `None` if it is acknowledged but not routed (denied).
+        msg: Option<Arc<Message>>,
+    },
+    /// PUBREL from the client for an inbound QoS 2 flow.
+    PubRel(u16),
+}
+
+/// Why a connection is told to close by its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection with the same client id took the session [MQTT-3.1.4-2].
+    TakenOver,
+    /// The session was discarded (a clean-session CONNECT elsewhere, or shutdown).
+    Discarded,
+}
+
+/// What the session sends to its connection, the socket's only writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// SUBACK, UNSUBACK, PUBREC, PUBREL, PUBCOMP.
+    Packet(Packet),
+    /// A PUBLISH of a shared message.
+    Publish {
+        /// The message.
+        msg: Arc<Message>,
+        /// Delivery QoS.
+        qos: QoS,
+        /// Packet id, for QoS 1/2.
+        pkid: Option<u16>,
+        /// DUP flag: set only on a resend [MQTT-3.3.1-1].
+        dup: bool,
+        /// RETAIN flag: set only for retained-on-subscribe [MQTT-3.3.1-8, MQTT-3.3.1-9].
+        retain: bool,
+    },
+}
+
+/// A session's way to its current connection.
+#[derive(Debug)]
+pub struct ConnLink {
+    /// The connection's id, to recognise a stale `Detach`.
+    pub conn: ConnId,
+    /// The connection's outbound mailbox.
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Fired to make the connection close.
+    pub kick: oneshot::Sender<Kick>,
+}
+
+/// The session actor's state.
+pub struct Session {
+    id: SessionId,
+    client_id: ClientId,
+    persistent: bool,
+    shared: Arc<Shared>,
+    subscriptions: HashMap<String, QoS>,
+    pending: Pending,
+    awaiting_rel: HashSet<u16>,
+    link: Option<ConnLink>,
+    /// True when the last `try_reserve` found the outbound channel full.
+    blocked: bool,
+    deliver_tx: mpsc::Sender<Delivery>,
+    deliver_rx: mpsc::Receiver<Delivery>,
+    ctrl_rx: mpsc::Receiver<SessionCmd>,
+    discard: CancellationToken,
+}
+
+/// Deliveries handled per wake before the outbound is pumped.
+const DELIVERY_BATCH: usize = 64;
+
+impl Session {
+    /// Starts a session actor and returns its handle.
+    pub fn spawn(shared: &Arc<Shared>, client_id: ClientId, persistent: bool) -> SessionHandle {
+        let cfg = &shared.config.session;
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+        let (deliver_tx, deliver_rx) = mpsc::channel(cfg.max_queued_messages.max(64));
+        let discard = shared.shutdown.child_token();
+        let id = next_id();
+        let session = Session {
+            id,
+            client_id,
+            persistent,
+            shared: shared.clone(),
+            subscriptions: HashMap::new(),
+            pending: Pending {
+                inflight: Inflight::new(cfg.max_inflight_messages),
+                mqueue: MQueue::new(
+                    cfg.max_queued_messages,
+                    cfg.max_queued_bytes,
+                    cfg.queue_overflow,
+                ),
+                control: VecDeque::new(),
+            },
+            awaiting_rel: HashSet::new(),
+            link: None,
+            blocked: false,
+            deliver_tx,
+            deliver_rx,
+            ctrl_rx,
+            discard: discard.clone(),
+        };
+        shared.tracker.spawn(session.run());
+        SessionHandle {
+            id,
+            ctrl: ctrl_tx,
+            discard,
+            persistent,
+        }
+    }
+
+    async fn run(mut self) {
+        let discarded = loop {
+            let outbound = match (&self.link, self.blocked && self.has_work()) {
+                (Some(link), true) => Some(link.outbound.clone()),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                _ = self.discard.cancelled() => break true,
+                cmd = self.ctrl_rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if !self.handle(cmd) {
+                            break false;
+                        }
+                    }
+                    None => break false,
+                },
+                Some(d) = self.deliver_rx.recv() => {
+                    self.deliver(d.msg, d.qos, false);
+                    for _ in 1..DELIVERY_BATCH {
+                        match self.deliver_rx.try_recv() {
+                            Ok(d) => self.deliver(d.msg, d.qos, false),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                permit = reserve(outbound) => match permit {
+                    Ok(permit) => {
+                        self.blocked = false;
+                        if let Some(out) = self.pending.next(&self.shared.metrics) {
+                            permit.send(out);
+                        }
+                    }
+                    Err(_) => self.link_lost(),
+                },
+            }
+            if !self.persistent && self.link.is_none() {
+                break false;
+            }
+            self.pump();
+        };
+        self.close(discarded);
+    }
+
+    /// Handles one command; false when the session ends.
+    fn handle(&mut self, cmd: SessionCmd) -> bool {
+        match cmd {
+            SessionCmd::Attach { link, reply } => self.attach(link, reply),
+            SessionCmd::Detach { conn } => {
+                if self.link.as_ref().is_some_and(|l| l.conn == conn) {
+                    self.link_lost();
+                }
+            }
+            SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
+            SessionCmd::Unsubscribe { pkid, filters } => {
+                for f in &filters {
+                    if self.subscriptions.remove(f).is_some() {
+                        self.shared.router.unsubscribe(f, self.id);
+                    }
+                }
+                // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
+                self.pending
+                    .control
+                    .push_back(Outbound::Packet(Packet::UnsubAck(pkid)));
+            }
+            SessionCmd::PubAck(id) => {
+                self.pending.inflight.puback(id);
+            }
+            SessionCmd::PubRec(id) => {
+                self.pending.inflight.pubrec(id);
+                // [MQTT-4.3.3-1] answer with PUBREL even for an id we no longer know, so the
+                // client can finish its side.
+                self.pending
+                    .control
+                    .push_back(Outbound::Packet(Packet::PubRel(id)));
+            }
+            SessionCmd::PubComp(id) => {
+                self.pending.inflight.pubcomp(id);
+            }
+            SessionCmd::PublishQos2 { pkid, msg } => {
+                // [MQTT-4.3.3-2] a resend of an id awaiting PUBREL is not routed again.
+                if self.awaiting_rel.insert(pkid) {
+                    if let Some(msg) = msg {
+                        self.shared.router.publish(msg);
+                    }
+                }
+                self.pending
+                    .control
+                    .push_back(Outbound::Packet(Packet::PubRec(pkid)));
+            }
+            SessionCmd::PubRel(pkid) => {
+                self.awaiting_rel.remove(&pkid);
+                self.pending
+                    .control
+                    .push_back(Outbound::Packet(Packet::PubComp(pkid)));
+            }
+        }
+        true
+    }
+
+    fn attach(&mut self, link: ConnLink, reply: oneshot::Sender<()>) {
+        if let Some(old) = self.link.take() {
+            let _ = old.kick.send(Kick::TakenOver);
+        }
+        // Whatever was queued for the old connection is void; inflight is resent below.
+        self.pending.control.clear();
+        self.blocked = false;
+        if reply.send(()).is_err() {
+            // The connection gave up waiting; it will not send a Detach.
+            return;
+        }
+        self.link = Some(link);
+        // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
+        for (id, flight) in self.pending.inflight.in_order() {
+            self.pending.control.push_back(match flight {
+                Flight::Publish(q) => Outbound::Publish {
+                    msg: q.msg.clone(),
+                    qos: q.qos,
+                    pkid: Some(id),
+                    dup: true,
+                    retain: q.retain,
+                },
+                Flight::PubRel => Outbound::Packet(Packet::PubRel(id)),
+            });
+        }
+    }
+
+    fn subscribe(&mut self, pkid: u16, filters: Vec<(String, Option<QoS>)>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::new();
+        for (filter, qos) in filters {
+            let Some(qos) = qos else {
+                codes.push(SubAckCode::Failure);
+                continue;
+            };
+            self.shared.router.subscribe(
+                &filter,
+                Route {
+                    session: self.id,
+                    client_id: self.client_id.clone(),
+                    qos,
+                    deliver: self.deliver_tx.clone(),
+                },
+            );
+            tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
+            self.subscriptions.insert(filter.clone(), qos);
+            codes.push(SubAckCode::Granted(qos));
+            granted.push((filter, qos));
+        }
+        // [MQTT-3.8.4-1], [MQTT-3.8.4-4], [MQTT-3.8.4-5]: one SUBACK, codes in order, and it goes
+        // out before the retained messages of these filters.
+        self.pending
+            .control
+            .push_back(Outbound::Packet(Packet::SubAck(SubAck { pkid, codes })));
+        // The route is in place, so reading retained messages now cannot miss one [MQTT-3.3.1-6].
+        for (filter, qos) in granted {
+            for msg in self.shared.router.retained(&filter) {
+                let q = msg.qos.min(qos);
+                self.deliver(msg, q, true);
+            }
+        }
+    }
+
+    /// Queues a message owed to this session.
+    fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool) {
+        let metrics = &self.shared.metrics;
+        if self.link.is_none()
+            && qos == QoS::AtMostOnce
+            && !self.shared.config.session.queue_qos0_messages
+        {
+            metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
+            return;
+        }
+        let topic = msg.clone();
+        let dropped = self.pending.mqueue.push(Queued { msg, qos, retain });
+        for _ in 0..dropped {
+            metrics.dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.pending.has_work()
+    }
+
+    /// Moves work into the outbound channel while it has room.
+    fn pump(&mut self) {
+        while self.pending.has_work() {
+            let Some(link) = &self.link else { return };
+            let closed = match link.outbound.try_reserve() {
+                Ok(permit) => {
+                    if let Some(out) = self.pending.next(&self.shared.metrics) {
+                        permit.send(out);
+                    }
+                    continue;
+                }
+                Err(TrySendError::Full(())) => false,
+                Err(TrySendError::Closed(())) => true,
+            };
+            if closed {
+                self.link_lost();
+            } else {
+                self.blocked = true;
+            }
+            return;
+        }
+    }
+
+    fn link_lost(&mut self) {
+        self.link = None;
+        self.blocked = false;
+        self.pending.control.clear();
+    }
+
+    fn close(mut self, discarded: bool) {
+        if let Some(link) = self.link.take() {
+            let _ = link.kick.send(Kick::Discarded);
+        }
+        for filter in self.subscriptions.keys() {
+            self.shared.router.unsubscribe(filter, self.id);
+        }
+        if !discarded {
+            self.shared.registry.remove_if(&self.client_id, self.id);
+        }
+        tracing::debug!(client_id = &*self.client_id, discarded, "session ended");
+    }
+}
+
+/// Everything waiting to be sent to the connection.
+struct Pending {
+    inflight: Inflight,
+    mqueue: MQueue,
+    /// Packets that go before any queued PUBLISH: acks and resends.
+    control: VecDeque<Outbound>,
+}
+
+impl Pending {
+    /// True if `next` would produce a packet now.
+    fn has_work(&self) -> bool {
+        !self.control.is_empty()
+            || self
+                .mqueue
+                .front()
+                .is_some_and(|q| q.qos == QoS::AtMostOnce || self.inflight.has_room())
+    }
+
+    /// The next packet for the connection: control first, then the queue head if the
+    /// inflight window lets it go.
+    fn next(&mut self, metrics: &Metrics) -> Option<Outbound> {
+        if let Some(out) = self.control.pop_front() {
+            return Some(out);
+        }
+        let front = self.mqueue.front()?;
+        let pkid = if front.qos == QoS::AtMostOnce {
+            None
+        } else {
+            Some(self.inflight.insert(front.clone())?)
+        };
+        let q = self.mqueue.pop()?;
+        Metrics::incr(&metrics.messages_sent);
+        Some(Outbound::Publish {
+            msg: q.msg,
+            qos: q.qos,
+            pkid,
+            dup: false,
+            retain: q.retain,
+        })
+    }
+}
+
+/// Waits for room in the outbound channel, or forever when there is nothing to wait for.
+async fn reserve(tx: Option<mpsc::Sender<Outbound>>) -> Result<OwnedPermit<Outbound>, ()> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}

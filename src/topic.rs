@@ -1,0 +1,127 @@
+//! Topic names and filters: validation and matching (MQTT 3.1.1 section 4.7).
+//!
+//! UTF-8 and U+0000 are checked by the codec; here are the structural rules. Matching is byte
+//! for byte with no normalisation [MQTT-4.7.3-4].
+
+/// True if `name` may be published to: non-empty, no wildcards [MQTT-3.3.2-2, MQTT-4.7.1-1,
+/// MQTT-4.7.3-1].
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && !name.iter().any(|&b| b == b'+' || b == b'#')
+}
+
+/// True if `filter` is a well-formed subscription filter: non-empty, `#` only as the whole last
+/// level, `+` only as a whole level [MQTT-4.7.1-2, MQTT-4.7.1-3, MQTT-4.7.3-1].
+pub fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "#" if last => {}
+            "+" => {}
+            l if l.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// True if the filter has a `+` or `#` level, so it must live in the wildcard trie.
+pub fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// True if topic `name` matches `filter`; both assumed valid.
+///
+/// A filter whose first level is a wildcard never matches a name starting with `$`
+/// [MQTT-4.7.2-1].
+pub fn matches(filter: &str, name: &[u8]) -> bool {
+    if name.first() == Some(&b'$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut names = name.split(|&b| b == b'/');
+    let mut filters = filter.split('/');
+    loop {
+        match (filters.next(), names.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(n)) if f.as_bytes() == n => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules() {
+        assert!(valid_name(b"a/b"));
+        assert!(valid_name(b"/"));
+        assert!(valid_name(b"$SYS/x"));
+        assert!(!valid_name(b"")); // [MQTT-4.7.3-1]
+        assert!(!valid_name(b"a/+")); // [MQTT-3.3.2-2]
+        assert!(!valid_name(b"a/#"));
+        assert!(!valid_name(b"a+b"));
+    }
+
+    #[test]
+    fn filter_rules() {
+        for ok in [
+            "#", "+", "a/#", "a/+/b", "+/+", "/", "a//b", "+/#", "$SYS/#", "a b",
+        ] {
+            assert!(valid_filter(ok), "{ok}");
+        }
+        // [MQTT-4.7.1-2], [MQTT-4.7.1-3], [MQTT-4.7.3-1]
+        for bad in ["", "a/#/b", "a#", "#/", "a+/b", "a/b+", "++", "##"] {
+            assert!(!valid_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_matching_examples() {
+        // Section 4.7.1.2 and 4.7.1.3 examples.
+        let yes = [
+            ("sport/tennis/player1/#", "sport/tennis/player1"),
+            ("sport/tennis/player1/#", "sport/tennis/player1/ranking"),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/score/wimbledon",
+            ),
+            ("sport/#", "sport"),
+            ("#", "a/b/c"),
+            ("sport/tennis/+", "sport/tennis/player1"),
+            ("sport/+", "sport/"),
+            ("+/+", "/finance"),
+            ("/+", "/finance"),
+            ("+", "a"),
+            ("a/+/b", "a//b"),
+            ("$SYS/#", "$SYS/broker/uptime"),
+            ("$SYS/+", "$SYS/x"),
+        ];
+        for (f, n) in yes {
+            assert!(matches(f, n.as_bytes()), "{f} should match {n}");
+        }
+        let no = [
+            ("sport/tennis/+", "sport/tennis/player1/ranking"),
+            ("sport/+", "sport"),
+            ("+", "/finance"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b"),
+            // [MQTT-4.7.2-1]
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("+", "$x"),
+            // [MQTT-4.7.3-4]
+            ("a/b", "A/b"),
+            ("a/b", "a//b"),
+        ];
+        for (f, n) in no {
+            assert!(!matches(f, n.as_bytes()), "{f} should not match {n}");
+        }
+    }
+}
