@@ -152,7 +152,9 @@ fn collect(node: &Node, levels: &[&str], root: bool, out: &mut Vec<Arc<Message>>
     match level {
         "#" => {
             // "a/#" matches "a" itself too.
-            out.extend(node.message.iter().cloned().filter(|_| !root));
+            if !root {
+                out.extend(node.message.iter().cloned());
+            }
             for (name, child) in &node.children {
                 if visible(name) {
                     child.collect_all(out);

@@ -1,0 +1,433 @@
+//! Shared helpers for the integration tests: a real broker on an ephemeral port, a rumqttc
+//! client wrapper, a raw-bytes client, and `within` so that every wait has a timeout.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions};
+use tern::codec::{self, ConnAck, Connect, Packet, Protocol, Publish, SubAckCode, Subscribe};
+use tern::message::QoS;
+use tern::metrics::Metrics;
+use tern::{Broker, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The default bound on any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than `dur`.
+pub async fn within<F: Future>(dur: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(dur, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {dur:?}"),
+    }
+}
+
+/// A broker running inside the test's runtime on 127.0.0.1 and an ephemeral port.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBroker {
+    /// Starts a broker with the default config.
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker with the default config changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        let mut config = Config::default();
+        config.listener[0].bind = "127.0.0.1:0".parse().expect("address");
+        tweak(&mut config);
+        let broker = Broker::bind(config).await.expect("broker binds");
+        let addr = broker.local_addrs()[0];
+        let metrics = broker.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(broker.run(async move {
+            let _ = stopped.await;
+        }));
+        TestBroker {
+            addr,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the broker and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within(WAIT, task).await.expect("broker task");
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A rumqttc client whose event loop runs in its own task, with events delivered to a channel.
+pub struct Client {
+    pub client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    /// Options for a client of `broker` with id `id`.
+    pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    /// Connects with clean session 1 and waits for CONNACK.
+    pub async fn connect(addr: SocketAddr, id: &str) -> Client {
+        Self::connect_with(Self::options(addr, id)).await.0
+    }
+
+    /// Connects with these options; returns the client and its CONNACK.
+    pub async fn connect_with(opts: MqttOptions) -> (Client, rumqttc::ConnAck) {
+        let (client, eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(eventloop, tx));
+        let mut c = Client {
+            client,
+            events,
+            task,
+        };
+        let ack = within(WAIT, async {
+            loop {
+                match c.events.recv().await {
+                    Some(Ok(Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => break ack,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("connect failed: {e}"),
+                    None => panic!("event loop ended before CONNACK"),
+                }
+            }
+        })
+        .await;
+        (c, ack)
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe queued");
+        within(WAIT, async {
+            loop {
+                if let rumqttc::Packet::SubAck(ack) = self.next_incoming().await {
+                    break ack.return_codes;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Publishes (the event loop does the QoS handshake).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: rumqttc::QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .expect("publish queued");
+    }
+
+    /// Publishes at QoS 1 and waits for its PUBACK.
+    pub async fn publish_acked(&mut self, topic: &str, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .await;
+        within(WAIT, async {
+            loop {
+                if let rumqttc::Packet::PubAck(_) = self.next_incoming().await {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next incoming packet (waits at most `WAIT`).
+    pub async fn next_incoming(&mut self) -> rumqttc::Packet {
+        within(WAIT, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Ok(Event::Incoming(p))) => break p,
+                    Some(Ok(Event::Outgoing(_))) => {}
+                    Some(Err(e)) => panic!("connection error: {e}"),
+                    None => panic!("event loop ended"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next PUBLISH received (waits at most `WAIT`).
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        loop {
+            if let rumqttc::Packet::Publish(p) = self.next_incoming().await {
+                return p;
+            }
+        }
+    }
+
+    /// Asserts that no PUBLISH arrives within `dur`.
+    pub async fn expect_no_publish(&mut self, dur: Duration) {
+        let deadline = tokio::time::Instant::now() + dur;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Event::Incoming(rumqttc::Packet::Publish(p))))) => {
+                    panic!("unexpected publish on {}: {:?}", p.topic, p.payload)
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => panic!("connection error: {e}"),
+                Ok(None) => panic!("event loop ended"),
+            }
+        }
+    }
+
+    /// Waits until the event loop reports an error (the broker closed the connection).
+    pub async fn expect_disconnected(&mut self) {
+        within(WAIT, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends DISCONNECT and waits for it to be written.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        within(WAIT, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)))
+                    | Some(Err(_))
+                    | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        self.task.abort();
+    }
+
+    /// Drops the TCP connection without DISCONNECT.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Event, String>>) {
+    loop {
+        let ev = eventloop.poll().await.map_err(|e| e.to_string());
+        let failed = ev.is_err();
+        if tx.send(ev).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// A client speaking raw bytes, for byte-exact and malformed-input tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    /// Opens a TCP connection and sends nothing.
+    pub async fn open(addr: SocketAddr) -> Raw {
+        let stream = within(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Opens a connection, sends CONNECT and returns the CONNACK.
+    pub async fn connect(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        keep_alive: u16,
+    ) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(addr).await;
+        raw.send_packet(&connect_packet(id, clean, keep_alive))
+            .await;
+        match raw.recv().await {
+            Packet::ConnAck(ack) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Encodes and writes a packet.
+    pub async fn send_packet(&mut self, p: &Packet) {
+        let mut buf = BytesMut::new();
+        codec::encode(p, &mut buf);
+        self.send(&buf).await;
+    }
+
+    /// Reads one packet (waits at most `WAIT`).
+    pub async fn recv(&mut self) -> Packet {
+        within(WAIT, async {
+            loop {
+                if let Some(p) =
+                    codec::decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet")
+                {
+                    return p;
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+                assert!(n > 0, "connection closed while waiting for a packet");
+            }
+        })
+        .await
+    }
+
+    /// Sends SUBSCRIBE and returns the SUBACK codes, checking the packet id [MQTT-3.8.4-2].
+    pub async fn subscribe(&mut self, pkid: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCode> {
+        self.send_packet(&Packet::Subscribe(Subscribe {
+            pkid,
+            filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
+        }))
+        .await;
+        match self.recv().await {
+            Packet::SubAck(ack) => {
+                assert_eq!(ack.pkid, pkid, "SUBACK carries the SUBSCRIBE's id");
+                ack.codes
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Sends a PUBLISH.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pkid: Option<u16>,
+        retain: bool,
+        payload: &[u8],
+    ) {
+        self.send_packet(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            pkid,
+            payload: Bytes::copy_from_slice(payload),
+        }))
+        .await;
+    }
+
+    /// Reads the next packet, which must be a PUBLISH.
+    pub async fn recv_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Reads exactly `n` raw bytes.
+    pub async fn recv_bytes(&mut self, n: usize) -> Vec<u8> {
+        within(WAIT, async {
+            while self.buf.len() < n {
+                let got = self.stream.read_buf(&mut self.buf).await.expect("read");
+                assert!(
+                    got > 0,
+                    "connection closed after {} of {n} bytes",
+                    self.buf.len()
+                );
+            }
+            self.buf.split_to(n).to_vec()
+        })
+        .await
+    }
+
+    /// Asserts that the broker closes the connection without sending another byte.
+    pub async fn expect_closed_silently(&mut self) {
+        let extra = self.read_to_close().await;
+        assert!(extra.is_empty(), "broker sent {extra:02x?} before closing");
+    }
+
+    /// Waits for the broker to close the connection; returns any bytes it sent first.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        within(WAIT, async {
+            loop {
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return self.buf.split().to_vec(),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Asserts that nothing arrives for `dur` and the connection stays open.
+    pub async fn expect_silence(&mut self, dur: Duration) {
+        match tokio::time::timeout(dur, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) => panic!("connection closed"),
+            Ok(r) => panic!("unexpected data: {r:?} {:02x?}", &self.buf[..]),
+        }
+    }
+}
+
+/// A CONNECT packet for MQTT 3.1.1.
+pub fn connect_packet(id: &str, clean: bool, keep_alive: u16) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V311,
+        clean_session: clean,
+        keep_alive,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }))
+}
+
+/// The bytes of a minimal MQTT 3.1.1 CONNECT with clean session 1 and keepalive 60.
+pub fn connect_bytes(id: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(id, true, 60), &mut buf);
+    buf.to_vec()
+}

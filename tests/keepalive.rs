@@ -1,0 +1,88 @@
+//! Keepalive: 1.5 x the client's value, reset by whole packets only; PINGREQ/PINGRESP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{within, Raw, TestBroker, WAIT};
+use tern::codec::Packet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn pingreq_gets_pingresp() {
+    // [MQTT-3.12.4-1]
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "ping", true, 60).await;
+    raw.send(&[0xc0, 0x00]).await;
+    assert_eq!(raw.recv_bytes(2).await, [0xd0, 0x00]);
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_one_and_a_half_keepalives() {
+    // [MQTT-3.1.2-24]
+    let b = TestBroker::start().await;
+    let started = Instant::now();
+    let (mut raw, _) = Raw::connect(b.addr, "silent", true, 1).await;
+    raw.expect_closed_silently().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed too early: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn pings_keep_the_connection_alive() {
+    // [MQTT-3.1.2-24]: any packet resets the deadline.
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "pinger", true, 1).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3000) {
+        raw.expect_silence(Duration::from_millis(700)).await;
+        raw.send(&[0xc0, 0x00]).await;
+        assert_eq!(raw.recv().await, Packet::PingResp);
+    }
+    // Then silence: closed.
+    raw.expect_closed_silently().await;
+}
+
+#[tokio::test]
+async fn a_dribbled_frame_does_not_reset_the_deadline() {
+    // Bytes that never complete a packet are not activity.
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "dribble", true, 1).await;
+    let started = Instant::now();
+    // A PUBLISH that claims 100 bytes, then one byte every 200 ms.
+    raw.send(&[0x30, 100]).await;
+    let (mut rd, mut wr) = raw.stream.split();
+    within(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut buf = [0u8; 16];
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = wr.write_all(b"x").await;
+                }
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => panic!("unexpected bytes {:02x?}", &buf[..n]),
+                },
+            }
+        }
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "not closed by keepalive: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn keepalive_zero_means_no_timeout() {
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "forever", true, 0).await;
+    raw.expect_silence(Duration::from_millis(2000)).await;
+    raw.send(&[0xc0, 0x00]).await;
+    assert_eq!(raw.recv().await, Packet::PingResp);
+}

@@ -1,0 +1,192 @@
+//! SUBSCRIBE / UNSUBSCRIBE: SUBACK codes, wildcards, the `$` rule, replacement and removal.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Raw, TestBroker};
+use rumqttc::SubscribeReasonCode as Code;
+use tern::codec::{Packet, SubAckCode, Unsubscribe};
+use tern::message::QoS;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn suback_has_one_code_per_filter_in_order() {
+    // [MQTT-3.8.4-1], [MQTT-3.8.4-2], [MQTT-3.8.4-4], [MQTT-3.8.4-5], [MQTT-3.9.3-1], [MQTT-2.3.1-7]
+    // [MQTT-4.7.1-2], [MQTT-4.7.1-3]: malformed filters get 0x80.
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "codes", true, 60).await;
+    let codes = raw
+        .subscribe(
+            0x1234,
+            &[
+                ("a/+", QoS::AtLeastOnce),
+                ("a/#/b", QoS::AtMostOnce),
+                ("#", QoS::ExactlyOnce),
+                ("a+/b", QoS::AtMostOnce),
+                ("x", QoS::AtMostOnce),
+            ],
+        )
+        .await;
+    assert_eq!(
+        codes,
+        [
+            SubAckCode::Granted(QoS::AtLeastOnce),
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::ExactlyOnce),
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::AtMostOnce),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn suback_bytes_are_exact() {
+    // [MQTT-3.9.3-2]
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "bytes", true, 60).await;
+    // Filters "a" at QoS 1 and "a#b" (invalid) at QoS 2.
+    raw.send(&[
+        0x82, 0x0c, 0x12, 0x34, 0, 1, b'a', 1, 0, 3, b'a', b'#', b'b', 2,
+    ])
+    .await;
+    assert_eq!(
+        raw.recv_bytes(6).await,
+        [0x90, 0x04, 0x12, 0x34, 0x01, 0x80]
+    );
+}
+
+#[tokio::test]
+async fn wildcards_match_as_the_spec_says() {
+    // [MQTT-3.8.3-2], [MQTT-3.3.2-3]
+    let b = TestBroker::start().await;
+    let mut sub = Client::connect(b.addr, "wild").await;
+    sub.subscribe("sport/tennis/+", rumqttc::QoS::AtMostOnce)
+        .await;
+    sub.subscribe("finance/#", rumqttc::QoS::AtMostOnce).await;
+    let mut publisher = Client::connect(b.addr, "pub").await;
+    for topic in [
+        "sport/tennis/player1",
+        "sport/tennis/player1/ranking",
+        "finance",
+        "finance/eur/usd",
+        "sport/golf",
+    ] {
+        publisher
+            .publish_acked(topic, false, topic.as_bytes())
+            .await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(sub.next_publish().await.topic);
+    }
+    got.sort();
+    assert_eq!(got, ["finance", "finance/eur/usd", "sport/tennis/player1"]);
+    sub.expect_no_publish(QUIET).await;
+}
+
+#[tokio::test]
+async fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    // [MQTT-4.7.2-1]
+    let b = TestBroker::start().await;
+    let mut hash = Client::connect(b.addr, "hash").await;
+    hash.subscribe("#", rumqttc::QoS::AtMostOnce).await;
+    let mut plus = Client::connect(b.addr, "plus").await;
+    plus.subscribe("+/status", rumqttc::QoS::AtMostOnce).await;
+    let mut dollar = Client::connect(b.addr, "dollar").await;
+    dollar
+        .subscribe("$internal/#", rumqttc::QoS::AtMostOnce)
+        .await;
+    let mut publisher = Client::connect(b.addr, "pub").await;
+    publisher
+        .publish_acked("$internal/status", false, "d")
+        .await;
+    assert_eq!(dollar.next_publish().await.topic, "$internal/status");
+    hash.expect_no_publish(QUIET).await;
+    plus.expect_no_publish(QUIET).await;
+}
+
+#[tokio::test]
+async fn clients_cannot_publish_to_sys() {
+    // Our choice, as Mosquitto: $SYS belongs to the broker; a client's PUBLISH there is
+    // acknowledged and dropped [MQTT-3.3.5-2].
+    let b = TestBroker::start().await;
+    let mut sys = Client::connect(b.addr, "sys").await;
+    sys.subscribe("$SYS/#", rumqttc::QoS::AtMostOnce).await;
+    let mut publisher = Client::connect(b.addr, "pub").await;
+    publisher
+        .publish_acked("$SYS/broker/fake", false, "x")
+        .await;
+    sys.expect_no_publish(QUIET).await;
+}
+
+#[tokio::test]
+async fn resubscribe_replaces_the_qos() {
+    // [MQTT-3.8.4-3]
+    let b = TestBroker::start().await;
+    let mut sub = Client::connect(b.addr, "re").await;
+    assert_eq!(
+        sub.subscribe("t", rumqttc::QoS::AtMostOnce).await,
+        [Code::Success(rumqttc::QoS::AtMostOnce)]
+    );
+    assert_eq!(
+        sub.subscribe("t", rumqttc::QoS::AtLeastOnce).await,
+        [Code::Success(rumqttc::QoS::AtLeastOnce)]
+    );
+    let mut publisher = Client::connect(b.addr, "pub").await;
+    publisher.publish_acked("t", false, "once").await;
+    let p = sub.next_publish().await;
+    assert_eq!(p.qos, rumqttc::QoS::AtLeastOnce);
+    sub.expect_no_publish(QUIET).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_matches_exactly() {
+    // [MQTT-3.10.4-1], [MQTT-3.10.4-2], [MQTT-3.10.4-4], [MQTT-3.10.4-5], [MQTT-3.10.4-6]
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "unsub", true, 60).await;
+    raw.subscribe(1, &[("a/b", QoS::AtMostOnce), ("c", QoS::AtMostOnce)])
+        .await;
+    // "a/+" was never subscribed: nothing removed, still UNSUBACK with the id.
+    raw.send_packet(&Packet::Unsubscribe(Unsubscribe {
+        pkid: 7,
+        filters: vec!["a/+".into(), "nothing".into()],
+    }))
+    .await;
+    assert_eq!(raw.recv_bytes(4).await, [0xb0, 0x02, 0x00, 0x07]);
+    let mut publisher = Client::connect(b.addr, "pub").await;
+    publisher.publish_acked("a/b", false, "1").await;
+    assert_eq!(&raw.recv_publish().await.payload[..], b"1");
+    raw.send_packet(&Packet::Unsubscribe(Unsubscribe {
+        pkid: 8,
+        filters: vec!["a/b".into(), "c".into()],
+    }))
+    .await;
+    assert_eq!(raw.recv().await, Packet::UnsubAck(8));
+    publisher.publish_acked("a/b", false, "2").await;
+    publisher.publish_acked("c", false, "3").await;
+    raw.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn bad_subscribe_packets_close_the_connection() {
+    // [MQTT-3.8.3-3] no filters, [MQTT-3.8.3-4] QoS 3, [MQTT-3.8.1-1] wrong flags,
+    // [MQTT-3.10.3-2] UNSUBSCRIBE with no filters, [MQTT-3.10.1-1] wrong flags,
+    // [MQTT-3.8.3-1], [MQTT-3.10.3-1] invalid UTF-8.
+    let b = TestBroker::start().await;
+    let cases: &[&[u8]] = &[
+        &[0x82, 2, 0, 1],
+        &[0x82, 6, 0, 1, 0, 1, b'a', 3],
+        &[0x80, 6, 0, 1, 0, 1, b'a', 0],
+        &[0xa2, 2, 0, 1],
+        &[0xa0, 5, 0, 1, 0, 1, b'a'],
+        &[0x82, 6, 0, 1, 0, 1, 0xff, 0],
+        &[0xa2, 5, 0, 1, 0, 1, 0xff],
+    ];
+    for bytes in cases {
+        let (mut raw, _) = Raw::connect(b.addr, "bad", true, 60).await;
+        raw.send(bytes).await;
+        raw.expect_closed_silently().await;
+    }
+}
