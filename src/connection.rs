@@ -256,6 +256,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads until one whole packet is decoded (used before CONNECT).
     async fn read_packet(&mut self) -> Result<Packet, CloseReason> {
         loop {
+            // [MQTT-3.1.0-1] known from the first byte; no need to wait for the rest.
+            if let Some(&first) = self.rbuf.first() {
+                if first >> 4 != 1 {
+                    return Err(ProtocolError::FirstPacketNotConnect(
+                        "a packet other than CONNECT",
+                    )
+                    .into());
+                }
+            }
             if let Some(p) = codec::decode(&mut self.rbuf, self.max_packet)? {
                 Metrics::incr(&self.shared.metrics.packets_received);
                 trace!(packet = p.name(), "received");

@@ -11,6 +11,10 @@ use crate::message::QoS;
 /// read more and retry. A frame larger than `max_packet_size` is refused as soon as its length
 /// is known, before its bytes arrive, so a peer cannot make us buffer what it claims.
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+    // Judge the first byte as soon as it arrives: a bad one need not wait for its body.
+    if let Some(&first) = buf.first() {
+        check_flags(first >> 4, first & 0x0f)?;
+    }
     let Some((header_len, remaining)) = frame_header(buf)? else {
         return Ok(None);
     };
@@ -63,7 +67,6 @@ fn check_flags(packet_type: u8, flags: u8) -> Result<(), DecodeError> {
 fn parse(first: u8, mut body: Bytes) -> Result<Packet, DecodeError> {
     let packet_type = first >> 4;
     let flags = first & 0x0f;
-    check_flags(packet_type, flags)?;
     let packet = match packet_type {
         1 => Packet::Connect(Box::new(parse_connect(&mut body)?)),
         2 => {

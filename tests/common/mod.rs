@@ -402,6 +402,22 @@ impl Raw {
         .await
     }
 
+    /// The next packet, or `None` if the broker closes the connection first.
+    pub async fn read_to_close_or_packet(&mut self) -> Option<Packet> {
+        within(WAIT, async {
+            loop {
+                if let Ok(Some(p)) = codec::decode(&mut self.buf, usize::MAX) {
+                    return Some(p);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
     /// Asserts that nothing arrives for `dur` and the connection stays open.
     pub async fn expect_silence(&mut self, dur: Duration) {
         match tokio::time::timeout(dur, self.stream.read_buf(&mut self.buf)).await {

@@ -1,0 +1,206 @@
+//! The `tern` binary's command line and configuration handling, run as a user would.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{within, Raw, WAIT};
+use tern::Config;
+
+fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    f.write_all(text.as_bytes()).expect("write config");
+    f
+}
+
+/// Runs `tern --check-config -c FILE`; returns (exit code, stderr).
+fn check(text: &str) -> (i32, String, String) {
+    let f = config_file(text);
+    let out = tern()
+        .args(["--check-config", "-c"])
+        .arg(f.path())
+        .output()
+        .expect("run tern");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.lines().count() <= 1,
+        "one line of error at most: {stderr}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        stderr,
+        f.path().display().to_string(),
+    )
+}
+
+#[test]
+fn shipped_config_checks_ok() {
+    let out = tern()
+        .args([
+            "--check-config",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml"),
+        ])
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn print_default_config_is_the_shipped_file_and_the_defaults() {
+    let out = tern()
+        .arg("--print-default-config")
+        .output()
+        .expect("run tern");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml"))
+        .expect("read");
+    assert_eq!(printed, shipped);
+    let parsed = Config::parse(&printed, std::path::Path::new("printed")).expect("parses");
+    assert_eq!(parsed, Config::default());
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let (code, err, path) = check("[mqtt]\nmax_packet_sise = 10\n");
+    assert_eq!(code, 2);
+    assert!(err.contains(&path), "{err}");
+    assert!(err.contains("mqtt.max_packet_sise"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_named() {
+    for (text, key) in [
+        (
+            "[mqtt]\nmax_packet_size = \"big\"\n",
+            "mqtt.max_packet_size",
+        ),
+        (
+            "[mqtt]\nconnect_timeout = \"forever\"\n",
+            "mqtt.connect_timeout",
+        ),
+        (
+            "[session]\nmax_inflight_messages = 0\n",
+            "session.max_inflight_messages",
+        ),
+        (
+            "[session]\nqueue_overflow = \"drop_random\"\n",
+            "session.queue_overflow",
+        ),
+        ("[[listener]]\nbind = \"localhost\"\n", "listener[0].bind"),
+        (
+            "[[listener]]\nprotocol = \"websockets\"\n",
+            "listener.protocol",
+        ),
+        ("[log]\nlevel = \"=\"\n", "log.level"),
+    ] {
+        let (code, err, path) = check(text);
+        assert_eq!(code, 2, "{text}");
+        assert!(err.contains(&path) && err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn toml_syntax_error_gives_line() {
+    let (code, err, _) = check("[mqtt\nmax_packet_size = 1\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let out = tern()
+        .args(["--check-config", "-c", "/nonexistent/tern.toml"])
+        .output()
+        .expect("run tern");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/tern.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    let (code, err, _) = check("");
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Starts the binary on a free port with `-p` and connects to it.
+#[tokio::test]
+async fn port_flag_overrides_the_listener() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let f = config_file("[[listener]]\nbind = \"127.0.0.1:1\"\n");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("-c")
+        .arg(f.path())
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tern");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Wait for the listener: connection attempts until one succeeds, bounded by WAIT.
+    within(WAIT, async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (_raw, ack) = Raw::connect(addr, "cli", true, 60).await;
+    assert_eq!(ack.code, tern::codec::ConnectReturnCode::Accepted);
+    // SIGTERM shuts it down gracefully with status 0.
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = within(WAIT, child.wait()).await.expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn readme_documents_every_config_key() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml"))
+        .expect("config");
+    let mut keys = 0;
+    for line in shipped.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || !line.contains('=') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("").trim();
+        assert!(
+            readme.contains(&format!("`{key}`")),
+            "README does not document `{key}`"
+        );
+        keys += 1;
+    }
+    assert!(keys >= 15, "found only {keys} keys");
+}

@@ -1,0 +1,108 @@
+//! Malformed and hostile input: each bad connection is closed, and a well-behaved pair of
+//! clients keeps exchanging messages throughout.
+
+mod common;
+
+use common::{connect_bytes, Raw, TestBroker};
+use tern::codec::Packet;
+use tern::message::QoS;
+
+/// (name, bytes sent after a valid CONNECT, or before any CONNECT when `pre_connect`)
+const AFTER_CONNECT: &[(&str, &[u8])] = &[
+    // [MQTT-4.8.0-1]
+    (
+        "remaining length over 4 bytes",
+        &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+    ),
+    // [MQTT-2.2.2-2]
+    ("reserved flags on PUBACK", &[0x41, 0x02, 0x00, 0x01]),
+    ("reserved flags on PINGREQ", &[0xc3, 0x00]),
+    // [MQTT-1.5.3-1]
+    (
+        "invalid UTF-8 topic",
+        &[0x30, 0x05, 0x00, 0x03, 0xed, 0xa0, 0x80],
+    ),
+    // max_packet_size: refused from the header alone
+    ("256 MB length claim", &[0x30, 0xff, 0xff, 0xff, 0x7f]),
+    // [MQTT-2.3.1-1]
+    ("packet id 0", &[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x00]),
+    // [MQTT-3.8.3-4]
+    (
+        "SUBSCRIBE with QoS 3",
+        &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b't', 0x03],
+    ),
+    // [MQTT-3.3.2-2]
+    (
+        "wildcard in PUBLISH topic",
+        &[0x30, 0x05, 0x00, 0x03, b'a', b'/', b'+'],
+    ),
+    ("packet type 15", &[0xf0, 0x00]),
+    ("CONNACK from a client", &[0x20, 0x02, 0x00, 0x00]),
+    ("truncated field", &[0x30, 0x01, 0x00]),
+];
+
+#[tokio::test]
+async fn bad_packets_close_only_their_connection() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, "good-sub", true, 60).await;
+    sub.subscribe(1, &[("good", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "good-pub", true, 60).await;
+    for (i, (name, bytes)) in AFTER_CONNECT.iter().enumerate() {
+        let mut bad = Raw::open(b.addr).await;
+        bad.send(&connect_bytes(&format!("bad-{i}"))).await;
+        assert!(matches!(bad.recv().await, Packet::ConnAck(_)), "{name}");
+        bad.send(bytes).await;
+        let extra = bad.read_to_close().await;
+        assert!(
+            extra.is_empty(),
+            "{name}: broker answered {extra:02x?} before closing"
+        );
+        // The good pair notices nothing.
+        let pkid = i as u16 + 1;
+        publisher
+            .publish("good", QoS::AtLeastOnce, Some(pkid), false, name.as_bytes())
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(pkid), "{name}");
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..], name.as_bytes());
+        sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    }
+    assert!(b.metrics.snapshot().protocol_errors >= AFTER_CONNECT.len() as u64);
+}
+
+#[tokio::test]
+async fn garbage_before_connect_is_closed() {
+    // [MQTT-3.1.0-1], [MQTT-3.1.4-1]
+    let b = TestBroker::start().await;
+    let cases: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[0x30, 0x03, 0x00, 0x01, b't'],
+        &[0x10, 0xff, 0xff, 0xff, 0xff, 0xff],
+        &[0x00; 16],
+    ];
+    for bytes in cases {
+        let mut raw = Raw::open(b.addr).await;
+        raw.send(bytes).await;
+        raw.expect_closed_silently().await;
+    }
+    // The broker still serves.
+    let (_ok, ack) = Raw::connect(b.addr, "after", true, 60).await;
+    assert_eq!(ack.code, tern::codec::ConnectReturnCode::Accepted);
+}
+
+#[tokio::test]
+async fn oversized_packet_is_refused() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let (mut raw, _) = Raw::connect(b.addr, "big", true, 60).await;
+    raw.publish("t", QoS::AtMostOnce, None, false, &[0u8; 1000])
+        .await;
+    raw.send(&[0xc0, 0]).await;
+    assert_eq!(
+        raw.recv().await,
+        Packet::PingResp,
+        "under the limit is fine"
+    );
+    raw.publish("t", QoS::AtMostOnce, None, false, &[0u8; 1100])
+        .await;
+    raw.expect_closed_silently().await;
+}

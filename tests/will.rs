@@ -1,0 +1,151 @@
+//! Wills: published when the connection closes for any reason but DISCONNECT.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Raw, TestBroker};
+use tern::codec::{Connect, LastWill, Packet, Protocol};
+use tern::message::QoS;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn connect_with_will(id: &str, keep_alive: u16, qos: QoS, retain: bool) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V311,
+        clean_session: true,
+        keep_alive,
+        client_id: id.into(),
+        will: Some(LastWill {
+            topic: Bytes::from_static(b"will/topic"),
+            payload: Bytes::from_static(b"gone"),
+            qos,
+            retain,
+        }),
+        username: None,
+        password: None,
+    }))
+}
+
+async fn will_client(b: &TestBroker, id: &str, keep_alive: u16, qos: QoS, retain: bool) -> Raw {
+    let mut raw = Raw::open(b.addr).await;
+    raw.send_packet(&connect_with_will(id, keep_alive, qos, retain))
+        .await;
+    assert!(
+        matches!(raw.recv().await, Packet::ConnAck(a) if a.code == tern::codec::ConnectReturnCode::Accepted)
+    );
+    raw
+}
+
+async fn watcher(b: &TestBroker) -> Raw {
+    let (mut w, _) = Raw::connect(b.addr, "watcher", true, 60).await;
+    w.subscribe(1, &[("will/#", QoS::AtLeastOnce)]).await;
+    w
+}
+
+#[tokio::test]
+async fn will_is_published_when_the_socket_closes_without_disconnect() {
+    // [MQTT-3.1.2-8], [MQTT-3.1.2-16]
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let raw = will_client(&b, "dies", 60, QoS::AtLeastOnce, false).await;
+    drop(raw);
+    let p = w.recv_publish().await;
+    assert_eq!(
+        (&p.topic[..], &p.payload[..], p.qos, p.retain),
+        (&b"will/topic"[..], &b"gone"[..], QoS::AtLeastOnce, false)
+    );
+    w.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    // [MQTT-3.1.2-10] only once.
+    w.expect_silence(QUIET).await;
+    // Not retained: a later subscriber gets nothing.
+    let (mut later, _) = Raw::connect(b.addr, "later", true, 60).await;
+    later.subscribe(1, &[("will/#", QoS::AtLeastOnce)]).await;
+    later.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn will_is_not_published_after_disconnect() {
+    // [MQTT-3.14.4-3], [MQTT-3.1.2-10]
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut raw = will_client(&b, "polite", 60, QoS::AtMostOnce, false).await;
+    raw.send(&[0xe0, 0x00]).await;
+    raw.expect_closed_silently().await;
+    w.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn will_is_published_on_keepalive_timeout() {
+    // [MQTT-3.1.2-24]
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut raw = will_client(&b, "silent", 1, QoS::AtMostOnce, false).await;
+    raw.expect_closed_silently().await;
+    assert_eq!(&w.recv_publish().await.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn will_is_published_on_protocol_error() {
+    // [MQTT-3.14.1-1]: DISCONNECT with reserved flags is a violation, not a DISCONNECT.
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut raw = will_client(&b, "rude", 60, QoS::AtMostOnce, false).await;
+    raw.send(&[0xe1, 0x00]).await;
+    raw.expect_closed_silently().await;
+    assert_eq!(&w.recv_publish().await.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn will_is_published_on_takeover() {
+    // Our choice (ARCHITECTURE.md decision 2): the old connection closed without DISCONNECT.
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut old = will_client(&b, "twin", 60, QoS::AtMostOnce, false).await;
+    let (_new, _) = Raw::connect(b.addr, "twin", true, 60).await;
+    old.expect_closed_silently().await;
+    assert_eq!(&w.recv_publish().await.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn retained_will_is_kept_for_later_subscribers() {
+    // [MQTT-3.1.2-17]
+    let b = TestBroker::start().await;
+    let raw = will_client(&b, "legacy", 60, QoS::AtLeastOnce, true).await;
+    let mut w = watcher(&b).await;
+    drop(raw);
+    let live = w.recv_publish().await;
+    assert!(!live.retain);
+    w.send_packet(&Packet::PubAck(live.pkid.expect("id"))).await;
+    let (mut later, _) = Raw::connect(b.addr, "later", true, 60).await;
+    later
+        .subscribe(1, &[("will/topic", QoS::AtLeastOnce)])
+        .await;
+    let p = later.recv_publish().await;
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn will_with_wildcard_topic_is_refused() {
+    // [MQTT-3.1.3-10] plus [MQTT-4.7.1-1]: closed without CONNACK.
+    let b = TestBroker::start().await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.send_packet(&Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V311,
+        clean_session: true,
+        keep_alive: 60,
+        client_id: "w".into(),
+        will: Some(LastWill {
+            topic: Bytes::from_static(b"will/#"),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        }),
+        username: None,
+        password: None,
+    })))
+    .await;
+    raw.expect_closed_silently().await;
+}
