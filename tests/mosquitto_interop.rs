@@ -82,6 +82,28 @@ async fn publish(b: &TestBroker, args: &[&str]) {
     assert!(status.success(), "mosquitto_pub {args:?}: {status:?}");
 }
 
+/// Runs `mosquitto_sub -C count -W secs` on `filter` and returns what it printed.
+async fn subscribe_once(b: &TestBroker, filter: &str, count: u32, secs: u32) -> String {
+    let out = within(
+        WAIT,
+        Command::new(binary("mosquitto_sub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &b.addr.port().to_string(),
+                "-v",
+                "-t",
+                filter,
+            ])
+            .args(["-C", &count.to_string(), "-W", &secs.to_string()])
+            .output(),
+    )
+    .await
+    .expect("mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test]
 async fn mosquitto_clients_exchange_qos0_and_qos1_with_wildcards() {
     // [MQTT-3.8.3-2], [MQTT-3.3.2-3], [MQTT-3.3.4-1]
@@ -113,58 +135,15 @@ async fn mosquitto_clients_see_retained_messages() {
         &["-q", "1", "-r", "-t", "status/boiler", "-m", "standby"],
     )
     .await;
-    let out = within(
-        WAIT,
-        Command::new(binary("mosquitto_sub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.addr.port().to_string(),
-                "-v",
-                "-t",
-                "status/#",
-                "-C",
-                "2",
-                "-W",
-                "5",
-            ])
-            .output(),
-    )
-    .await
-    .expect("mosquitto_sub");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = subscribe_once(&b, "status/#", 2, 5).await;
     let mut got: Vec<&str> = text.lines().collect();
     got.sort_unstable();
     assert_eq!(got, ["status/boiler standby", "status/pump off"]);
     // Deleting with an empty retained payload: the next subscriber times out with nothing.
     publish(&b, &["-q", "1", "-r", "-t", "status/boiler", "-n"]).await;
     publish(&b, &["-q", "1", "-r", "-t", "status/pump", "-n"]).await;
-    let out = within(
-        WAIT,
-        Command::new(binary("mosquitto_sub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.addr.port().to_string(),
-                "-v",
-                "-t",
-                "status/#",
-                "-C",
-                "1",
-                "-W",
-                "1",
-            ])
-            .output(),
-    )
-    .await
-    .expect("mosquitto_sub");
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let text = subscribe_once(&b, "status/#", 1, 1).await;
+    assert!(text.is_empty(), "{text}");
 }
 
 #[tokio::test]
