@@ -119,6 +119,7 @@ impl Broker {
                 .tracker
                 .spawn(listener::accept_loop(socket, cfg, shared.clone()));
         }
+        shared.tracker.spawn(crate::sys::run(shared.clone()));
         shutdown.await;
         tracing::info!("shutting down");
         shared.shutdown.cancel();

@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+    /// The `$SYS` topics (`[sys]`).
+    pub sys: SysConfig,
 }
 
 /// One `[[listener]]`.
@@ -125,6 +127,23 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `[sys]`: the `$SYS/broker/...` status topics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// How often the `$SYS` topics are updated; 0 turns them off.
+    #[serde(deserialize_with = "duration")]
+    pub sys_interval: Duration,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            sys_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -134,6 +153,7 @@ impl Default for Config {
             retain: RetainConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod registry;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod sys;
 pub mod topic;
 pub mod trie;
 

@@ -113,7 +113,8 @@ async fn clients_cannot_publish_to_sys() {
     // acknowledged and dropped [MQTT-3.3.5-2].
     let b = TestBroker::start().await;
     let mut sys = Client::connect(b.addr, "sys").await;
-    sys.subscribe("$SYS/#", rumqttc::QoS::AtMostOnce).await;
+    sys.subscribe("$SYS/broker/fake", rumqttc::QoS::AtMostOnce)
+        .await;
     let mut publisher = Client::connect(b.addr, "pub").await;
     publisher
         .publish_acked("$SYS/broker/fake", false, "x")
@@ -189,4 +190,29 @@ async fn bad_subscribe_packets_close_the_connection() {
         raw.send(bytes).await;
         raw.expect_closed_silently().await;
     }
+}
+
+#[tokio::test]
+async fn sys_topics_are_published_and_not_matched_by_leading_wildcards() {
+    // [MQTT-4.7.2-1]: "$SYS/..." gets the broker's status; "#" and "+/broker/#" do not.
+    let b = TestBroker::start_with(|c| c.sys.sys_interval = Duration::from_millis(100)).await;
+    let mut hash = Client::connect(b.addr, "hash").await;
+    hash.subscribe("#", rumqttc::QoS::AtMostOnce).await;
+    let mut plus = Client::connect(b.addr, "plus").await;
+    plus.subscribe("+/broker/#", rumqttc::QoS::AtMostOnce).await;
+    let mut sys = Client::connect(b.addr, "sys").await;
+    sys.subscribe("$SYS/broker/clients/connected", rumqttc::QoS::AtMostOnce)
+        .await;
+    // The first one may be the retained value from before we connected; updates follow.
+    loop {
+        let p = sys.next_publish().await;
+        assert_eq!(p.topic, "$SYS/broker/clients/connected");
+        let text = String::from_utf8_lossy(&p.payload).into_owned();
+        let connected: u64 = text.parse().expect("a number");
+        if connected == 3 {
+            break;
+        }
+    }
+    hash.expect_no_publish(QUIET).await;
+    plus.expect_no_publish(QUIET).await;
 }
