@@ -47,6 +47,8 @@ impl TestBroker {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
         let mut config = Config::default();
         config.listener[0].bind = "127.0.0.1:0".parse().expect("address");
+        // No $SYS traffic unless a test asks for it: it would add retained messages.
+        config.sys.sys_interval = Duration::ZERO;
         tweak(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
