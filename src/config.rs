@@ -99,6 +99,9 @@ pub struct SessionConfig {
     pub queue_qos0_messages: bool,
     /// What a full queue discards; QoS 0 messages are always evicted first.
     pub queue_overflow: QueueOverflow,
+    /// How long a disconnected persistent session is kept; `None` (absent) = forever.
+    #[serde(deserialize_with = "optional_duration")]
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 /// `[retain]`: limits of the retained store.
@@ -190,6 +193,7 @@ impl Default for SessionConfig {
             max_queued_bytes: 0,
             queue_qos0_messages: false,
             queue_overflow: QueueOverflow::DropNew,
+            persistent_client_expiration: None,
         }
     }
 }
@@ -331,6 +335,10 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    duration(de).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +377,11 @@ mod tests {
         assert!(e.msg.contains("line 2"), "{}", e.msg);
         let e = parse("[mqtt]\nmax_packet_size = \"big\"\n").expect_err("bad type");
         assert_eq!(e.key, "mqtt.max_packet_size");
+        let c = parse("[session]\npersistent_client_expiration = \"14d\"\n").expect("valid");
+        assert_eq!(
+            c.session.persistent_client_expiration,
+            Some(Duration::from_secs(14 * 86_400))
+        );
         let e = parse("[mqtt]\nconnect_timeout = \"soon\"\n").expect_err("bad duration");
         assert_eq!(e.key, "mqtt.connect_timeout");
         let e = parse("[[listener]]\nbind = \"nowhere\"\n").expect_err("bad address");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Shared;
@@ -119,6 +120,8 @@ pub struct Session {
     link: Option<ConnLink>,
     /// True when the last `try_reserve` found the outbound channel full.
     blocked: bool,
+    /// When a detached persistent session is discarded (`persistent_client_expiration`).
+    expires_at: Option<Instant>,
     deliver_tx: mpsc::Sender<Delivery>,
     deliver_rx: mpsc::Receiver<Delivery>,
     ctrl_rx: mpsc::Receiver<SessionCmd>,
@@ -154,6 +157,7 @@ impl Session {
             awaiting_rel: HashSet::new(),
             link: None,
             blocked: false,
+            expires_at: None,
             deliver_tx,
             deliver_rx,
             ctrl_rx,
@@ -177,6 +181,10 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.discard.cancelled() => break true,
+                _ = sleep_until_opt(self.expires_at) => {
+                    tracing::info!(client_id = &*self.client_id, "persistent session expired");
+                    break false;
+                }
                 cmd = self.ctrl_rx.recv() => match cmd {
                     Some(cmd) => {
                         if !self.handle(cmd) {
@@ -280,6 +288,7 @@ impl Session {
             return;
         }
         self.link = Some(link);
+        self.expires_at = None;
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
         for (id, flight) in self.pending.inflight.in_order() {
             self.pending.control.push_back(match flight {
@@ -376,6 +385,10 @@ impl Session {
     }
 
     fn link_lost(&mut self) {
+        if self.link.is_some() {
+            let expiry = self.shared.config.session.persistent_client_expiration;
+            self.expires_at = expiry.map(|e| Instant::now() + e);
+        }
         self.link = None;
         self.blocked = false;
         self.pending.control.clear();
@@ -434,6 +447,14 @@ impl Pending {
             dup: false,
             retain: q.retain,
         })
+    }
+}
+
+/// Sleeps until `at`, or forever if there is no deadline.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
