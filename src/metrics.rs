@@ -1,7 +1,6 @@
 //! Broker-wide counters and gauges: lock-free atomics, read as a consistent-enough snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Why a message was not delivered to a subscriber that was owed it.
@@ -51,7 +50,19 @@ pub struct Metrics {
     pub retained_refused: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
-    last_drop_warning: Mutex<Option<Instant>>,
+    /// Milliseconds after `epoch` before which no further drop warning is logged.
+    next_drop_warning_ms: AtomicU64,
+    epoch: Epoch,
+}
+
+/// The instant the metrics were created, so warning times fit in an atomic.
+#[derive(Debug)]
+struct Epoch(Instant);
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch(Instant::now())
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -107,12 +118,21 @@ impl Metrics {
             // Expected behaviour, not a fault: no warning.
             return;
         }
-        let now = Instant::now();
-        let Ok(mut last) = self.last_drop_warning.lock() else {
-            return;
-        };
-        if last.is_none_or(|t| now.duration_since(t) >= DROP_WARN_INTERVAL) {
-            *last = Some(now);
+        // Drops come in floods: one compare per drop, and one thread wins the right to warn.
+        let now_ms = self.epoch.0.elapsed().as_millis() as u64;
+        let next = self.next_drop_warning_ms.load(Ordering::Relaxed);
+        let interval_ms = DROP_WARN_INTERVAL.as_millis() as u64;
+        if now_ms >= next
+            && self
+                .next_drop_warning_ms
+                .compare_exchange(
+                    next,
+                    now_ms + interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
             let s = self.snapshot();
             tracing::warn!(
                 reason = reason.as_str(),

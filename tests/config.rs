@@ -3,8 +3,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::{within, Raw, WAIT};
 use tern::Config;
@@ -145,41 +144,17 @@ fn empty_file_is_the_defaults() {
 /// Starts the binary on a free port with `-p` and connects to it.
 #[tokio::test]
 async fn port_flag_overrides_the_listener() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let f = config_file("[[listener]]\nbind = \"127.0.0.1:1\"\n");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("-c")
-        .arg(f.path())
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn tern");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    // Wait for the listener: connection attempts until one succeeds, bounded by WAIT.
-    within(WAIT, async {
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let (_raw, ack) = Raw::connect(addr, "cli", true, 60).await;
+    // The file says port 1; -p wins (BinaryBroker passes a free port with -p).
+    let mut broker = common::BinaryBroker::start("[[listener]]\nbind = \"127.0.0.1:1\"\n").await;
+    let (_raw, ack) = Raw::connect(broker.addr, "cli", true, 60).await;
     assert_eq!(ack.code, tern::codec::ConnectReturnCode::Accepted);
     // SIGTERM shuts it down gracefully with status 0.
-    let pid = child.id().expect("pid");
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args(["-TERM", &broker.pid().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
-    let exit = within(WAIT, child.wait()).await.expect("wait");
+    let exit = within(WAIT, broker.child.wait()).await.expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
 

@@ -149,3 +149,27 @@ async fn will_with_wildcard_topic_is_refused() {
     .await;
     raw.expect_closed_silently().await;
 }
+
+#[tokio::test]
+async fn will_is_published_on_a_socket_error() {
+    // [MQTT-3.1.2-8]: a connection reset is a network failure like any other.
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let raw = will_client(&b, "reset", 60, QoS::AtMostOnce, false).await;
+    // A zero linger makes close send RST at once; the deprecation is about blocking on a
+    // non-zero linger.
+    #[allow(deprecated)]
+    raw.stream.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(raw);
+    assert_eq!(&w.recv_publish().await.payload[..], b"gone");
+}
+
+#[tokio::test]
+async fn no_will_flag_means_no_will() {
+    // [MQTT-3.1.2-12]
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let (raw, _) = Raw::connect(b.addr, "no-will", true, 60).await;
+    drop(raw);
+    w.expect_silence(QUIET).await;
+}

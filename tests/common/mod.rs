@@ -449,3 +449,66 @@ pub fn connect_bytes(id: &str) -> Vec<u8> {
     codec::encode(&connect_packet(id, true, 60), &mut buf);
     buf.to_vec()
 }
+
+/// The real `tern` binary running as its own process, for tests that watch the process
+/// (resident memory, signals, command-line flags).
+pub struct BinaryBroker {
+    pub addr: SocketAddr,
+    pub child: tokio::process::Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl BinaryBroker {
+    /// Starts `tern -c <config> -p <free port>`, with `config` as the file's text, and waits
+    /// until it accepts connections.
+    pub async fn start(config: &str) -> BinaryBroker {
+        use std::io::Write;
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(config.as_bytes()).expect("write config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .arg("-c")
+            .arg(file.path())
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tern");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Retry connecting until the listener is up; bounded by WAIT.
+        within(WAIT, async {
+            while TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        BinaryBroker {
+            addr,
+            child,
+            _config: file,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
