@@ -257,3 +257,53 @@ async fn rumqttc_connects() {
     assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
     within(WAIT, client.disconnect()).await;
 }
+
+#[tokio::test]
+async fn malformed_connect_payloads_close_without_connack() {
+    // [MQTT-3.1.4-1] with: [MQTT-3.1.2-14] will QoS 3; [MQTT-3.1.2-19] user name flag without
+    // the field; [MQTT-3.1.2-21] password flag without the field; [MQTT-3.1.3-3] no client id;
+    // [MQTT-3.1.3-11] user name not UTF-8; [MQTT-3.1.2-9] will flag without will topic/message.
+    let b = TestBroker::start().await;
+    let head = |flags: u8| vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
+    let cases: Vec<(u8, Vec<u8>)> = vec![
+        (0x1e, vec![0, 1, b'c', 0, 1, b't', 0, 0]),
+        (0x82, vec![0, 1, b'c']),
+        (0xc2, vec![0, 1, b'c', 0, 1, b'u']),
+        (0x02, vec![]),
+        (0x82, vec![0, 1, b'c', 0, 2, 0xc3, 0x28]),
+        (0x06, vec![0, 1, b'c']),
+    ];
+    for (flags, rest) in cases {
+        let mut body = head(flags);
+        body.extend_from_slice(&rest);
+        let mut frame = vec![0x10, body.len() as u8];
+        frame.extend_from_slice(&body);
+        let mut raw = Raw::open(b.addr).await;
+        raw.send(&frame).await;
+        raw.expect_closed_silently().await;
+    }
+}
+
+#[tokio::test]
+async fn connect_with_every_field_is_accepted() {
+    // [MQTT-3.1.3-1] payload order: client id, will topic, will message, user name, password;
+    // [MQTT-3.1.2-18], [MQTT-3.1.2-20] the flags say which fields are present.
+    let b = TestBroker::start().await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.send_packet(&Packet::Connect(Box::new(tern::codec::Connect {
+        protocol: tern::codec::Protocol::V311,
+        clean_session: true,
+        keep_alive: 30,
+        client_id: "full".into(),
+        will: Some(tern::codec::LastWill {
+            topic: bytes::Bytes::from_static(b"w"),
+            payload: bytes::Bytes::from_static(b"m"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }),
+        username: Some("user".into()),
+        password: Some(bytes::Bytes::from_static(b"secret")),
+    })))
+    .await;
+    assert_eq!(raw.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x00]);
+}

@@ -17,6 +17,8 @@ const AFTER_CONNECT: &[(&str, &[u8])] = &[
     // [MQTT-2.2.2-2]
     ("reserved flags on PUBACK", &[0x41, 0x02, 0x00, 0x01]),
     ("reserved flags on PINGREQ", &[0xc3, 0x00]),
+    // [MQTT-3.6.1-1]
+    ("PUBREL with flags 0000", &[0x60, 0x02, 0x00, 0x01]),
     // [MQTT-1.5.3-1]
     (
         "invalid UTF-8 topic",

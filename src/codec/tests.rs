@@ -102,9 +102,46 @@ fn all_packets() -> Vec<Packet> {
 
 #[test]
 fn every_packet_round_trips_and_prefixes_are_incomplete() {
+    // [MQTT-3.1.3-1], [MQTT-3.1.2-9], [MQTT-3.1.2-18], [MQTT-3.1.2-20]: CONNECT fields by flag.
     for p in all_packets() {
         round_trip(p);
     }
+}
+
+#[test]
+fn encoder_sets_the_fixed_reserved_flags() {
+    // [MQTT-2.2.2-1], [MQTT-3.9.3-2]
+    for (p, first) in [
+        (Packet::PubRel(1), 0x62u8),
+        (Packet::PubAck(1), 0x40),
+        (Packet::PubRec(1), 0x50),
+        (Packet::PubComp(1), 0x70),
+        (Packet::UnsubAck(1), 0xb0),
+        (Packet::PingResp, 0xd0),
+        (
+            Packet::SubAck(SubAck {
+                pkid: 1,
+                codes: vec![SubAckCode::Failure],
+            }),
+            0x90,
+        ),
+    ] {
+        let mut buf = BytesMut::new();
+        encode(&p, &mut buf);
+        assert_eq!(buf[0], first, "{}", p.name());
+    }
+}
+
+#[test]
+fn longest_topic_name_round_trips() {
+    // [MQTT-4.7.3-3]: 65535 bytes is the most a length prefix can say.
+    let topic = vec![b'a'; 65_535];
+    let mut buf = BytesMut::new();
+    encode_publish(&topic, b"x", QoS::AtMostOnce, None, false, false, &mut buf);
+    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, MAX) else {
+        panic!("decodes")
+    };
+    assert_eq!(p.topic.len(), 65_535);
 }
 
 #[test]
