@@ -3,17 +3,19 @@
 //! to the session actor, keeps the will, and enforces keepalive.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, trace, Instrument};
 
 use crate::broker::Shared;
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
+use crate::keepalive::KeepAlive;
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Accepted, ProtocolError, Refusal};
@@ -296,16 +298,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let shutdown = self.shared.shutdown.clone();
         loop {
             if !self.wbuf.is_empty() {
+                // A client that neither reads nor sends must still time out.
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return CloseReason::Shutdown,
                     k = &mut client.kick => return kicked(k),
+                    _ = &mut timer, if keep_alive.grace().is_some() => {
+                        if rearm(keep_alive, last_packet, timer.as_mut()) {
+                            return CloseReason::KeepaliveTimeout;
+                        }
+                    }
                     r = self.stream.write_all_buf(&mut self.wbuf) => {
                         if let Err(e) = r {
                             return e.into();
                         }
                     }
                 }
+                continue;
             }
             self.rbuf.reserve(4096);
             tokio::select! {
@@ -313,12 +322,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 _ = shutdown.cancelled() => return CloseReason::Shutdown,
                 k = &mut client.kick => return kicked(k),
                 _ = &mut timer, if keep_alive.grace().is_some() => {
-                    let now = Instant::now();
-                    if keep_alive.expired(last_packet.into_std(), now.into_std()) {
+                    if rearm(keep_alive, last_packet, timer.as_mut()) {
                         return CloseReason::KeepaliveTimeout;
-                    }
-                    if let Some(d) = keep_alive.deadline(last_packet.into_std()) {
-                        timer.as_mut().reset(Instant::from_std(d));
                     }
                 }
                 r = self.stream.read_buf(&mut self.rbuf) => {
@@ -493,6 +498,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         Ok(Flow::Continue)
     }
+}
+
+/// On a keepalive timer wake: true if the client has been silent too long [MQTT-3.1.2-24];
+/// otherwise the timer is moved to the deadline that the last packet set.
+fn rearm(keep_alive: KeepAlive, last_packet: Instant, timer: Pin<&mut Sleep>) -> bool {
+    if keep_alive.expired(last_packet.into_std(), Instant::now().into_std()) {
+        return true;
+    }
+    if let Some(d) = keep_alive.deadline(last_packet.into_std()) {
+        timer.reset(Instant::from_std(d));
+    }
+    false
 }
 
 fn kicked(k: Result<Kick, oneshot::error::RecvError>) -> CloseReason {

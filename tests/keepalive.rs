@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{within, Raw, TestBroker, WAIT};
 use tern::codec::Packet;
+use tern::message::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -85,4 +86,29 @@ async fn keepalive_zero_means_no_timeout() {
     raw.expect_silence(Duration::from_millis(2000)).await;
     raw.send(&[0xc0, 0x00]).await;
     assert_eq!(raw.recv().await, Packet::PingResp);
+}
+
+#[tokio::test]
+async fn a_client_that_neither_reads_nor_sends_times_out_while_writes_are_blocked() {
+    // [MQTT-3.1.2-24] holds even while the broker is stuck writing to the client.
+    let b = TestBroker::start().await;
+    let (mut stuck, _) = Raw::connect(b.addr, "stuck", true, 1).await;
+    stuck.subscribe(1, &[("big", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "pub", true, 0).await;
+    // 16 MiB of QoS 0 traffic: more than the socket buffers hold.
+    let payload = vec![0u8; 64 * 1024];
+    for _ in 0..256 {
+        publisher
+            .publish("big", QoS::AtMostOnce, None, false, &payload)
+            .await;
+    }
+    publisher.send(&[0xc0, 0]).await;
+    assert_eq!(publisher.recv().await, Packet::PingResp);
+    // Let the keepalive (1.5 s) pass without reading or sending.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        b.metrics.snapshot().clients_connected,
+        1,
+        "only the publisher is left"
+    );
 }
