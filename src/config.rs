@@ -99,6 +99,10 @@ pub struct SessionConfig {
     pub queue_qos0_messages: bool,
     /// What a full queue discards; QoS 0 messages are always evicted first.
     pub queue_overflow: QueueOverflow,
+    /// How long a publisher waits for a congested subscriber that makes no progress before
+    /// treating it as stuck; 0 never waits (messages beyond the queue are dropped at once).
+    #[serde(deserialize_with = "duration")]
+    pub backpressure_timeout: Duration,
     /// How long a disconnected persistent session is kept; `None` (absent) = forever.
     #[serde(deserialize_with = "optional_duration")]
     pub persistent_client_expiration: Option<Duration>,
@@ -193,6 +197,7 @@ impl Default for SessionConfig {
             max_queued_bytes: 0,
             queue_qos0_messages: false,
             queue_overflow: QueueOverflow::DropNew,
+            backpressure_timeout: Duration::from_secs(1),
             persistent_client_expiration: None,
         }
     }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, trace, Instrument};
 
+use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
 use crate::keepalive::KeepAlive;
@@ -88,6 +89,8 @@ where
     let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
     let conn = Connection {
         stream,
+        congested: Vec::new(),
+        patience: shared.config.session.backpressure_timeout,
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::with_capacity(4096),
         max_packet: shared.config.mqtt.max_packet_size,
@@ -99,6 +102,11 @@ where
 
 struct Connection<S> {
     stream: S,
+    /// Subscribers that passed their high mark since the last read; reading pauses until they
+    /// drain (see `backlog.rs`).
+    congested: Vec<Arc<Backlog>>,
+    /// `backpressure_timeout`: the longest pause for a subscriber that makes no progress.
+    patience: Duration,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_packet: usize,
@@ -296,6 +304,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         );
         tokio::pin!(timer);
         let shutdown = self.shared.shutdown.clone();
+        let mut seen_progress: Vec<u64> = Vec::new();
+        let mut pause_until = Instant::now();
         loop {
             if !self.wbuf.is_empty() {
                 // A client that neither reads nor sends must still time out.
@@ -326,7 +336,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         return CloseReason::KeepaliveTimeout;
                     }
                 }
-                r = self.stream.read_buf(&mut self.rbuf) => {
+                // While a subscriber we fed is congested, read nothing more: TCP then slows
+                // this publisher down instead of the subscriber losing messages.
+                _ = relieve(&self.congested, &seen_progress, pause_until), if !self.congested.is_empty() => {
+                    self.congested.clear();
+                }
+                r = self.stream.read_buf(&mut self.rbuf), if self.congested.is_empty() => {
                     match r {
                         Ok(0) => return CloseReason::PeerClosed,
                         Ok(_) => {}
@@ -350,6 +365,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if got_packet {
                         last_packet = Instant::now();
                     }
+                    if !self.congested.is_empty() {
+                        self.congested.sort_unstable_by_key(|b| Arc::as_ptr(b) as usize);
+                        self.congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                        seen_progress = self.congested.iter().map(|b| b.progress()).collect();
+                        pause_until = Instant::now() + self.patience;
+                    }
                 }
                 Some(out) = client.outbound.recv() => {
                     self.encode_outbound(out);
@@ -363,6 +384,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes through the router, noting congested subscribers when backpressure is on.
+    fn route(&mut self, msg: Arc<Message>) {
+        if self.patience.is_zero() {
+            self.shared.router.publish(msg);
+        } else {
+            self.shared.router.publish_with(msg, &mut self.congested);
         }
     }
 
@@ -437,27 +467,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 match (p.qos, p.pkid) {
                     (QoS::AtMostOnce, _) => {
                         if let Some(msg) = msg {
-                            self.shared.router.publish(msg);
+                            self.route(msg);
                         }
-                        return Ok(Flow::Continue);
                     }
                     (QoS::AtLeastOnce, Some(id)) => {
                         // PUBACK only after routing: the message is now owed to every subscriber.
                         if let Some(msg) = msg {
-                            self.shared.router.publish(msg);
+                            self.route(msg);
                         }
                         codec::encode(&Packet::PubAck(id), &mut self.wbuf);
-                        return Ok(Flow::Continue);
                     }
-                    (_, pkid) => SessionCmd::PublishQos2 {
-                        pkid: pkid.unwrap_or(0),
-                        msg,
-                    },
+                    (_, pkid) => {
+                        let pkid = pkid.unwrap_or(0);
+                        let (reply, is_new) = oneshot::channel();
+                        let ask = SessionCmd::PublishQos2 { pkid, reply };
+                        if client.session.ctrl.send(ask).await.is_err() {
+                            return Err(CloseReason::Discarded);
+                        }
+                        // [MQTT-4.3.3-2] route once; PUBREC for every copy.
+                        match is_new.await {
+                            Ok(true) => {
+                                if let Some(msg) = msg {
+                                    self.route(msg);
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(_) => return Err(CloseReason::Discarded),
+                        }
+                        codec::encode(&Packet::PubRec(pkid), &mut self.wbuf);
+                    }
                 }
+                return Ok(Flow::Continue);
             }
             Packet::PubAck(id) => SessionCmd::PubAck(id),
             Packet::PubRec(id) => SessionCmd::PubRec(id),
-            Packet::PubRel(id) => SessionCmd::PubRel(id),
+            Packet::PubRel(id) => {
+                // [MQTT-4.3.3-2] the id is released in the session, then PUBCOMP.
+                if ctrl.send(SessionCmd::PubRel(id)).await.is_err() {
+                    return Err(CloseReason::Discarded);
+                }
+                codec::encode(&Packet::PubComp(id), &mut self.wbuf);
+                return Ok(Flow::Continue);
+            }
             Packet::PubComp(id) => SessionCmd::PubComp(id),
             Packet::Subscribe(s) => {
                 let acc = &client.accepted;
@@ -497,6 +548,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Err(CloseReason::Discarded);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
+/// progress by then is marked stuck, so publishers stop waiting for it.
+async fn relieve(congested: &[Arc<Backlog>], seen: &[u64], deadline: Instant) {
+    for (backlog, &before) in congested.iter().zip(seen) {
+        while !backlog.relieved() && !backlog.is_stuck() {
+            if tokio::time::timeout_at(deadline, backlog.wait_drained())
+                .await
+                .is_err()
+            {
+                if backlog.progress() == before {
+                    backlog.mark_stuck(before);
+                }
+                break;
+            }
+        }
     }
 }
 

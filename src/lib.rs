@@ -18,6 +18,7 @@
 //! integration tests both use.
 
 pub mod auth;
+pub mod backlog;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::backlog::Backlog;
 use crate::message::{ClientId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::{RetainOutcome, RetainStore};
@@ -42,6 +43,8 @@ pub struct Route {
     pub qos: QoS,
     /// The session's delivery mailbox.
     pub deliver: mpsc::Sender<Delivery>,
+    /// The session's backlog gauge, for publisher backpressure.
+    pub backlog: Arc<Backlog>,
 }
 
 type Routes = Arc<[Route]>;
@@ -170,6 +173,12 @@ impl Router {
     /// Stores a retained message if flagged, then hands `msg` once to every matching session,
     /// at the highest QoS among that session's matching filters [MQTT-3.3.5-1].
     pub fn publish(&self, msg: Arc<Message>) -> Published {
+        self.publish_with(msg, &mut Vec::new())
+    }
+
+    /// As `publish`, and adds to `congested` the backlog of every session that passed its
+    /// high mark, so the caller can pause its publisher (see `backlog.rs`).
+    pub fn publish_with(&self, msg: Arc<Message>, congested: &mut Vec<Arc<Backlog>>) -> Published {
         if msg.retain {
             match self.retain.set(&msg) {
                 RetainOutcome::Stored | RetainOutcome::Deleted => {}
@@ -193,8 +202,8 @@ impl Router {
         let mut out = Published::default();
         match (exact, lists.len()) {
             (None, 0) => {}
-            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out),
-            (None, 1) => self.fan_out(&msg, lists[0].iter(), &mut out),
+            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested),
+            (None, 1) => self.fan_out(&msg, lists[0].iter(), &mut out, congested),
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
                 let mut all: Vec<&Route> = exact
@@ -204,7 +213,7 @@ impl Router {
                     .collect();
                 all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
                 all.dedup_by_key(|r| r.session);
-                self.fan_out(&msg, all.into_iter(), &mut out);
+                self.fan_out(&msg, all.into_iter(), &mut out, congested);
             }
         }
         out
@@ -215,6 +224,7 @@ impl Router {
         msg: &Arc<Message>,
         routes: impl Iterator<Item = &'a Route>,
         out: &mut Published,
+        congested: &mut Vec<Arc<Backlog>>,
     ) {
         for route in routes {
             let qos = if self.upgrade_outgoing_qos {
@@ -226,7 +236,12 @@ impl Router {
                 msg: msg.clone(),
                 qos,
             }) {
-                Ok(()) => out.delivered += 1,
+                Ok(()) => {
+                    out.delivered += 1;
+                    if route.backlog.added() {
+                        congested.push(route.backlog.clone());
+                    }
+                }
                 Err(TrySendError::Full(_)) => {
                     out.dropped += 1;
                     self.metrics.dropped(
@@ -258,6 +273,7 @@ mod tests {
                 client_id: format!("c{session}").into(),
                 qos,
                 deliver: tx,
+                backlog: Arc::new(Backlog::new(1000)),
             },
             rx,
         )

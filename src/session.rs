@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::inflight::{Flight, Inflight};
@@ -57,14 +58,16 @@ pub enum SessionCmd {
     PubRec(u16),
     /// PUBCOMP from the client.
     PubComp(u16),
-    /// An inbound QoS 2 PUBLISH (Method B: routed on receipt, id kept until PUBREL).
+    /// An inbound QoS 2 PUBLISH arrived with this id (Method B: the connection routes it on
+    /// receipt). The reply is true if the id was not already awaiting PUBREL, i.e. the message
+    /// is new and must be routed [MQTT-4.3.3-2].
     PublishQos2 {
         /// Its packet id.
         pkid: u16,
-        /// The message, or `None` if it is acknowledged but not routed (denied).
-        msg: Option<Arc<Message>>,
+        /// Answered at once.
+        reply: oneshot::Sender<bool>,
     },
-    /// PUBREL from the client for an inbound QoS 2 flow.
+    /// PUBREL from the client for an inbound QoS 2 flow: the id is free again.
     PubRel(u16),
 }
 
@@ -139,6 +142,7 @@ impl Session {
         let (deliver_tx, deliver_rx) = mpsc::channel(cfg.max_queued_messages.max(64));
         let discard = shared.shutdown.child_token();
         let id = next_id();
+        let backlog = Arc::new(Backlog::new(cfg.max_queued_messages / 2));
         let session = Session {
             id,
             client_id,
@@ -146,6 +150,7 @@ impl Session {
             shared: shared.clone(),
             subscriptions: HashMap::new(),
             pending: Pending {
+                backlog,
                 inflight: Inflight::new(cfg.max_inflight_messages),
                 mqueue: MQueue::new(
                     cfg.max_queued_messages,
@@ -255,22 +260,12 @@ impl Session {
             SessionCmd::PubComp(id) => {
                 self.pending.inflight.pubcomp(id);
             }
-            SessionCmd::PublishQos2 { pkid, msg } => {
+            SessionCmd::PublishQos2 { pkid, reply } => {
                 // [MQTT-4.3.3-2] a resend of an id awaiting PUBREL is not routed again.
-                if self.awaiting_rel.insert(pkid) {
-                    if let Some(msg) = msg {
-                        self.shared.router.publish(msg);
-                    }
-                }
-                self.pending
-                    .control
-                    .push_back(Outbound::Packet(Packet::PubRec(pkid)));
+                let _ = reply.send(self.awaiting_rel.insert(pkid));
             }
             SessionCmd::PubRel(pkid) => {
                 self.awaiting_rel.remove(&pkid);
-                self.pending
-                    .control
-                    .push_back(Outbound::Packet(Packet::PubComp(pkid)));
             }
         }
         true
@@ -319,6 +314,7 @@ impl Session {
                     client_id: self.client_id.clone(),
                     qos,
                     deliver: self.deliver_tx.clone(),
+                    backlog: self.pending.backlog.clone(),
                 },
             );
             tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
@@ -335,6 +331,7 @@ impl Session {
         for (filter, qos) in granted {
             for msg in self.shared.router.retained(&filter) {
                 let q = msg.qos.min(qos);
+                self.pending.backlog.added_directly();
                 self.deliver(msg, q, true);
             }
         }
@@ -347,11 +344,13 @@ impl Session {
             && qos == QoS::AtMostOnce
             && !self.shared.config.session.queue_qos0_messages
         {
+            self.pending.backlog.removed(1, false);
             metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
             return;
         }
         let topic = msg.clone();
         let dropped = self.pending.mqueue.push(Queued { msg, qos, retain });
+        self.pending.backlog.removed(dropped, false);
         for _ in 0..dropped {
             metrics.dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
         }
@@ -410,6 +409,8 @@ impl Session {
 
 /// Everything waiting to be sent to the connection.
 struct Pending {
+    /// Shared with publishers: mailbox + mqueue length, and progress.
+    backlog: Arc<Backlog>,
     inflight: Inflight,
     mqueue: MQueue,
     /// Packets that go before any queued PUBLISH: acks and resends.
@@ -439,6 +440,7 @@ impl Pending {
             Some(self.inflight.insert(front.clone())?)
         };
         let q = self.mqueue.pop()?;
+        self.backlog.removed(1, true);
         Metrics::incr(&metrics.messages_sent);
         Some(Outbound::Publish {
             msg: q.msg,
