@@ -1,4 +1,4 @@
-//! Wildcard-trie matching with 10 and 10,000 filters (a mix of exact levels, `+` and `#`).
+//! Wildcard-trie matching with 10, 10,000 and 1,000,000 filters (exact levels, `+` and `#`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tern::trie::Trie;
@@ -16,7 +16,7 @@ fn filters(n: usize) -> Vec<String> {
 
 fn trie(c: &mut Criterion) {
     let mut group = c.benchmark_group("trie_match");
-    for n in [10usize, 10_000] {
+    for n in [10usize, 10_000, 1_000_000] {
         let mut t = Trie::new();
         for (i, f) in filters(n).iter().enumerate() {
             t.insert(f, i);

@@ -1,0 +1,59 @@
+//! Router fan-out: one publish to 1, 100 and 10,000 subscribers of an exact topic, each with its
+//! own delivery mailbox, drained after every publish as the sessions would.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tern::backlog::Backlog;
+use tern::message::{Message, QoS};
+use tern::metrics::Metrics;
+use tern::retain::RetainStore;
+use tern::router::{Route, Router};
+use tokio::sync::mpsc;
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_fanout");
+    for n in [1usize, 100, 10_000] {
+        let router = Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false);
+        let mut mailboxes = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel(16);
+            let backlog = Arc::new(Backlog::new(usize::MAX / 2));
+            router.subscribe(
+                "sensors/kitchen/temperature",
+                Route {
+                    session: i as u64 + 1,
+                    client_id: format!("c{i}").into(),
+                    qos: QoS::AtLeastOnce,
+                    deliver: tx,
+                    backlog: backlog.clone(),
+                },
+            );
+            mailboxes.push((rx, backlog));
+        }
+        let msg = Arc::new(Message {
+            topic: Bytes::from_static(b"sensors/kitchen/temperature"),
+            payload: Bytes::from_static(&[0u8; 64]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            from: "pub".into(),
+        });
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let out = router.publish(msg.clone());
+                for (rx, backlog) in &mut mailboxes {
+                    while rx.try_recv().is_ok() {
+                        backlog.removed(1, true);
+                    }
+                }
+                out.delivered
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);
