@@ -224,7 +224,8 @@ async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<
         &Packet::Connect(Box::new(Connect {
             protocol: Protocol::V311,
             clean_session: true,
-            keep_alive: 0,
+            // Some brokers (rumqttd) refuse keepalive 0; runs are far shorter than this.
+            keep_alive: 600,
             client_id: id.into(),
             will: None,
             username: None,
@@ -615,9 +616,11 @@ async fn connections(
                 if i >= clients {
                     return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(held);
                 }
-                // Spread source addresses over 127.0.0.x so 64k ports per address suffice.
-                let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 30_000) as u8));
-                let s = connect(broker, Some(local), &format!("idle-{i}")).await?;
+                // Past ~28k connections spread source addresses over 127.0.0.x so each has its
+                // own 64k ports. Binding is slow (the kernel searches for a free port), so the
+                // first ones let connect() choose.
+                let local = (i >= 28_000).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 28_000) as u8)));
+                let s = connect(broker, local, &format!("idle-{i}")).await?;
                 held.push(s.into_split());
             }
         }));

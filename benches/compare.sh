@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Runs the same load scenarios against Tern, Mosquitto and rumqttd, one broker at a time, each
+# on an ephemeral port with equal limits (inflight 100, queue 10000, no persistence), the broker
+# pinned to CPU 0 and the load generator to CPU 1, and prints one table with the ratios.
+#
+#   benches/compare.sh            # the full run (about 6-8 minutes on 2 cores)
+#   QUICK=1 benches/compare.sh    # fewer messages, for a smoke test
+#
+# Needs: mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd), taskset.
+# Results go to target/compare/ (one log per broker) and the table to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-200000}          # messages per publisher in flow scenarios
+CLIENTS=${CLIENTS:-15000}       # idle connections
+LAT_SECONDS=${LAT_SECONDS:-5}
+if [ -n "${QUICK:-}" ]; then COUNT=20000; CLIENTS=2000; LAT_SECONDS=2; fi
+OUT=target/compare
+mkdir -p "$OUT"
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --quiet --bin tern --example load
+LOAD=target/release/examples/load
+TERN=target/release/tern
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
+for b in "$MOSQUITTO" "$RUMQTTD"; do
+  [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
+done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "broker did not listen on $1" >&2; return 1
+}
+
+start_broker() { # name port -> sets PID
+  local name=$1 port=$2 conf
+  case $name in
+    tern)
+      conf=$OUT/tern.toml
+      cat > "$conf" <<EOF
+[[listener]]
+bind = "127.0.0.1:$port"
+[session]
+max_inflight_messages = 100
+max_queued_messages = 10000
+[sys]
+sys_interval = "0s"
+[log]
+level = "error"
+EOF
+      taskset -c 0 "$TERN" -c "$conf" > "$OUT/tern.out" 2>&1 &
+      ;;
+    mosquitto)
+      conf=$OUT/mosquitto.conf
+      cat > "$conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+max_inflight_messages 100
+max_queued_messages 10000
+persistence false
+log_dest none
+EOF
+      taskset -c 0 "$MOSQUITTO" -c "$conf" > "$OUT/mosquitto.out" 2>&1 &
+      ;;
+    rumqttd)
+      conf=$OUT/rumqttd.toml
+      cat > "$conf" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 100
+dynamic_filters = true
+EOF
+      taskset -c 0 "$RUMQTTD" -c "$conf" > "$OUT/rumqttd.out" 2>&1 &
+      ;;
+  esac
+  PID=$!
+  wait_port "$port"
+}
+
+# One scenario: prints "label value" lines into the broker's result file.
+run() { # broker port label args...
+  local broker=$1 port=$2 label=$3; shift 3
+  local line
+  line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$PID" --timeout 30 "$@" 2>>"$OUT/$broker.err" || echo "failed=1")
+  echo "$line" >> "$OUT/$broker.log"
+  echo "$label $line" >> "$OUT/$broker.results"
+}
+
+for broker in tern mosquitto rumqttd; do
+  : > "$OUT/$broker.results"; : > "$OUT/$broker.log"; : > "$OUT/$broker.err"
+  for payload in 64 1024; do
+    for qos in 0 1 2; do
+      # A fresh broker per group keeps one scenario's leftovers out of the next.
+      port=$(free_port); start_broker "$broker" "$port"
+      run "$broker" "$port" "fanin_q${qos}_${payload}B" fanin --publishers 4 --count $((COUNT / 4)) --qos "$qos" --payload "$payload"
+      run "$broker" "$port" "fanout_q${qos}_${payload}B" fanout --subscribers 8 --count $((COUNT / 8)) --qos "$qos" --payload "$payload"
+      run "$broker" "$port" "pairs_q${qos}_${payload}B" pairs --pairs 4 --count $((COUNT / 4)) --qos "$qos" --payload "$payload"
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
+  done
+  port=$(free_port); start_broker "$broker" "$port"
+  for rate in 2000 10000; do
+    for qos in 0 1; do
+      run "$broker" "$port" "latency_q${qos}_${rate}" latency --rate "$rate" --seconds "$LAT_SECONDS" --qos "$qos" --payload 64
+    done
+  done
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  port=$(free_port); start_broker "$broker" "$port"
+  run "$broker" "$port" "connections" connections --clients "$CLIENTS"
+  # Peak memory under a QoS 1 fan-in, on a fresh broker.
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  port=$(free_port); start_broker "$broker" "$port"
+  run "$broker" "$port" "fanin_q1_memory" fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 1024
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+done
+
+# The table: one row per figure; ratios are Tern / other (higher is better for rates,
+# lower is better for latency, memory and bytes per connection).
+python3 - "$OUT" <<'EOF'
+import sys, re
+out = sys.argv[1]
+def load(b):
+    rows = {}
+    for line in open(f"{out}/{b}.results"):
+        label, _, rest = line.strip().partition(" ")
+        kv = dict(re.findall(r"(\w+)=([^\s]+)", rest))
+        rows[label] = kv
+    return rows
+res = {b: load(b) for b in ("tern", "mosquitto", "rumqttd")}
+figures = []
+for label in res["tern"]:
+    if label.startswith(("fanin_q", "fanout", "pairs")) and not label.endswith("memory"):
+        figures.append((label, "rate_msg_s", "msg/s"))
+        figures.append((label, "lost", "lost"))
+    elif label.startswith("latency"):
+        figures.append((label, "p50_us", "p50 us"))
+        figures.append((label, "p99_us", "p99 us"))
+        figures.append((label, "p999_us", "p99.9 us"))
+    elif label == "connections":
+        figures.append((label, "connect_rate_s", "connects/s"))
+        figures.append((label, "bytes_per_conn", "bytes/conn"))
+    elif label.endswith("memory"):
+        figures.append((label, "broker_peak_rss_kib", "peak RSS KiB"))
+def val(b, label, key):
+    try:
+        return float(res[b][label][key])
+    except (KeyError, ValueError):
+        return None
+def fmt(v):
+    return "-" if v is None else f"{v:,.0f}"
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}"
+print(f"| {'scenario':<22} | {'figure':<12} | {'tern':>12} | {'mosquitto':>12} | {'rumqttd':>12} | {'t/mosq':>7} | {'t/rumq':>7} |")
+print(f"|{'-'*24}|{'-'*14}|{'-'*14}|{'-'*14}|{'-'*14}|{'-'*9}|{'-'*9}|")
+for label, key, name in figures:
+    t, m, r = (val(b, label, key) for b in ("tern", "mosquitto", "rumqttd"))
+    print(f"| {label:<22} | {name:<12} | {fmt(t):>12} | {fmt(m):>12} | {fmt(r):>12} | {ratio(t, m):>7} | {ratio(t, r):>7} |")
+EOF
