@@ -619,7 +619,8 @@ async fn connections(
                 // Past ~28k connections spread source addresses over 127.0.0.x so each has its
                 // own 64k ports. Binding is slow (the kernel searches for a free port), so the
                 // first ones let connect() choose.
-                let local = (i >= 28_000).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 28_000) as u8)));
+                let local = (i >= 28_000)
+                    .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 28_000) as u8)));
                 let s = connect(broker, local, &format!("idle-{i}")).await?;
                 held.push(s.into_split());
             }

@@ -2,6 +2,7 @@
 //! decodes frames, applies protocol checks, publishes through the router, hands session work
 //! to the session actor, keeps the will, and enforces keepalive.
 
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, trace, Instrument};
@@ -21,7 +23,7 @@ use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Accepted, ProtocolError, Refusal};
 use crate::registry::SessionHandle;
-use crate::session::{ConnLink, Kick, Outbound, SessionCmd};
+use crate::session::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 
 /// Why a connection ended; logged once per connection.
 #[derive(Debug, thiserror::Error)]
@@ -81,18 +83,15 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one accepted socket to completion.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let conn_id = next_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
     let conn = Connection {
         stream,
         congested: Vec::new(),
         patience: shared.config.session.backpressure_timeout,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
         max_packet: shared.config.mqtt.max_packet_size,
         shared,
         conn_id,
@@ -127,9 +126,41 @@ enum Flow {
     Disconnect,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+/// What woke the connected loop.
+enum Wake {
+    Tick,
+    Relieved,
+    Readable(io::Result<()>),
+    Outbound(Outbound),
+}
+
+/// A byte stream the connection can wait on without holding a read buffer, so an idle client
+/// costs no buffer memory (the buffer is allocated when bytes are there to read).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Completes when a read may make progress (it can be a false alarm).
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Reads what is available without waiting; `WouldBlock` after a false alarm.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
+}
+
+impl Transport for TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+}
+
+/// Bytes reserved for each read; the buffer is released again once it holds no partial frame.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl<S: Transport> Connection<S> {
     async fn run(mut self) {
-        let mut client = match self.handshake().await {
+        // Boxed: the handshake's state would otherwise enlarge every connection's future for
+        // its whole life.
+        let mut client = match Box::pin(self.handshake()).await {
             Ok(c) => c,
             Err(reason) => {
                 if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
@@ -209,10 +240,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 outbound: out_tx.clone(),
                 kick: kick_tx,
             };
-            let attach = SessionCmd::Attach {
+            let attach = SessionCmd::Attach(Box::new(Attach {
                 link,
                 reply: reply_tx,
-            };
+            }));
             if session.ctrl.send(attach).await.is_err() {
                 // The session ended between lookup and attach; look again once.
                 continue;
@@ -236,6 +267,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             &mut self.wbuf,
         );
         self.stream.write_all_buf(&mut self.wbuf).await?;
+        self.wbuf = BytesMut::new();
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
         info!(
             clean_session = accepted.clean_session,
             keep_alive = ?accepted.keep_alive.grace(),
@@ -322,29 +357,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         if let Err(e) = r {
                             return e.into();
                         }
+                        // Hold no buffer while idle; keep it while more is queued.
+                        if client.outbound.is_empty() {
+                            self.wbuf = BytesMut::new();
+                        }
                     }
                 }
                 continue;
             }
-            self.rbuf.reserve(4096);
-            tokio::select! {
+            // The select only says what woke us; the work happens after it, so the state of
+            // `on_packet` does not sit on top of the select's futures in this task's memory.
+            let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return CloseReason::Shutdown,
                 k = &mut client.kick => return kicked(k),
-                _ = &mut timer, if keep_alive.grace().is_some() => {
+                _ = &mut timer, if keep_alive.grace().is_some() => Wake::Tick,
+                // While a subscriber we fed is congested, read nothing more: TCP then slows
+                // this publisher down instead of the subscriber losing messages.
+                _ = relieve(&self.congested, &seen_progress, pause_until), if !self.congested.is_empty() => Wake::Relieved,
+                r = self.stream.readable(), if self.congested.is_empty() => Wake::Readable(r),
+                Some(out) = client.outbound.recv() => Wake::Outbound(out),
+            };
+            match wake {
+                Wake::Tick => {
                     if rearm(keep_alive, last_packet, timer.as_mut()) {
                         return CloseReason::KeepaliveTimeout;
                     }
                 }
-                // While a subscriber we fed is congested, read nothing more: TCP then slows
-                // this publisher down instead of the subscriber losing messages.
-                _ = relieve(&self.congested, &seen_progress, pause_until), if !self.congested.is_empty() => {
-                    self.congested.clear();
+                Wake::Relieved => self.congested.clear(),
+                Wake::Outbound(out) => {
+                    self.encode_outbound(out);
+                    let mut n = 1;
+                    while n < WRITE_BATCH_PACKETS && self.wbuf.len() < WRITE_BATCH_BYTES {
+                        match client.outbound.try_recv() {
+                            Ok(out) => self.encode_outbound(out),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
                 }
-                r = self.stream.read_buf(&mut self.rbuf), if self.congested.is_empty() => {
-                    match r {
+                Wake::Readable(r) => {
+                    if let Err(e) = r {
+                        return e.into();
+                    }
+                    self.rbuf.reserve(READ_CHUNK);
+                    match self.stream.try_read_buf(&mut self.rbuf) {
                         Ok(0) => return CloseReason::PeerClosed,
                         Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(e) => return e.into(),
                     }
                     let mut got_packet = false;
@@ -361,26 +421,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             Err(reason) => return reason,
                         }
                     }
+                    // Hold no buffer while idle; a partial frame keeps it.
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
                     // Reset on whole packets, not bytes: a dribbled frame still times out.
                     if got_packet {
                         last_packet = Instant::now();
                     }
                     if !self.congested.is_empty() {
-                        self.congested.sort_unstable_by_key(|b| Arc::as_ptr(b) as usize);
+                        self.congested
+                            .sort_unstable_by_key(|b| Arc::as_ptr(b) as usize);
                         self.congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
                         seen_progress = self.congested.iter().map(|b| b.progress()).collect();
                         pause_until = Instant::now() + self.patience;
-                    }
-                }
-                Some(out) = client.outbound.recv() => {
-                    self.encode_outbound(out);
-                    let mut n = 1;
-                    while n < WRITE_BATCH_PACKETS && self.wbuf.len() < WRITE_BATCH_BYTES {
-                        match client.outbound.try_recv() {
-                            Ok(out) => self.encode_outbound(out),
-                            Err(_) => break,
-                        }
-                        n += 1;
                     }
                 }
             }
@@ -398,6 +452,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn encode_outbound(&mut self, out: Outbound) {
         match out {
+            Outbound::PubRel(id) => {
+                trace!(packet = "PUBREL", id, "sending");
+                codec::encode(&Packet::PubRel(id), &mut self.wbuf);
+            }
             Outbound::Packet(p) => {
                 trace!(packet = p.name(), "sending");
                 codec::encode(&p, &mut self.wbuf);
@@ -520,12 +578,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 );
                 SessionCmd::Subscribe {
                     pkid: s.pkid,
-                    filters,
+                    filters: filters.into(),
                 }
             }
             Packet::Unsubscribe(u) => SessionCmd::Unsubscribe {
                 pkid: u.pkid,
-                filters: u.filters,
+                filters: u.filters.into(),
             },
             Packet::PingReq => {
                 // [MQTT-3.12.4-1]

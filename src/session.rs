@@ -26,13 +26,9 @@ use crate::router::{Delivery, Route};
 /// Commands from a connection to its session.
 #[derive(Debug)]
 pub enum SessionCmd {
-    /// A connection takes the session over; any earlier connection is kicked.
-    Attach {
-        /// How to reach the new connection.
-        link: ConnLink,
-        /// Answered once the link is stored, before any resend is queued.
-        reply: oneshot::Sender<()>,
-    },
+    /// A connection takes the session over; any earlier connection is kicked. Boxed, like
+    /// the other large variants, to keep every mailbox slot small.
+    Attach(Box<Attach>),
     /// The connection `conn` closed; ignored unless it is the current link.
     Detach {
         /// The connection that closed.
@@ -43,14 +39,14 @@ pub enum SessionCmd {
         /// SUBSCRIBE packet id.
         pkid: u16,
         /// Filters in request order with the QoS to grant.
-        filters: Vec<(String, Option<QoS>)>,
+        filters: Box<[(String, Option<QoS>)]>,
     },
     /// UNSUBSCRIBE.
     Unsubscribe {
         /// UNSUBSCRIBE packet id.
         pkid: u16,
         /// Filters to remove.
-        filters: Vec<String>,
+        filters: Box<[String]>,
     },
     /// PUBACK from the client for one of our QoS 1 deliveries.
     PubAck(u16),
@@ -80,11 +76,23 @@ pub enum Kick {
     Discarded,
 }
 
-/// What the session sends to its connection, the socket's only writer.
+/// What an `Attach` command carries.
+#[derive(Debug)]
+pub struct Attach {
+    /// How to reach the new connection.
+    pub link: ConnLink,
+    /// Answered once the link is stored, before any resend is queued.
+    pub reply: oneshot::Sender<()>,
+}
+
+/// What the session sends to its connection, the socket's only writer. Kept to 16 bytes:
+/// every connection's outbound mailbox allocates slots for it up front.
 #[derive(Debug)]
 pub enum Outbound {
-    /// SUBACK, UNSUBACK, PUBREC, PUBREL, PUBCOMP.
-    Packet(Packet),
+    /// SUBACK or UNSUBACK (rare, so boxed).
+    Packet(Box<Packet>),
+    /// PUBREL for an outbound QoS 2 flow.
+    PubRel(u16),
     /// A PUBLISH of a shared message.
     Publish {
         /// The message.
@@ -192,8 +200,13 @@ impl Session {
                 }
                 cmd = self.ctrl_rx.recv() => match cmd {
                     Some(cmd) => {
-                        if !self.handle(cmd) {
-                            break false;
+                        self.handle(cmd);
+                        // Acks come in bursts: take what is there before pumping once.
+                        for _ in 1..DELIVERY_BATCH {
+                            match self.ctrl_rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd),
+                                Err(_) => break,
+                            }
                         }
                     }
                     None => break false,
@@ -225,10 +238,13 @@ impl Session {
         self.close(discarded);
     }
 
-    /// Handles one command; false when the session ends.
-    fn handle(&mut self, cmd: SessionCmd) -> bool {
+    /// Handles one command.
+    fn handle(&mut self, cmd: SessionCmd) {
         match cmd {
-            SessionCmd::Attach { link, reply } => self.attach(link, reply),
+            SessionCmd::Attach(a) => {
+                let Attach { link, reply } = *a;
+                self.attach(link, reply);
+            }
             SessionCmd::Detach { conn } => {
                 if self.link.as_ref().is_some_and(|l| l.conn == conn) {
                     self.link_lost();
@@ -236,7 +252,7 @@ impl Session {
             }
             SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
             SessionCmd::Unsubscribe { pkid, filters } => {
-                for f in &filters {
+                for f in filters.iter() {
                     if self.subscriptions.remove(f).is_some() {
                         self.shared.router.unsubscribe(f, self.id);
                     }
@@ -244,7 +260,7 @@ impl Session {
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
                 self.pending
                     .control
-                    .push_back(Outbound::Packet(Packet::UnsubAck(pkid)));
+                    .push_back(Outbound::Packet(Box::new(Packet::UnsubAck(pkid))));
             }
             SessionCmd::PubAck(id) => {
                 self.pending.inflight.puback(id);
@@ -253,9 +269,7 @@ impl Session {
                 self.pending.inflight.pubrec(id);
                 // [MQTT-4.3.3-1] answer with PUBREL even for an id we no longer know, so the
                 // client can finish its side.
-                self.pending
-                    .control
-                    .push_back(Outbound::Packet(Packet::PubRel(id)));
+                self.pending.control.push_back(Outbound::PubRel(id));
             }
             SessionCmd::PubComp(id) => {
                 self.pending.inflight.pubcomp(id);
@@ -268,7 +282,6 @@ impl Session {
                 self.awaiting_rel.remove(&pkid);
             }
         }
-        true
     }
 
     fn attach(&mut self, link: ConnLink, reply: oneshot::Sender<()>) {
@@ -294,15 +307,15 @@ impl Session {
                     dup: true,
                     retain: q.retain,
                 },
-                Flight::PubRel => Outbound::Packet(Packet::PubRel(id)),
+                Flight::PubRel => Outbound::PubRel(id),
             });
         }
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: Vec<(String, Option<QoS>)>) {
+    fn subscribe(&mut self, pkid: u16, filters: Box<[(String, Option<QoS>)]>) {
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::new();
-        for (filter, qos) in filters {
+        for (filter, qos) in filters.into_vec() {
             let Some(qos) = qos else {
                 codes.push(SubAckCode::Failure);
                 continue;
@@ -326,7 +339,10 @@ impl Session {
         // out before the retained messages of these filters.
         self.pending
             .control
-            .push_back(Outbound::Packet(Packet::SubAck(SubAck { pkid, codes })));
+            .push_back(Outbound::Packet(Box::new(Packet::SubAck(SubAck {
+                pkid,
+                codes,
+            }))));
         // The route is in place, so reading retained messages now cannot miss one [MQTT-3.3.1-6].
         for (filter, qos) in granted {
             for msg in self.shared.router.retained(&filter) {
