@@ -22,7 +22,7 @@ use crate::keepalive::KeepAlive;
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Accepted, ProtocolError, Refusal};
-use crate::registry::SessionHandle;
+use crate::registry::{Opened, SessionHandle};
 use crate::session::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 
 /// Why a connection ended; logged once per connection.
@@ -229,17 +229,25 @@ impl<S: Transport> Connection<S> {
         let (out_tx, out_rx) = mpsc::channel(capacity);
         let mut attached = None;
         for _ in 0..2 {
-            let (session, present) =
-                shared
-                    .registry
-                    .open(&shared, &accepted.client_id, accepted.clean_session);
             let (kick_tx, kick_rx) = oneshot::channel();
-            let (reply_tx, reply_rx) = oneshot::channel();
             let link = ConnLink {
                 conn: self.conn_id,
                 outbound: out_tx.clone(),
                 kick: kick_tx,
             };
+            let opened =
+                shared
+                    .registry
+                    .open(&shared, &accepted.client_id, accepted.clean_session, link);
+            let (session, link) = match opened {
+                // A new session starts attached to us: no round trip.
+                Opened::Fresh(session) => {
+                    attached = Some((session, false, kick_rx));
+                    break;
+                }
+                Opened::Existing(session, link) => (session, link),
+            };
+            let (reply_tx, reply_rx) = oneshot::channel();
             let attach = SessionCmd::Attach(Box::new(Attach {
                 link,
                 reply: reply_tx,
@@ -249,7 +257,7 @@ impl<S: Transport> Connection<S> {
                 continue;
             }
             if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
-                attached = Some((session, present, kick_rx));
+                attached = Some((session, true, kick_rx));
                 break;
             }
         }
@@ -537,20 +545,11 @@ impl<S: Transport> Connection<S> {
                     }
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
-                        let (reply, is_new) = oneshot::channel();
-                        let ask = SessionCmd::PublishQos2 { pkid, reply };
-                        if client.session.ctrl.send(ask).await.is_err() {
-                            return Err(CloseReason::Discarded);
-                        }
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        match is_new.await {
-                            Ok(true) => {
-                                if let Some(msg) = msg {
-                                    self.route(msg);
-                                }
+                        if client.session.awaiting_rel.receive(pkid) {
+                            if let Some(msg) = msg {
+                                self.route(msg);
                             }
-                            Ok(false) => {}
-                            Err(_) => return Err(CloseReason::Discarded),
                         }
                         codec::encode(&Packet::PubRec(pkid), &mut self.wbuf);
                     }
@@ -558,12 +557,20 @@ impl<S: Transport> Connection<S> {
                 return Ok(Flow::Continue);
             }
             Packet::PubAck(id) => SessionCmd::PubAck(id),
-            Packet::PubRec(id) => SessionCmd::PubRec(id),
-            Packet::PubRel(id) => {
-                // [MQTT-4.3.3-2] the id is released in the session, then PUBCOMP.
-                if ctrl.send(SessionCmd::PubRel(id)).await.is_err() {
+            Packet::PubRec(id) => {
+                // [MQTT-4.3.3-1] the session moves the flow to "PUBREL sent" (queued before
+                // any Detach, so a resend after a reconnect is the PUBREL, never the PUBLISH);
+                // we answer at once, even for an id the session no longer knows, so the client
+                // can finish its side.
+                if ctrl.send(SessionCmd::PubRec(id)).await.is_err() {
                     return Err(CloseReason::Discarded);
                 }
+                codec::encode(&Packet::PubRel(id), &mut self.wbuf);
+                return Ok(Flow::Continue);
+            }
+            Packet::PubRel(id) => {
+                // [MQTT-4.3.3-2] the id is free again; answer with PUBCOMP.
+                client.session.awaiting_rel.release(id);
                 codec::encode(&Packet::PubComp(id), &mut self.wbuf);
                 return Ok(Flow::Continue);
             }

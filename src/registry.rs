@@ -9,19 +9,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Shared;
 use crate::message::{ClientId, SessionId};
-use crate::session::{Session, SessionCmd};
+use crate::session::{AwaitingRel, ConnLink, Session, SessionCmd};
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// The session's id; a registry entry or route carrying an older one is stale.
     pub id: SessionId,
+    /// The session's inbound QoS 2 state (ids awaiting PUBREL). It lives with the handle, so
+    /// it survives reconnects with the session, and every connection attached to the session
+    /// checks it directly instead of asking the actor for each QoS 2 PUBLISH.
+    pub awaiting_rel: AwaitingRel,
     /// The session's control mailbox (commands from its connection).
     pub ctrl: mpsc::Sender<SessionCmd>,
     /// Cancelled to discard the session (clean-start takeover, shutdown).
     pub discard: CancellationToken,
     /// True for clean_session = 0: the session outlives its connections.
     pub persistent: bool,
+}
+
+/// What `Registry::open` found.
+#[derive(Debug)]
+pub enum Opened {
+    /// A new session, already attached to the connection (session present = 0).
+    Fresh(SessionHandle),
+    /// A stored persistent session to attach to with the returned link (session present = 1).
+    Existing(SessionHandle, ConnLink),
 }
 
 /// Every live session by client id.
@@ -46,31 +59,33 @@ impl Registry {
         self.sessions.is_empty()
     }
 
-    /// Finds or creates the session for a CONNECT: `(handle, session_present)`.
+    /// Finds or creates the session for a CONNECT.
     ///
-    /// A persistent session is resumed by a clean_session = 0 CONNECT [MQTT-3.1.2-4]; in every
-    /// other case an existing session is discarded and a new one started [MQTT-3.1.2-6].
-    /// Runs under the map's entry lock, so two CONNECTs for one id cannot both create.
+    /// A persistent session is resumed by a clean_session = 0 CONNECT [MQTT-3.1.2-4]: the link
+    /// is handed back for an `Attach`. In every other case an existing session is discarded and
+    /// a new one started already attached to `link` [MQTT-3.1.2-6]. Runs under the map's entry
+    /// lock, so two CONNECTs for one id cannot both create.
     pub fn open(
         &self,
         shared: &Arc<Shared>,
         client_id: &ClientId,
         clean: bool,
-    ) -> (SessionHandle, bool) {
+        link: ConnLink,
+    ) -> Opened {
         match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
                 if !clean && e.get().persistent && !e.get().ctrl.is_closed() {
-                    return (e.get().clone(), true);
+                    return Opened::Existing(e.get().clone(), link);
                 }
-                let handle = Session::spawn(shared, client_id.clone(), !clean);
+                let handle = Session::spawn(shared, client_id.clone(), !clean, link);
                 let old = e.insert(handle.clone());
                 old.discard.cancel();
-                (handle, false)
+                Opened::Fresh(handle)
             }
             Entry::Vacant(e) => {
-                let handle = Session::spawn(shared, client_id.clone(), !clean);
+                let handle = Session::spawn(shared, client_id.clone(), !clean, link);
                 e.insert(handle.clone());
-                (handle, false)
+                Opened::Fresh(handle)
             }
         }
     }

@@ -54,17 +54,6 @@ pub enum SessionCmd {
     PubRec(u16),
     /// PUBCOMP from the client.
     PubComp(u16),
-    /// An inbound QoS 2 PUBLISH arrived with this id (Method B: the connection routes it on
-    /// receipt). The reply is true if the id was not already awaiting PUBREL, i.e. the message
-    /// is new and must be routed [MQTT-4.3.3-2].
-    PublishQos2 {
-        /// Its packet id.
-        pkid: u16,
-        /// Answered at once.
-        reply: oneshot::Sender<bool>,
-    },
-    /// PUBREL from the client for an inbound QoS 2 flow: the id is free again.
-    PubRel(u16),
 }
 
 /// Why a connection is told to close by its session.
@@ -127,7 +116,6 @@ pub struct Session {
     shared: Arc<Shared>,
     subscriptions: HashMap<String, QoS>,
     pending: Pending,
-    awaiting_rel: HashSet<u16>,
     link: Option<ConnLink>,
     /// True when the last `try_reserve` found the outbound channel full.
     blocked: bool,
@@ -143,14 +131,20 @@ pub struct Session {
 const DELIVERY_BATCH: usize = 64;
 
 impl Session {
-    /// Starts a session actor and returns its handle.
-    pub fn spawn(shared: &Arc<Shared>, client_id: ClientId, persistent: bool) -> SessionHandle {
+    /// Starts a session actor attached to `link` and returns its handle.
+    pub fn spawn(
+        shared: &Arc<Shared>,
+        client_id: ClientId,
+        persistent: bool,
+        link: ConnLink,
+    ) -> SessionHandle {
         let cfg = &shared.config.session;
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
         let (deliver_tx, deliver_rx) = mpsc::channel(cfg.max_queued_messages.max(64));
         let discard = shared.shutdown.child_token();
         let id = next_id();
         let backlog = Arc::new(Backlog::new(cfg.max_queued_messages / 2));
+        let awaiting_rel = AwaitingRel::default();
         let session = Session {
             id,
             client_id,
@@ -167,8 +161,7 @@ impl Session {
                 ),
                 control: VecDeque::new(),
             },
-            awaiting_rel: HashSet::new(),
-            link: None,
+            link: Some(link),
             blocked: false,
             expires_at: None,
             deliver_tx,
@@ -179,6 +172,7 @@ impl Session {
         shared.tracker.spawn(session.run());
         SessionHandle {
             id,
+            awaiting_rel,
             ctrl: ctrl_tx,
             discard,
             persistent,
@@ -266,20 +260,11 @@ impl Session {
                 self.pending.inflight.puback(id);
             }
             SessionCmd::PubRec(id) => {
+                // The connection has answered with PUBREL; only the state moves here.
                 self.pending.inflight.pubrec(id);
-                // [MQTT-4.3.3-1] answer with PUBREL even for an id we no longer know, so the
-                // client can finish its side.
-                self.pending.control.push_back(Outbound::PubRel(id));
             }
             SessionCmd::PubComp(id) => {
                 self.pending.inflight.pubcomp(id);
-            }
-            SessionCmd::PublishQos2 { pkid, reply } => {
-                // [MQTT-4.3.3-2] a resend of an id awaiting PUBREL is not routed again.
-                let _ = reply.send(self.awaiting_rel.insert(pkid));
-            }
-            SessionCmd::PubRel(pkid) => {
-                self.awaiting_rel.remove(&pkid);
             }
         }
     }
@@ -465,6 +450,23 @@ impl Pending {
             dup: false,
             retain: q.retain,
         })
+    }
+}
+
+/// The inbound QoS 2 ids awaiting PUBREL (Method B, [MQTT-4.3.3-2]): session state that
+/// survives reconnects, shared with the connection through a short CPU-only lock.
+#[derive(Debug, Clone, Default)]
+pub struct AwaitingRel(Arc<parking_lot::Mutex<HashSet<u16>>>);
+
+impl AwaitingRel {
+    /// Records `pkid`; true if it was not already awaiting PUBREL (the message is new).
+    pub fn receive(&self, pkid: u16) -> bool {
+        self.0.lock().insert(pkid)
+    }
+
+    /// PUBREL: the id is free again.
+    pub fn release(&self, pkid: u16) {
+        self.0.lock().remove(&pkid);
     }
 }
 
