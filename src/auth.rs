@@ -1,9 +1,49 @@
-//! Who may connect, publish and subscribe: the `Authenticator` and `Acl` seams.
-//!
-//! Implementations form an emqttd-style chain later (password and ACL files); for now the
-//! broker uses `AnonymousPolicy`, which applies `allow_anonymous` and permits every topic.
+//! Who may connect, publish and subscribe: the `Authenticator` and `Acl` seams and `Policy`,
+//! their implementation from `[auth]`: `allow_anonymous`, a Mosquitto password file and a
+//! Mosquitto ACL file.
+
+pub mod acl;
+pub mod passwd;
+
+use std::path::{Path, PathBuf};
 
 use crate::codec::ConnectReturnCode;
+use crate::config::AuthConfig;
+
+pub use acl::AclFile;
+pub use passwd::PasswordFile;
+
+/// A password or ACL file that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}{}: {msg}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
+pub struct AuthError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, or 0 for the whole file.
+    pub line: usize,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl AuthError {
+    fn file(path: &Path, line: usize, msg: String) -> AuthError {
+        AuthError {
+            path: path.to_owned(),
+            line,
+            msg,
+        }
+    }
+}
+
+/// Reads `path` and parses it with `parse`, naming the file (and line) in any error.
+fn load_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, (usize, String)>,
+) -> Result<T, AuthError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuthError::file(path, 0, format!("cannot read: {e}")))?;
+    parse(&text).map_err(|(line, msg)| AuthError::file(path, line, msg))
+}
 
 /// The credentials a CONNECT carried.
 #[derive(Debug, Clone, Copy)]
@@ -38,25 +78,64 @@ pub trait Acl: Send + Sync {
         -> bool;
 }
 
-/// `allow_anonymous` without password or ACL files: everything is allowed to those admitted.
-#[derive(Debug, Clone, Copy)]
-pub struct AnonymousPolicy {
+/// `[auth]` in force: anonymous access, the password file and the ACL file, if configured.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
     /// Accept clients that give no user name.
     pub allow_anonymous: bool,
+    /// Users and password hashes; without a file any user name is accepted.
+    pub passwords: Option<PasswordFile>,
+    /// Topic rules; without a file every topic is allowed.
+    pub acl: Option<AclFile>,
 }
 
-impl Authenticator for AnonymousPolicy {
-    fn authenticate(&self, creds: &Credentials<'_>) -> Result<(), ConnectReturnCode> {
-        if creds.username.is_none() && !self.allow_anonymous {
-            return Err(ConnectReturnCode::NotAuthorized);
-        }
-        Ok(())
+impl Policy {
+    /// Loads the files `[auth]` names.
+    pub fn load(cfg: &AuthConfig) -> Result<Policy, AuthError> {
+        Ok(Policy {
+            allow_anonymous: cfg.allow_anonymous,
+            passwords: cfg
+                .password_file
+                .as_deref()
+                .map(PasswordFile::load)
+                .transpose()?,
+            acl: cfg.acl_file.as_deref().map(AclFile::load).transpose()?,
+        })
+    }
+
+    /// True if deliveries must be checked against an ACL file.
+    pub fn checks_reads(&self) -> bool {
+        self.acl.is_some()
     }
 }
 
-impl Acl for AnonymousPolicy {
-    fn allowed(&self, _: &str, _: Option<&str>, _: Access, _: &str) -> bool {
-        true
+impl Authenticator for Policy {
+    fn authenticate(&self, creds: &Credentials<'_>) -> Result<(), ConnectReturnCode> {
+        match (creds.username, &self.passwords) {
+            (None, _) if !self.allow_anonymous => Err(ConnectReturnCode::NotAuthorized),
+            (None, _) | (Some(_), None) => Ok(()),
+            (Some(user), Some(file)) => {
+                if file.verify(user, creds.password.unwrap_or_default()) {
+                    Ok(())
+                } else {
+                    Err(ConnectReturnCode::BadUserNameOrPassword)
+                }
+            }
+        }
+    }
+}
+
+impl Acl for Policy {
+    fn allowed(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        access: Access,
+        topic: &str,
+    ) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.allowed(client_id, username, access, topic))
     }
 }
 
@@ -64,29 +143,57 @@ impl Acl for AnonymousPolicy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn anonymous_policy() {
-        let creds = Credentials {
+    fn creds<'a>(username: Option<&'a str>, password: Option<&'a [u8]>) -> Credentials<'a> {
+        Credentials {
             client_id: "c",
-            username: None,
-            password: None,
-        };
-        let open = AnonymousPolicy {
+            username,
+            password,
+        }
+    }
+
+    #[test]
+    fn anonymous_rule() {
+        let open = Policy {
             allow_anonymous: true,
+            ..Policy::default()
         };
-        let closed = AnonymousPolicy {
-            allow_anonymous: false,
-        };
-        assert_eq!(open.authenticate(&creds), Ok(()));
+        let closed = Policy::default();
+        assert_eq!(open.authenticate(&creds(None, None)), Ok(()));
         assert_eq!(
-            closed.authenticate(&creds),
+            closed.authenticate(&creds(None, None)),
             Err(ConnectReturnCode::NotAuthorized)
         );
-        let named = Credentials {
-            username: Some("u"),
-            ..creds
+        assert_eq!(
+            closed.authenticate(&creds(Some("u"), None)),
+            Ok(()),
+            "no password file"
+        );
+        assert!(open.allowed("c", None, Access::Write, "a/b"), "no ACL file");
+    }
+
+    #[test]
+    fn password_file_rule() {
+        let mut file = PasswordFile::default();
+        file.set("alice", b"secret").expect("set");
+        let p = Policy {
+            allow_anonymous: false,
+            passwords: Some(file),
+            acl: None,
         };
-        assert_eq!(closed.authenticate(&named), Ok(()));
-        assert!(open.allowed("c", None, Access::Write, "a/b"));
+        assert_eq!(
+            p.authenticate(&creds(Some("alice"), Some(b"secret"))),
+            Ok(())
+        );
+        let bad = Err(ConnectReturnCode::BadUserNameOrPassword);
+        assert_eq!(p.authenticate(&creds(Some("alice"), Some(b"nope"))), bad);
+        assert_eq!(p.authenticate(&creds(Some("alice"), None)), bad);
+        assert_eq!(
+            p.authenticate(&creds(Some("mallory"), Some(b"secret"))),
+            bad
+        );
+        assert_eq!(
+            p.authenticate(&creds(None, None)),
+            Err(ConnectReturnCode::NotAuthorized)
+        );
     }
 }

@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Acl, AnonymousPolicy, Authenticator};
+use arc_swap::ArcSwap;
+
+use crate::auth::{AuthError, Policy};
 use crate::config::{Config, ListenerConfig};
 use crate::listener;
 use crate::metrics::Metrics;
@@ -29,6 +31,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The password or ACL file cannot be used.
+    #[error("{0}")]
+    Auth(AuthError),
 }
 
 /// State shared by every task of one broker.
@@ -41,10 +46,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// CONNECT admission.
-    pub auth: Arc<dyn Authenticator>,
-    /// Topic access.
-    pub acl: Arc<dyn Acl>,
+    /// Who may connect and which topics they may use; swapped whole on reload (SIGHUP).
+    pub policy: ArcSwap<Policy>,
     /// Cancelled on shutdown; sessions' discard tokens are its children.
     pub shutdown: CancellationToken,
     /// Every listener, connection and session task, so shutdown can wait for them.
@@ -78,15 +81,12 @@ impl Broker {
             config.retain.max_retained_messages,
             config.retain.retained_payload_limit,
         );
-        let policy = Arc::new(AnonymousPolicy {
-            allow_anonymous: config.auth.allow_anonymous,
-        });
+        let policy = Policy::load(&config.auth).map_err(StartError::Auth)?;
         let shared = Arc::new(Shared {
             router: Router::new(retain, metrics.clone(), config.mqtt.upgrade_outgoing_qos),
             registry: Registry::new(),
             metrics,
-            auth: policy.clone(),
-            acl: policy,
+            policy: ArcSwap::from_pointee(policy),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             config,
@@ -100,6 +100,13 @@ impl Broker {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// A handle that reloads the password and ACL files while the broker runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The broker's counters.
@@ -131,5 +138,20 @@ impl Broker {
         {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
+    }
+}
+
+/// Reloads `[auth]`'s files (on SIGHUP) without touching connections.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Reads the password and ACL files again; on error the policy in force is kept.
+    pub fn reload(&self) -> Result<(), AuthError> {
+        let policy = Policy::load(&self.shared.config.auth)?;
+        self.shared.policy.store(Arc::new(policy));
+        Ok(())
     }
 }

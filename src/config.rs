@@ -118,12 +118,16 @@ pub struct RetainConfig {
     pub retained_payload_limit: usize,
 }
 
-/// `[auth]`: who may connect.
+/// `[auth]`: who may connect, and to which topics.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Accept clients without a user name.
     pub allow_anonymous: bool,
+    /// A Mosquitto password file; relative paths are relative to the config file.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto ACL file; relative paths are relative to the config file.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// `[log]`: logging.
@@ -216,6 +220,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -239,7 +245,18 @@ impl Config {
             key: String::new(),
             msg: format!("cannot read file: {e}"),
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        // Files named in the config are found next to it, wherever tern is started from.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is only used in errors.

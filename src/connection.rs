@@ -209,11 +209,12 @@ impl<S: Transport> Connection<S> {
             other => return Err(ProtocolError::FirstPacketNotConnect(other.name()).into()),
         };
         let shared = self.shared.clone();
+        let policy = shared.policy.load_full();
         let accepted = match protocol::check_connect(
             &connect,
             &shared.config.mqtt,
-            shared.auth.as_ref(),
-            shared.acl.as_ref(),
+            policy.as_ref(),
+            policy.as_ref(),
         ) {
             Ok(a) => a,
             Err(Refusal::Connack(code)) => {
@@ -232,6 +233,7 @@ impl<S: Transport> Connection<S> {
             let (kick_tx, kick_rx) = oneshot::channel();
             let link = ConnLink {
                 conn: self.conn_id,
+                username: accepted.username.as_deref().map(Arc::from),
                 outbound: out_tx.clone(),
                 kick: kick_tx,
             };
@@ -512,12 +514,14 @@ impl<S: Transport> Connection<S> {
                 let acc = &client.accepted;
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
                 let allowed = protocol::may_publish(
-                    self.shared.acl.as_ref(),
+                    self.shared.policy.load().as_ref(),
                     &acc.client_id,
                     acc.username.as_deref(),
                     topic,
                 );
                 if !allowed {
+                    // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
+                    Metrics::incr(&metrics.acl_denied);
                     debug!(topic, "publish denied; acknowledged and dropped");
                 }
                 let msg = allowed.then(|| {
@@ -579,7 +583,7 @@ impl<S: Transport> Connection<S> {
                 let acc = &client.accepted;
                 let filters = protocol::grant(
                     s.filters,
-                    self.shared.acl.as_ref(),
+                    self.shared.policy.load().as_ref(),
                     &acc.client_id,
                     acc.username.as_deref(),
                 );

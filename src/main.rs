@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tern::auth::passwd::{update_file, Change};
 use tern::config::DEFAULT_CONFIG_TOML;
 use tern::{Broker, Config};
 use tracing_subscriber::EnvFilter;
@@ -27,6 +28,80 @@ struct Cli {
     /// Print the default configuration file and exit.
     #[arg(long = "print-default-config")]
     print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create or update a user in a Mosquitto-compatible password file (like mosquitto_passwd).
+    Passwd {
+        /// Batch mode: take the password from the command line instead of prompting.
+        #[arg(short = 'b')]
+        batch: bool,
+        /// Delete the user instead of setting its password.
+        #[arg(short = 'D', conflicts_with = "batch")]
+        delete: bool,
+        /// Create a new file, overwriting an existing one.
+        #[arg(short = 'c')]
+        create: bool,
+        /// The password file.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// The password (with -b only).
+        password: Option<String>,
+    },
+}
+
+/// `tern passwd`: one line on error, exit 1.
+fn passwd(command: Command) -> ExitCode {
+    let Command::Passwd {
+        batch,
+        delete,
+        create,
+        file,
+        user,
+        password,
+    } = command;
+    let password = match (delete, batch, password) {
+        (true, _, _) => None,
+        (false, true, Some(p)) => Some(p),
+        (false, true, None) => {
+            eprintln!("tern passwd: -b needs the password after the user name");
+            return ExitCode::FAILURE;
+        }
+        (false, false, Some(_)) => {
+            eprintln!("tern passwd: a password on the command line needs -b");
+            return ExitCode::FAILURE;
+        }
+        (false, false, None) => {
+            let first = rpassword::prompt_password("Password: ");
+            let second = rpassword::prompt_password("Reenter password: ");
+            match (first, second) {
+                (Ok(a), Ok(b)) if a == b => Some(a),
+                (Ok(_), Ok(_)) => {
+                    eprintln!("tern passwd: passwords do not match");
+                    return ExitCode::FAILURE;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("tern passwd: cannot read the password: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let change = match &password {
+        Some(p) => Change::Set(p.as_bytes()),
+        None => Change::Delete,
+    };
+    match update_file(&file, &user, change, create) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Exit status for a configuration problem.
@@ -34,6 +109,9 @@ const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return passwd(command);
+    }
     if cli.print_default_config {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
@@ -49,6 +127,11 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     if cli.check_config {
+        // The password and ACL files are part of the configuration.
+        if let Err(e) = tern::auth::Policy::load(&config.auth) {
+            eprintln!("tern: config error: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
         let name = cli
             .config
             .as_ref()
@@ -87,9 +170,32 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        spawn_reload_on_sighup(broker.reloader());
         broker.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the password and ACL files on every SIGHUP; a bad file keeps the old policy.
+fn spawn_reload_on_sighup(reloader: tern::broker::Reloader) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the previous files")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Completes on SIGINT or SIGTERM.

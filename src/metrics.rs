@@ -50,6 +50,8 @@ pub struct Metrics {
     pub retained_refused: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
+    /// PUBLISHes refused and deliveries withheld by the ACL.
+    pub acl_denied: AtomicU64,
     /// Milliseconds after `epoch` before which no further drop warning is logged.
     next_drop_warning_ms: AtomicU64,
     epoch: Epoch,
@@ -90,6 +92,8 @@ pub struct Snapshot {
     pub retained_refused: u64,
     /// See [`Metrics::protocol_errors`].
     pub protocol_errors: u64,
+    /// See [`Metrics::acl_denied`].
+    pub acl_denied: u64,
 }
 
 /// Drop warnings are logged at most once per this interval; the counters keep the totals.
@@ -160,6 +164,7 @@ impl Metrics {
             dropped_qos0_offline: r(&self.dropped_qos0_offline),
             retained_refused: r(&self.retained_refused),
             protocol_errors: r(&self.protocol_errors),
+            acl_denied: r(&self.acl_denied),
         }
     }
 }

@@ -173,11 +173,13 @@ pub fn assign_client_id(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AnonymousPolicy;
+    use crate::auth::Policy;
     use bytes::Bytes;
 
-    const OPEN: AnonymousPolicy = AnonymousPolicy {
+    const OPEN: Policy = Policy {
         allow_anonymous: true,
+        passwords: None,
+        acl: None,
     };
 
     fn connect(id: &str, clean: bool) -> Connect {
@@ -223,9 +225,7 @@ mod tests {
 
     #[test]
     fn anonymous_refused_with_0x05() {
-        let closed = AnonymousPolicy {
-            allow_anonymous: false,
-        };
+        let closed = Policy::default();
         assert_eq!(
             check_connect(&connect("c", true), &MqttConfig::default(), &closed, &OPEN).err(),
             Some(Refusal::Connack(ConnectReturnCode::NotAuthorized))

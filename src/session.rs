@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Access, Acl};
 use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
@@ -102,6 +103,8 @@ pub enum Outbound {
 pub struct ConnLink {
     /// The connection's id, to recognise a stale `Detach`.
     pub conn: ConnId,
+    /// The user name the connection authenticated as, for ACL checks on deliveries.
+    pub username: Option<Arc<str>>,
     /// The connection's outbound mailbox.
     pub outbound: mpsc::Sender<Outbound>,
     /// Fired to make the connection close.
@@ -112,6 +115,8 @@ pub struct ConnLink {
 pub struct Session {
     id: SessionId,
     client_id: ClientId,
+    /// User name of the latest connection: deliveries are checked against the ACL as it.
+    username: Option<Arc<str>>,
     persistent: bool,
     shared: Arc<Shared>,
     subscriptions: HashMap<String, QoS>,
@@ -161,6 +166,7 @@ impl Session {
                 ),
                 control: VecDeque::new(),
             },
+            username: link.username.clone(),
             link: Some(link),
             blocked: false,
             expires_at: None,
@@ -280,6 +286,7 @@ impl Session {
             // The connection gave up waiting; it will not send a Detach.
             return;
         }
+        self.username = link.username.clone();
         self.link = Some(link);
         self.expires_at = None;
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
@@ -341,6 +348,20 @@ impl Session {
     /// Queues a message owed to this session.
     fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool) {
         let metrics = &self.shared.metrics;
+        // A wildcard subscription may cover topics this client may not read: check each message.
+        let policy = self.shared.policy.load();
+        if policy.checks_reads()
+            && !policy.allowed(
+                &self.client_id,
+                self.username.as_deref(),
+                Access::Read,
+                msg.topic_str(),
+            )
+        {
+            self.pending.backlog.removed(1, false);
+            Metrics::incr(&metrics.acl_denied);
+            return;
+        }
         if self.link.is_none()
             && qos == QoS::AtMostOnce
             && !self.shared.config.session.queue_qos0_messages
