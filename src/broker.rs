@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +35,9 @@ pub enum StartError {
     /// The password or ACL file cannot be used.
     #[error("{0}")]
     Auth(AuthError),
+    /// A TLS listener's certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// State shared by every task of one broker.
@@ -57,7 +61,7 @@ pub struct Shared {
 /// A bound, not yet running broker.
 pub struct Broker {
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
+    listeners: Vec<(TcpListener, ListenerConfig, Option<TlsAcceptor>)>,
 }
 
 /// How long `run` waits for connections and sessions to finish after shutdown starts.
@@ -68,13 +72,14 @@ impl Broker {
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
         let mut listeners = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
+            let tls = crate::tls::acceptor(l)?;
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: l.bind,
                     source,
                 })?;
-            listeners.push((socket, l.clone()));
+            listeners.push((socket, l.clone(), tls));
         }
         let metrics = Arc::new(Metrics::default());
         let retain = RetainStore::new(
@@ -98,7 +103,7 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -118,13 +123,13 @@ impl Broker {
     /// (at most a few seconds) for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        for (socket, cfg) in self.listeners {
+        for (socket, cfg, tls) in self.listeners {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening");
             }
             shared
                 .tracker
-                .spawn(listener::accept_loop(socket, cfg, shared.clone()));
+                .spawn(listener::accept_loop(socket, cfg, tls, shared.clone()));
         }
         shared.tracker.spawn(crate::sys::run(shared.clone()));
         shutdown.await;

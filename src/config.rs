@@ -52,6 +52,17 @@ pub struct ListenerConfig {
     pub protocol: String,
     /// Most simultaneous connections on this listener; 0 = unlimited.
     pub max_connections: usize,
+    /// PEM certificate chain; with `keyfile`, the listener speaks TLS.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key for `certfile`.
+    pub keyfile: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are checked against.
+    pub cafile: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `cafile`).
+    pub require_certificate: bool,
+    /// Use the client certificate's common name as the user name (needs
+    /// `require_certificate`); no password is checked then.
+    pub use_identity_as_username: bool,
 }
 
 /// `[mqtt]`: protocol-level limits and choices.
@@ -175,6 +186,11 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             protocol: "mqtt".into(),
             max_connections: 0,
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
         }
     }
 }
@@ -248,8 +264,13 @@ impl Config {
         let mut config = Config::parse(&text, path)?;
         // Files named in the config are found next to it, wherever tern is started from.
         let base = path.parent().unwrap_or(Path::new("."));
+        let listener_files = config
+            .listener
+            .iter_mut()
+            .flat_map(|l| [&mut l.certfile, &mut l.keyfile, &mut l.cafile]);
         for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
             .into_iter()
+            .chain(listener_files)
             .flatten()
         {
             if file.is_relative() {
@@ -313,6 +334,21 @@ impl Config {
                 return Err((
                     "listener.protocol",
                     format!("unsupported protocol {:?}; expected \"mqtt\"", l.protocol),
+                ));
+            }
+            if l.certfile.is_some() != l.keyfile.is_some() {
+                return Err((
+                    "listener.certfile",
+                    "certfile and keyfile go together".into(),
+                ));
+            }
+            if l.require_certificate && l.cafile.is_none() {
+                return Err(("listener.require_certificate", "needs cafile".into()));
+            }
+            if l.use_identity_as_username && !l.require_certificate {
+                return Err((
+                    "listener.use_identity_as_username",
+                    "needs require_certificate = true".into(),
                 ));
             }
         }

@@ -2,6 +2,7 @@
 //! decodes frames, applies protocol checks, publishes through the router, hands session work
 //! to the session actor, keeps the will, and enforces keepalive.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -83,11 +84,20 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one accepted socket to completion.
-pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+///
+/// `identity` is the TLS client certificate's name when the listener has
+/// `use_identity_as_username`: it replaces the CONNECT's user name and no password is checked.
+pub async fn serve<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    identity: Option<String>,
+) {
     let conn_id = next_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
     let conn = Connection {
         stream,
+        identity,
         congested: Vec::new(),
         patience: shared.config.session.backpressure_timeout,
         rbuf: BytesMut::new(),
@@ -101,6 +111,8 @@ pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, shared: Arc<Shared
 
 struct Connection<S> {
     stream: S,
+    /// TLS certificate identity used as the user name (`use_identity_as_username`).
+    identity: Option<String>,
     /// Subscribers that passed their high mark since the last read; reading pauses until they
     /// drain (see `backlog.rs`).
     congested: Vec<Arc<Backlog>>,
@@ -130,26 +142,39 @@ enum Flow {
 enum Wake {
     Tick,
     Relieved,
-    Readable(io::Result<()>),
+    Readable(io::Result<usize>),
     Outbound(Outbound),
 }
 
-/// A byte stream the connection can wait on without holding a read buffer, so an idle client
-/// costs no buffer memory (the buffer is allocated when bytes are there to read).
+/// A byte stream the connection reads from. TCP waits for readability before it reserves a
+/// read buffer, so an idle client costs no buffer memory; TLS (which buffers inside rustls)
+/// reads into a reserved buffer.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Completes when a read may make progress (it can be a false alarm).
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
-    /// Reads what is available without waiting; `WouldBlock` after a false alarm.
-    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Reads what is available into `buf`, waiting until something is; `Ok(0)` is EOF.
+    /// Cancel-safe: nothing is lost if the future is dropped.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
 }
 
 impl Transport for TcpStream {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
     }
+}
 
-    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.read_buf(buf).await
     }
 }
 
@@ -212,6 +237,7 @@ impl<S: Transport> Connection<S> {
         let policy = shared.policy.load_full();
         let accepted = match protocol::check_connect(
             &connect,
+            self.identity.as_deref(),
             &shared.config.mqtt,
             policy.as_ref(),
             policy.as_ref(),
@@ -277,6 +303,7 @@ impl<S: Transport> Connection<S> {
             &mut self.wbuf,
         );
         self.stream.write_all_buf(&mut self.wbuf).await?;
+        self.stream.flush().await?;
         self.wbuf = BytesMut::new();
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
@@ -304,7 +331,11 @@ impl<S: Transport> Connection<S> {
             }),
             &mut self.wbuf,
         );
-        let _ = timeout(GOODBYE_TIMEOUT, self.stream.write_all_buf(&mut self.wbuf)).await;
+        let goodbye = async {
+            self.stream.write_all_buf(&mut self.wbuf).await?;
+            self.stream.flush().await
+        };
+        let _ = timeout(GOODBYE_TIMEOUT, goodbye).await;
         let _ = timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
     }
 
@@ -363,7 +394,8 @@ impl<S: Transport> Connection<S> {
                             return CloseReason::KeepaliveTimeout;
                         }
                     }
-                    r = self.stream.write_all_buf(&mut self.wbuf) => {
+                    // Flush: TLS keeps written bytes in its own buffer until then.
+                    r = write_out(&mut self.stream, &mut self.wbuf) => {
                         if let Err(e) = r {
                             return e.into();
                         }
@@ -385,7 +417,7 @@ impl<S: Transport> Connection<S> {
                 // While a subscriber we fed is congested, read nothing more: TCP then slows
                 // this publisher down instead of the subscriber losing messages.
                 _ = relieve(&self.congested, &seen_progress, pause_until), if !self.congested.is_empty() => Wake::Relieved,
-                r = self.stream.readable(), if self.congested.is_empty() => Wake::Readable(r),
+                r = self.stream.read_some(&mut self.rbuf), if self.congested.is_empty() => Wake::Readable(r),
                 Some(out) = client.outbound.recv() => Wake::Outbound(out),
             };
             match wake {
@@ -407,14 +439,9 @@ impl<S: Transport> Connection<S> {
                     }
                 }
                 Wake::Readable(r) => {
-                    if let Err(e) = r {
-                        return e.into();
-                    }
-                    self.rbuf.reserve(READ_CHUNK);
-                    match self.stream.try_read_buf(&mut self.rbuf) {
+                    match r {
                         Ok(0) => return CloseReason::PeerClosed,
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(e) => return e.into(),
                     }
                     let mut got_packet = false;
@@ -618,6 +645,12 @@ impl<S: Transport> Connection<S> {
         }
         Ok(Flow::Continue)
     }
+}
+
+/// Writes the whole buffer and flushes it; cancel-safe as far as `wbuf` records progress.
+async fn write_out<S: Transport>(stream: &mut S, wbuf: &mut BytesMut) -> io::Result<()> {
+    stream.write_all_buf(wbuf).await?;
+    stream.flush().await
 }
 
 /// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no

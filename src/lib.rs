@@ -35,6 +35,7 @@ pub mod retain;
 pub mod router;
 pub mod session;
 pub mod sys;
+pub mod tls;
 pub mod topic;
 pub mod trie;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::broker::Shared;
@@ -17,7 +18,12 @@ use crate::metrics::Metrics;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts sockets until shutdown.
-pub async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shared: Arc<Shared>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    cfg: ListenerConfig,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
     let shutdown = shared.shutdown.clone();
     loop {
@@ -50,8 +56,26 @@ pub async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shared: Arc
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
         let shared = shared.clone();
+        let tls = tls.clone();
+        let use_identity = cfg.use_identity_as_username;
         shared.tracker.clone().spawn(async move {
-            connection::serve(socket, peer, shared).await;
+            match tls {
+                None => connection::serve(socket, peer, shared, None).await,
+                // The handshake runs here, in the connection's own task, under connect_timeout.
+                Some(acceptor) => {
+                    let deadline = shared.config.mqtt.connect_timeout;
+                    match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => {
+                            let identity = use_identity
+                                .then(|| crate::tls::identity(stream.get_ref().1))
+                                .flatten();
+                            connection::serve(stream, peer, shared, identity).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }

@@ -64,6 +64,7 @@ pub struct Accepted {
 /// Applies the CONNECT rules of section 3.1 in the order Mosquitto does.
 pub fn check_connect(
     c: &Connect,
+    identity: Option<&str>,
     cfg: &MqttConfig,
     auth: &dyn Authenticator,
     acl: &dyn Acl,
@@ -90,22 +91,26 @@ pub fn check_connect(
         Some(w) => Some(will_message(w, &client_id)?),
         None => None,
     };
-    let creds = Credentials {
-        client_id: &client_id,
-        username: c.username.as_deref(),
-        password: c.password.as_deref(),
-    };
-    auth.authenticate(&creds).map_err(Refusal::Connack)?;
+    // With use_identity_as_username the certificate is the credential, as in Mosquitto.
+    let username = identity.map(str::to_owned).or_else(|| c.username.clone());
+    if identity.is_none() {
+        let creds = Credentials {
+            client_id: &client_id,
+            username: c.username.as_deref(),
+            password: c.password.as_deref(),
+        };
+        auth.authenticate(&creds).map_err(Refusal::Connack)?;
+    }
     let client_id: ClientId = client_id.into();
     // A will the client may not publish is dropped now rather than refused later.
-    let will = will.filter(|w| may_publish(acl, &client_id, c.username.as_deref(), w.topic_str()));
+    let will = will.filter(|w| may_publish(acl, &client_id, username.as_deref(), w.topic_str()));
     Ok(Accepted {
         client_id,
         assigned,
         clean_session: c.clean_session,
         keep_alive: KeepAlive::new(c.keep_alive),
         will,
-        username: c.username.clone(),
+        username,
     })
 }
 
@@ -195,7 +200,7 @@ mod tests {
     }
 
     fn check(c: &Connect) -> Result<Accepted, Refusal> {
-        check_connect(c, &MqttConfig::default(), &OPEN, &OPEN)
+        check_connect(c, None, &MqttConfig::default(), &OPEN, &OPEN)
     }
 
     #[test]
@@ -220,14 +225,21 @@ mod tests {
             allow_zero_length_clientid: false,
             ..MqttConfig::default()
         };
-        assert!(check_connect(&connect("", true), &cfg, &OPEN, &OPEN).is_err());
+        assert!(check_connect(&connect("", true), None, &cfg, &OPEN, &OPEN).is_err());
     }
 
     #[test]
     fn anonymous_refused_with_0x05() {
         let closed = Policy::default();
         assert_eq!(
-            check_connect(&connect("c", true), &MqttConfig::default(), &closed, &OPEN).err(),
+            check_connect(
+                &connect("c", true),
+                None,
+                &MqttConfig::default(),
+                &closed,
+                &OPEN
+            )
+            .err(),
             Some(Refusal::Connack(ConnectReturnCode::NotAuthorized))
         );
     }

@@ -1,0 +1,293 @@
+//! TLS listeners: MQTT over TLS with a rustls client and the real mosquitto clients, client
+//! certificates, and use_identity_as_username.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use common::{connect_packet, within, TestBroker, WAIT};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use tern::codec::{self, ConnectReturnCode, Packet, SubAckCode, Subscribe};
+use tern::message::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// A test CA, a server certificate for 127.0.0.1/localhost and a client certificate with
+/// common name "alice", written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+    client_cert: CertificateDer<'static>,
+    client_key: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Tern test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let server_key = KeyPair::generate().expect("key");
+        let mut server_params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        server_params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let server = server_params
+            .signed_by(&server_key, &ca, &ca_key)
+            .expect("server cert");
+        let client_key = KeyPair::generate().expect("key");
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "alice");
+        let client = client_params
+            .signed_by(&client_key, &ca, &ca_key)
+            .expect("client cert");
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("server.pem", server.pem()),
+            ("server.key", server_key.serialize_pem()),
+            ("client.pem", client.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).expect("write pem");
+        }
+        Pki {
+            ca: ca.der().clone(),
+            client_cert: client.der().clone(),
+            client_key: client_key.serialize_der(),
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A broker whose listener speaks TLS; `client_certs` adds cafile and
+    /// require_certificate + use_identity_as_username.
+    async fn broker(&self, client_certs: bool, acl: Option<&Path>) -> TestBroker {
+        TestBroker::start_with(|c| {
+            let l = &mut c.listener[0];
+            l.certfile = Some(self.path("server.pem"));
+            l.keyfile = Some(self.path("server.key"));
+            if client_certs {
+                l.cafile = Some(self.path("ca.pem"));
+                l.require_certificate = true;
+                l.use_identity_as_username = true;
+            }
+            c.auth.acl_file = acl.map(Path::to_path_buf);
+        })
+        .await
+    }
+
+    fn connector(&self, with_client_cert: bool) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let config = if with_client_cert {
+            let key = PrivateKeyDer::try_from(self.client_key.clone()).expect("key");
+            builder
+                .with_client_auth_cert(vec![self.client_cert.clone()], key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn send(stream: &mut Tls, p: &Packet) {
+    let mut buf = BytesMut::new();
+    codec::encode(p, &mut buf);
+    stream.write_all(&buf).await.expect("write");
+    stream.flush().await.expect("flush");
+}
+
+async fn recv(stream: &mut Tls, buf: &mut BytesMut) -> Packet {
+    within(WAIT, async {
+        loop {
+            if let Some(p) = codec::decode(buf, usize::MAX).expect("valid") {
+                return p;
+            }
+            assert!(stream.read_buf(buf).await.expect("read") > 0, "closed");
+        }
+    })
+    .await
+}
+
+async fn tls_connect(pki: &Pki, b: &TestBroker, with_client_cert: bool) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(b.addr).await?;
+    let name = ServerName::try_from("localhost").expect("name");
+    pki.connector(with_client_cert).connect(name, tcp).await
+}
+
+#[tokio::test]
+async fn mqtt_over_tls() {
+    let pki = Pki::new();
+    let b = pki.broker(false, None).await;
+    let mut s = tls_connect(&pki, &b, false).await.expect("handshake");
+    let mut buf = BytesMut::new();
+    send(&mut s, &connect_packet("tls-client", true, 60)).await;
+    assert!(
+        matches!(recv(&mut s, &mut buf).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
+    );
+    send(
+        &mut s,
+        &Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![("secure/#".into(), QoS::AtLeastOnce)],
+        }),
+    )
+    .await;
+    assert!(matches!(recv(&mut s, &mut buf).await, Packet::SubAck(_)));
+    let mut publish = BytesMut::new();
+    codec::encode_publish(
+        b"secure/x",
+        b"over tls",
+        QoS::AtLeastOnce,
+        Some(9),
+        false,
+        false,
+        &mut publish,
+    );
+    s.write_all(&publish).await.expect("write");
+    s.flush().await.expect("flush");
+    let mut got_ack = false;
+    let mut got_msg = false;
+    while !(got_ack && got_msg) {
+        match recv(&mut s, &mut buf).await {
+            Packet::PubAck(9) => got_ack = true,
+            Packet::Publish(p) => {
+                assert_eq!(&p.payload[..], b"over tls");
+                got_msg = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn plain_mqtt_on_a_tls_listener_is_refused() {
+    let pki = Pki::new();
+    let b = pki.broker(false, None).await;
+    let mut raw = common::Raw::open(b.addr).await;
+    raw.send(&common::connect_bytes("plain")).await;
+    // The TLS handshake fails: no CONNACK, just a close (an alert at most).
+    let bytes = raw.read_to_close().await;
+    assert!(!bytes.starts_with(&[0x20, 0x02]), "{bytes:02x?}");
+}
+
+#[tokio::test]
+async fn mosquitto_clients_over_tls() {
+    let pki = Pki::new();
+    let b = pki.broker(false, None).await;
+    let port = b.addr.port().to_string();
+    let ca = pki.path("ca.pem");
+    let ca = ca.to_str().expect("utf-8");
+    let status = within(
+        WAIT,
+        tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--cafile",
+                ca,
+                "-q",
+                "1",
+                "-r",
+                "-t",
+                "tls/retained",
+                "-m",
+                "hello",
+            ])
+            .status(),
+    )
+    .await
+    .expect("mosquitto_pub");
+    assert!(status.success());
+    let out = within(
+        WAIT,
+        tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--cafile",
+                ca,
+                "-t",
+                "tls/#",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ])
+            .output(),
+    )
+    .await
+    .expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "tls/retained hello"
+    );
+}
+
+#[tokio::test]
+async fn client_certificate_required_and_used_as_user_name() {
+    let pki = Pki::new();
+    let acl = pki.path("acl");
+    std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").expect("acl");
+    let b = pki.broker(true, Some(&acl)).await;
+    // Without a certificate: no session.
+    let refused = async {
+        let mut s = tls_connect(&pki, &b, false).await?;
+        send(&mut s, &connect_packet("nocert", true, 60)).await;
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.map(|_| byte)
+    };
+    assert!(
+        within(WAIT, refused).await.is_err(),
+        "a client without a certificate is refused"
+    );
+    // With one: the certificate's common name is the user name for the ACL.
+    let mut s = tls_connect(&pki, &b, true).await.expect("handshake");
+    let mut buf = BytesMut::new();
+    send(&mut s, &connect_packet("with-cert", true, 60)).await;
+    assert!(
+        matches!(recv(&mut s, &mut buf).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
+    );
+    send(
+        &mut s,
+        &Packet::Subscribe(Subscribe {
+            pkid: 2,
+            filters: vec![
+                ("alice/#".into(), QoS::AtMostOnce),
+                ("bob/#".into(), QoS::AtMostOnce),
+            ],
+        }),
+    )
+    .await;
+    match recv(&mut s, &mut buf).await {
+        Packet::SubAck(ack) => assert_eq!(
+            ack.codes,
+            [SubAckCode::Granted(QoS::AtMostOnce), SubAckCode::Failure]
+        ),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
