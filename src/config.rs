@@ -84,6 +84,9 @@ pub struct MqttConfig {
     pub retain_available: bool,
     /// Deliver at the subscription's QoS even when the message was published lower.
     pub upgrade_outgoing_qos: bool,
+    /// Most levels in a topic name or filter; a deeper PUBLISH closes the connection, a deeper
+    /// filter gets SUBACK 0x80. 0 = no limit.
+    pub max_topic_levels: usize,
 }
 
 /// What a full session queue discards.
@@ -110,6 +113,8 @@ pub struct SessionConfig {
     pub queue_qos0_messages: bool,
     /// What a full queue discards; QoS 0 messages are always evicted first.
     pub queue_overflow: QueueOverflow,
+    /// Most subscriptions one client may hold; more get SUBACK 0x80. 0 = no limit.
+    pub max_subscriptions: usize,
     /// How long a publisher waits for a congested subscriber that makes no progress before
     /// treating it as stuck; 0 never waits (messages beyond the queue are dropped at once).
     #[serde(deserialize_with = "duration")]
@@ -205,6 +210,7 @@ impl Default for MqttConfig {
             auto_id_prefix: "auto-".into(),
             retain_available: true,
             upgrade_outgoing_qos: false,
+            max_topic_levels: 128,
         }
     }
 }
@@ -217,6 +223,7 @@ impl Default for SessionConfig {
             max_queued_bytes: 0,
             queue_qos0_messages: false,
             queue_overflow: QueueOverflow::DropNew,
+            max_subscriptions: 10_000,
             backpressure_timeout: Duration::from_secs(1),
             persistent_client_expiration: None,
         }

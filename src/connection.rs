@@ -610,6 +610,7 @@ impl<S: Transport> Connection<S> {
                 let acc = &client.accepted;
                 let filters = protocol::grant(
                     s.filters,
+                    &self.shared.config.mqtt,
                     self.shared.policy.load().as_ref(),
                     &acc.client_id,
                     acc.username.as_deref(),

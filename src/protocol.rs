@@ -30,6 +30,9 @@ pub enum ProtocolError {
     /// `retain_available = false` and a retained PUBLISH arrived.
     #[error("retained messages are not available")]
     RetainNotAvailable,
+    /// A PUBLISH topic with more levels than `max_topic_levels`.
+    #[error("topic has more levels than max_topic_levels")]
+    TooManyTopicLevels,
     /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
     #[error("unexpected {0} from a client")]
     UnexpectedPacket(&'static str),
@@ -132,6 +135,9 @@ pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError>
     if !topic::valid_name(&p.topic) {
         return Err(ProtocolError::InvalidTopicName);
     }
+    if too_deep(&p.topic, cfg.max_topic_levels) {
+        return Err(ProtocolError::TooManyTopicLevels);
+    }
     if p.retain && !cfg.retain_available {
         return Err(ProtocolError::RetainNotAvailable);
     }
@@ -151,6 +157,7 @@ pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic
 /// ACL refuses [MQTT-3.8.4-5], [MQTT-3.9.3-1].
 pub fn grant(
     filters: Vec<(String, QoS)>,
+    cfg: &MqttConfig,
     acl: &dyn Acl,
     client_id: &str,
     username: Option<&str>,
@@ -158,10 +165,17 @@ pub fn grant(
     filters
         .into_iter()
         .map(|(f, q)| {
-            let ok = topic::valid_filter(&f) && acl.allowed(client_id, username, Access::Read, &f);
+            let ok = topic::valid_filter(&f)
+                && !too_deep(f.as_bytes(), cfg.max_topic_levels)
+                && acl.allowed(client_id, username, Access::Read, &f);
             (f, ok.then_some(q))
         })
         .collect()
+}
+
+/// True if `topic` has more than `max` levels (0 = no limit).
+fn too_deep(topic: &[u8], max: usize) -> bool {
+    max > 0 && topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
 /// A new client id: the configured prefix, then a process-unique, time-seeded hex number.
@@ -266,7 +280,12 @@ mod tests {
                 ("a/+".into(), QoS::AtLeastOnce),
                 ("a/#/b".into(), QoS::AtMostOnce),
                 ("#".into(), QoS::ExactlyOnce),
+                ("a/b/c/d".into(), QoS::AtMostOnce),
             ],
+            &MqttConfig {
+                max_topic_levels: 3,
+                ..MqttConfig::default()
+            },
             &OPEN,
             "c",
             None,
@@ -274,7 +293,7 @@ mod tests {
         let codes: Vec<Option<QoS>> = g.into_iter().map(|(_, q)| q).collect();
         assert_eq!(
             codes,
-            [Some(QoS::AtLeastOnce), None, Some(QoS::ExactlyOnce)]
+            [Some(QoS::AtLeastOnce), None, Some(QoS::ExactlyOnce), None]
         );
     }
 

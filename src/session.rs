@@ -312,6 +312,14 @@ impl Session {
                 codes.push(SubAckCode::Failure);
                 continue;
             };
+            let max = self.shared.config.session.max_subscriptions;
+            if max > 0
+                && self.subscriptions.len() >= max
+                && !self.subscriptions.contains_key(&filter)
+            {
+                codes.push(SubAckCode::Failure);
+                continue;
+            }
             self.shared.router.subscribe(
                 &filter,
                 Route {

@@ -226,3 +226,49 @@ async fn a_stuck_subscriber_does_not_stall_others_or_grow_the_broker() {
         "every undelivered message is counted"
     );
 }
+
+#[tokio::test]
+async fn subscriptions_per_client_are_capped() {
+    let b = TestBroker::start_with(|c| c.session.max_subscriptions = 2).await;
+    let (mut raw, _) = Raw::connect(b.addr, "many", true, 60).await;
+    let codes = raw
+        .subscribe(
+            1,
+            &[
+                ("a", QoS::AtMostOnce),
+                ("b", QoS::AtMostOnce),
+                ("c", QoS::AtMostOnce),
+            ],
+        )
+        .await;
+    use tern::codec::SubAckCode::{Failure, Granted};
+    assert_eq!(
+        codes,
+        [Granted(QoS::AtMostOnce), Granted(QoS::AtMostOnce), Failure]
+    );
+    // Replacing an existing subscription is still allowed at the cap.
+    assert_eq!(
+        raw.subscribe(2, &[("a", QoS::AtLeastOnce)]).await,
+        [Granted(QoS::AtLeastOnce)]
+    );
+}
+
+#[tokio::test]
+async fn topic_levels_are_capped() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_topic_levels = 3).await;
+    let (mut raw, _) = Raw::connect(b.addr, "deep", true, 60).await;
+    use tern::codec::SubAckCode::{Failure, Granted};
+    let codes = raw
+        .subscribe(
+            1,
+            &[("a/b/c", QoS::AtMostOnce), ("a/b/c/d", QoS::AtMostOnce)],
+        )
+        .await;
+    assert_eq!(codes, [Granted(QoS::AtMostOnce), Failure]);
+    raw.publish("a/b/c", QoS::AtMostOnce, None, false, b"ok")
+        .await;
+    assert_eq!(&raw.recv_publish().await.payload[..], b"ok");
+    raw.publish("a/b/c/d", QoS::AtMostOnce, None, false, b"too deep")
+        .await;
+    raw.expect_closed_silently().await;
+}

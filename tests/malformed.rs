@@ -6,6 +6,7 @@ mod common;
 use common::{connect_bytes, Raw, TestBroker};
 use tern::codec::Packet;
 use tern::message::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// (name, bytes sent after a valid CONNECT, or before any CONNECT when `pre_connect`)
 const AFTER_CONNECT: &[(&str, &[u8])] = &[
@@ -107,4 +108,103 @@ async fn oversized_packet_is_refused() {
     raw.publish("t", QoS::AtMostOnce, None, false, &[0u8; 1100])
         .await;
     raw.expect_closed_silently().await;
+}
+
+/// Hostile connections (issue #5's list), each on its own socket while a well-behaved pair
+/// keeps exchanging messages; the broker (its own process) must close each and return to its
+/// memory baseline.
+#[tokio::test]
+async fn hostile_connections_leave_others_and_memory_untouched() {
+    use common::BinaryBroker;
+    use std::time::Duration;
+    let broker =
+        BinaryBroker::start("[mqtt]\nconnect_timeout = \"1s\"\n[sys]\nsys_interval = \"0s\"\n")
+            .await;
+    let addr = broker.addr;
+    let (mut sub, _) = Raw::connect(addr, "good-sub", true, 60).await;
+    sub.subscribe(1, &[("good", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Raw::connect(addr, "good-pub", true, 60).await;
+    let baseline_kib = broker.rss_kib();
+
+    // Half-sent frames that claim 900 KB each: the broker buffers what arrives, nothing more.
+    let mut hogs = Vec::new();
+    for i in 0..40 {
+        let mut raw = Raw::open(addr).await;
+        raw.send(&connect_bytes(&format!("hog-{i}"))).await;
+        assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
+        let mut frame = vec![0x30, 0x80, 0xf8, 0x36, 0x00, 0x01, b't'];
+        frame.resize(600_000, b'x');
+        raw.send(&frame).await;
+        hogs.push(raw);
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("CONNECT never sent", vec![]),
+        ("PUBLISH before CONNECT", vec![0x30, 0x03, 0x00, 0x01, b't']),
+        (
+            "256 MB length claim before CONNECT",
+            vec![0x10, 0xff, 0xff, 0xff, 0x7f],
+        ),
+        ("half a CONNECT", connect_bytes("half")[..6].to_vec()),
+    ];
+    for (name, bytes) in &cases {
+        let mut raw = Raw::open(addr).await;
+        raw.send(bytes).await;
+        let extra = raw.read_to_close().await;
+        assert!(extra.is_empty(), "{name}: {extra:02x?}");
+    }
+    // A frame dribbled one byte a second after CONNECT with keepalive 1: closed by keepalive.
+    let (mut dribbler, _) = Raw::connect(addr, "dribbler", true, 1).await;
+    let dribble = async {
+        let (mut rd, mut wr) = dribbler.stream.split();
+        let mut buf = [0u8; 8];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for byte in [0x30u8, 0x10, 0x00, 0x01, b't', b'x', b'x', b'x'] {
+            tokio::select! {
+                _ = tick.tick() => { let _ = wr.write_all(&[byte]).await; }
+                r = rd.read(&mut buf) => {
+                    assert!(matches!(r, Ok(0) | Err(_)), "no answer to a dribble");
+                    return;
+                }
+            }
+        }
+        let r = rd.read(&mut buf).await;
+        assert!(matches!(r, Ok(0) | Err(_)), "closed by keepalive");
+    };
+    // Meanwhile the good pair exchanges messages.
+    let exchange = async {
+        for i in 1..=20u16 {
+            publisher
+                .publish("good", QoS::AtLeastOnce, Some(i), false, &i.to_be_bytes())
+                .await;
+            assert_eq!(publisher.recv().await, Packet::PubAck(i));
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], &i.to_be_bytes());
+            sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    common::within(Duration::from_secs(30), async {
+        tokio::join!(dribble, exchange)
+    })
+    .await;
+    let peak_kib = broker.rss_kib();
+    drop(hogs);
+    // Closing is asynchronous on the broker's side: poll its memory until it is back near the
+    // baseline (bounded); 16 MiB is well below what the hogs held (40 x 600 KB).
+    let after_kib = common::within(Duration::from_secs(10), async {
+        loop {
+            let now = broker.rss_kib();
+            if now < baseline_kib + 16 * 1024 {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eprintln!("baseline {baseline_kib} KiB, with hogs {peak_kib} KiB, after {after_kib} KiB");
+    publisher
+        .publish("good", QoS::AtLeastOnce, Some(99), false, b"still")
+        .await;
+    assert_eq!(publisher.recv().await, Packet::PubAck(99));
+    assert_eq!(&sub.recv_publish().await.payload[..], b"still");
 }

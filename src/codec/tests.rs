@@ -450,3 +450,44 @@ fn decoded_payload_is_a_slice_of_the_frame() {
         "payload points into the read buffer"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Random bytes never panic the decoder, and a decoder error or `Ok(None)` never
+        /// consumes input it did not decode.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut left = buf.len();
+            while let Ok(Some(_)) = decode(&mut buf, 4096) {
+                prop_assert!(buf.len() < left);
+                left = buf.len();
+            }
+        }
+
+        /// Valid frames with one byte changed, cut short, or extended never panic either.
+        #[test]
+        fn mutated_frames_never_panic(
+            which in 0usize..17,
+            at in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let packets = all_packets();
+            let mut frame = BytesMut::new();
+            encode(&packets[which % packets.len()], &mut frame);
+            let i = at.index(frame.len());
+            frame[i] = value;
+            let keep = cut.index(frame.len() + 1);
+            let mut buf = BytesMut::from(&frame[..keep]);
+            buf.extend_from_slice(&tail);
+            while let Ok(Some(_)) = decode(&mut buf, MAX) {}
+        }
+    }
+}
