@@ -127,10 +127,16 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     if cli.check_config {
-        // The password and ACL files are part of the configuration.
+        // The password, ACL and TLS files are part of the configuration.
         if let Err(e) = tern::auth::Policy::load(&config.auth) {
             eprintln!("tern: config error: {e}");
             return ExitCode::from(CONFIG_ERROR);
+        }
+        for listener in &config.listener {
+            if let Err(e) = tern::tls::acceptor(listener) {
+                eprintln!("tern: config error: {e}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
         }
         let name = cli
             .config
@@ -165,6 +171,10 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let broker = match Broker::bind(config).await {
             Ok(b) => b,
+            Err(e @ (tern::StartError::Auth(_) | tern::StartError::Tls(_))) => {
+                eprintln!("tern: config error: {e}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
             Err(e) => {
                 eprintln!("tern: {e}");
                 return ExitCode::FAILURE;

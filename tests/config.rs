@@ -179,3 +179,16 @@ fn readme_documents_every_config_key() {
     }
     assert!(keys >= 15, "found only {keys} keys");
 }
+
+#[test]
+fn unreadable_tls_files_are_named() {
+    let (code, err, _) = check("[[listener]]\nbind = \"127.0.0.1:0\"\ncertfile = \"missing.pem\"\nkeyfile = \"missing.key\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("missing.pem") && err.contains("cannot read"),
+        "{err}"
+    );
+    let (code, err, _) = check("[[listener]]\ncertfile = \"a.pem\"\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("listener.certfile"), "{err}");
+}
