@@ -56,13 +56,20 @@ pub async fn accept_loop(
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
         let shared = shared.clone();
-        let tls = tls.clone();
-        let use_identity = cfg.use_identity_as_username;
-        shared.tracker.clone().spawn(async move {
-            match tls {
-                None => connection::serve(socket, peer, shared, None).await,
-                // The handshake runs here, in the connection's own task, under connect_timeout.
-                Some(acceptor) => {
+        let tracker = shared.tracker.clone();
+        // Two separate spawns: one future holding both the plain and the TLS paths would make
+        // every plain connection's task as large as a TLS one (rustls state is kilobytes).
+        match tls.clone() {
+            None => {
+                tracker.spawn(async move {
+                    connection::serve(socket, peer, shared, None).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let use_identity = cfg.use_identity_as_username;
+                tracker.spawn(async move {
+                    // The handshake runs here, in the connection's own task, under connect_timeout.
                     let deadline = shared.config.mqtt.connect_timeout;
                     match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
@@ -74,9 +81,9 @@ pub async fn accept_loop(
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::backlog::Backlog;
 use crate::message::{ClientId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::{RetainOutcome, RetainStore};
+use crate::session::SessionCmd;
 use crate::topic;
 use crate::trie::Trie;
 
@@ -41,8 +42,8 @@ pub struct Route {
     pub client_id: ClientId,
     /// Granted QoS.
     pub qos: QoS,
-    /// The session's delivery mailbox.
-    pub deliver: mpsc::Sender<Delivery>,
+    /// The session's mailbox.
+    pub deliver: mpsc::Sender<SessionCmd>,
     /// The session's backlog gauge, for publisher backpressure.
     pub backlog: Arc<Backlog>,
 }
@@ -232,10 +233,10 @@ impl Router {
             } else {
                 msg.qos.min(route.qos)
             };
-            match route.deliver.try_send(Delivery {
+            match route.deliver.try_send(SessionCmd::Deliver(Delivery {
                 msg: msg.clone(),
                 qos,
-            }) {
+            })) {
                 Ok(()) => {
                     out.delivered += 1;
                     if route.backlog.added() {
@@ -265,7 +266,7 @@ mod tests {
         Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false)
     }
 
-    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, mpsc::Receiver<Delivery>) {
+    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, mpsc::Receiver<SessionCmd>) {
         let (tx, rx) = mpsc::channel(cap);
         (
             Route {
@@ -277,6 +278,14 @@ mod tests {
             },
             rx,
         )
+    }
+
+    /// The next delivery in a session mailbox.
+    fn next(rx: &mut mpsc::Receiver<SessionCmd>) -> Option<Delivery> {
+        match rx.try_recv() {
+            Ok(SessionCmd::Deliver(d)) => Some(d),
+            _ => None,
+        }
     }
 
     fn msg(topic: &str, qos: QoS) -> Arc<Message> {
@@ -313,9 +322,9 @@ mod tests {
                 dropped: 0
             }
         );
-        let d = rx.try_recv().expect("one delivery");
+        let d = next(&mut rx).expect("one delivery");
         assert_eq!(d.qos, QoS::ExactlyOnce);
-        assert!(rx.try_recv().is_err());
+        assert!(next(&mut rx).is_none());
     }
 
     #[test]
@@ -326,8 +335,8 @@ mod tests {
         r.subscribe("t", a);
         r.publish(msg("t", QoS::ExactlyOnce));
         r.publish(msg("t", QoS::AtMostOnce));
-        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtLeastOnce));
-        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtMostOnce));
+        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
+        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtMostOnce));
     }
 
     #[test]
@@ -349,8 +358,8 @@ mod tests {
         assert!(r.unsubscribe("a/b", 1));
         assert!(!r.unsubscribe("a/b", 1));
         r.publish(msg("a/b", QoS::AtLeastOnce));
-        assert_eq!(rx.try_recv().map(|d| d.qos).ok(), Some(QoS::AtLeastOnce));
-        assert!(rx.try_recv().is_err(), "one route only");
+        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
+        assert!(next(&mut rx).is_none(), "one route only");
         assert!(r.unsubscribe("a/+", 1));
         assert_eq!(r.filter_count(), 0);
         assert_eq!(r.publish(msg("a/b", QoS::AtLeastOnce)).delivered, 0);
@@ -369,7 +378,7 @@ mod tests {
         }
         assert_eq!(metrics.snapshot().dropped_mailbox_full, 2);
         let mut got = 0;
-        while rxb.try_recv().is_ok() {
+        while next(&mut rxb).is_some() {
             got += 1;
         }
         assert_eq!(got, 3, "the other subscriber is unaffected");
@@ -383,6 +392,6 @@ mod tests {
         r.subscribe("#", a);
         assert_eq!(r.publish(msg("$SYS/x", QoS::AtMostOnce)).delivered, 0);
         assert_eq!(r.publish(msg("x", QoS::AtMostOnce)).delivered, 1);
-        assert!(rx.try_recv().is_ok());
+        assert!(next(&mut rx).is_some());
     }
 }

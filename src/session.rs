@@ -55,6 +55,8 @@ pub enum SessionCmd {
     PubRec(u16),
     /// PUBCOMP from the client.
     PubComp(u16),
+    /// A message from the router (publishers `try_send` it; a full mailbox is a counted drop).
+    Deliver(Delivery),
 }
 
 /// Why a connection is told to close by its session.
@@ -126,9 +128,11 @@ pub struct Session {
     blocked: bool,
     /// When a detached persistent session is discarded (`persistent_client_expiration`).
     expires_at: Option<Instant>,
-    deliver_tx: mpsc::Sender<Delivery>,
-    deliver_rx: mpsc::Receiver<Delivery>,
-    ctrl_rx: mpsc::Receiver<SessionCmd>,
+    /// A sender into our own mailbox, cloned into every route.
+    mailbox_tx: mpsc::Sender<SessionCmd>,
+    /// One mailbox for commands from the connection and deliveries from publishers: a
+    /// second channel would cost every client another kilobyte of slots up front.
+    mailbox: mpsc::Receiver<SessionCmd>,
     discard: CancellationToken,
 }
 
@@ -144,8 +148,7 @@ impl Session {
         link: ConnLink,
     ) -> SessionHandle {
         let cfg = &shared.config.session;
-        let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
-        let (deliver_tx, deliver_rx) = mpsc::channel(cfg.max_queued_messages.max(64));
+        let (mailbox_tx, mailbox) = mpsc::channel(cfg.max_queued_messages.max(64) + 64);
         let discard = shared.shutdown.child_token();
         let id = next_id();
         let backlog = Arc::new(Backlog::new(cfg.max_queued_messages / 2));
@@ -170,16 +173,15 @@ impl Session {
             link: Some(link),
             blocked: false,
             expires_at: None,
-            deliver_tx,
-            deliver_rx,
-            ctrl_rx,
+            mailbox_tx: mailbox_tx.clone(),
+            mailbox,
             discard: discard.clone(),
         };
         shared.tracker.spawn(session.run());
         SessionHandle {
             id,
             awaiting_rel,
-            ctrl: ctrl_tx,
+            ctrl: mailbox_tx,
             discard,
             persistent,
         }
@@ -198,12 +200,12 @@ impl Session {
                     tracing::info!(client_id = &*self.client_id, "persistent session expired");
                     break false;
                 }
-                cmd = self.ctrl_rx.recv() => match cmd {
+                cmd = self.mailbox.recv() => match cmd {
                     Some(cmd) => {
                         self.handle(cmd);
-                        // Acks come in bursts: take what is there before pumping once.
+                        // Deliveries and acks come in bursts: take what is there, then pump once.
                         for _ in 1..DELIVERY_BATCH {
-                            match self.ctrl_rx.try_recv() {
+                            match self.mailbox.try_recv() {
                                 Ok(cmd) => self.handle(cmd),
                                 Err(_) => break,
                             }
@@ -211,15 +213,6 @@ impl Session {
                     }
                     None => break false,
                 },
-                Some(d) = self.deliver_rx.recv() => {
-                    self.deliver(d.msg, d.qos, false);
-                    for _ in 1..DELIVERY_BATCH {
-                        match self.deliver_rx.try_recv() {
-                            Ok(d) => self.deliver(d.msg, d.qos, false),
-                            Err(_) => break,
-                        }
-                    }
-                }
                 permit = reserve(outbound) => match permit {
                     Ok(permit) => {
                         self.blocked = false;
@@ -272,6 +265,7 @@ impl Session {
             SessionCmd::PubComp(id) => {
                 self.pending.inflight.pubcomp(id);
             }
+            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false),
         }
     }
 
@@ -326,7 +320,7 @@ impl Session {
                     session: self.id,
                     client_id: self.client_id.clone(),
                     qos,
-                    deliver: self.deliver_tx.clone(),
+                    deliver: self.mailbox_tx.clone(),
                     backlog: self.pending.backlog.clone(),
                 },
             );
