@@ -4,14 +4,18 @@
 //! - `connection` owns the socket: it decodes frames (`codec`), applies the rules of
 //!   `protocol`, enforces `keepalive`, keeps the will, and publishes through the `router`.
 //! - `session` is an actor per client id, found or created by the `registry`; it owns the
-//!   subscriptions, the `inflight` window, the `mqueue` and `awaiting_rel`, and outlives its
-//!   connection when clean_session = 0.
+//!   subscriptions, the `inflight` window and the `mqueue`, and outlives its connection when
+//!   clean_session = 0. Its inbound QoS 2 ids (`AwaitingRel`) travel with its handle, so the
+//!   connection checks them without a round trip.
 //! - `router` is a shared object, not a task: exact filters in a map, wildcard filters in the
 //!   `trie`, retained messages in `retain`. The publisher's own task matches and hands each
-//!   matching session one `Delivery` with `try_send`, so a slow subscriber never blocks it.
-//! - Channels: connection -> session `ctrl` (awaited, always drained), router -> session
-//!   `deliver` (try_send, counted drops), session -> connection `outbound` (reserved inside
-//!   `select!`). No cycle of awaited sends exists.
+//!   matching session one `Delivery` with `try_send`, so it never blocks on a subscriber; a
+//!   congested subscriber (`backlog`) makes the publisher's connection pause reading instead,
+//!   unless that subscriber is stuck.
+//! - Channels: one session mailbox for the connection's commands (awaited, always drained) and
+//!   the router's deliveries (try_send, counted drops); session -> connection `outbound`
+//!   (reserved inside `select!`). No cycle of awaited sends exists.
+//! - `auth` (password and ACL files) and `tls` guard the door; `sys` publishes `$SYS` topics.
 //! - Every queue is bounded by `config`; every drop is counted in `metrics`.
 //!
 //! The library exposes `Broker::bind(config)` and `broker.run(shutdown)`, which `main` and the
