@@ -333,6 +333,24 @@ impl Config {
 
     /// Checks values the types alone cannot: `Err((key, problem))`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        // Deadlines are computed as now + duration: keep them far from overflow.
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        for (key, d) in [
+            ("mqtt.connect_timeout", Some(self.mqtt.connect_timeout)),
+            (
+                "session.backpressure_timeout",
+                Some(self.session.backpressure_timeout),
+            ),
+            (
+                "session.persistent_client_expiration",
+                self.session.persistent_client_expiration,
+            ),
+            ("sys.sys_interval", Some(self.sys.sys_interval)),
+        ] {
+            if d.is_some_and(|d| d > century) {
+                return Err((key, "must be at most 100 years".into()));
+            }
+        }
         if self.listener.is_empty() {
             return Err(("listener", "at least one [[listener]] is needed".into()));
         }
@@ -453,6 +471,8 @@ mod tests {
         assert_eq!(e.key, "listener[0].bind");
         let e = parse("[session]\nmax_inflight_messages = 0\n").expect_err("invalid");
         assert_eq!(e.key, "session.max_inflight_messages");
+        let e = parse("[session]\nbackpressure_timeout = \"1000000y\"\n").expect_err("too long");
+        assert_eq!(e.key, "session.backpressure_timeout");
         let e = parse("bogus = 1\n").expect_err("unknown top-level key");
         assert_eq!(e.key, "bogus");
         let e = parse("[mqtt\n").expect_err("syntax");
