@@ -395,8 +395,11 @@ impl Config {
                 "must be between 1 and 65535 (an unlimited window is not allowed)".into(),
             ));
         }
-        if self.session.max_queued_messages == 0 {
-            return Err(("session.max_queued_messages", "must be at least 1".into()));
+        if !(1..=10_000_000).contains(&self.session.max_queued_messages) {
+            return Err((
+                "session.max_queued_messages",
+                "must be between 1 and 10000000".into(),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err((
