@@ -134,16 +134,31 @@ async fn tls_connect(pki: &Pki, b: &TestBroker, with_client_cert: bool) -> std::
     pki.connector(with_client_cert).connect(name, tcp).await
 }
 
+/// A TLS connection with CONNECT accepted; returns it and its read buffer.
+async fn mqtt_session(
+    pki: &Pki,
+    b: &TestBroker,
+    with_client_cert: bool,
+    id: &str,
+) -> (Tls, BytesMut) {
+    let mut s = tls_connect(pki, b, with_client_cert)
+        .await
+        .expect("handshake");
+    let mut buf = BytesMut::new();
+    send(&mut s, &connect_packet(id, true, 60)).await;
+    let ack = recv(&mut s, &mut buf).await;
+    assert!(
+        matches!(ack, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted),
+        "{ack:?}"
+    );
+    (s, buf)
+}
+
 #[tokio::test]
 async fn mqtt_over_tls() {
     let pki = Pki::new();
     let b = pki.broker(false, None).await;
-    let mut s = tls_connect(&pki, &b, false).await.expect("handshake");
-    let mut buf = BytesMut::new();
-    send(&mut s, &connect_packet("tls-client", true, 60)).await;
-    assert!(
-        matches!(recv(&mut s, &mut buf).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
-    );
+    let (mut s, mut buf) = mqtt_session(&pki, &b, false, "tls-client").await;
     send(
         &mut s,
         &Packet::Subscribe(Subscribe {
@@ -266,12 +281,7 @@ async fn client_certificate_required_and_used_as_user_name() {
         "a client without a certificate is refused"
     );
     // With one: the certificate's common name is the user name for the ACL.
-    let mut s = tls_connect(&pki, &b, true).await.expect("handshake");
-    let mut buf = BytesMut::new();
-    send(&mut s, &connect_packet("with-cert", true, 60)).await;
-    assert!(
-        matches!(recv(&mut s, &mut buf).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
-    );
+    let (mut s, mut buf) = mqtt_session(&pki, &b, true, "with-cert").await;
     send(
         &mut s,
         &Packet::Subscribe(Subscribe {
