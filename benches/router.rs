@@ -10,7 +10,6 @@ use tern::message::{Message, QoS};
 use tern::metrics::Metrics;
 use tern::retain::RetainStore;
 use tern::router::{Route, Router};
-use tokio::sync::mpsc;
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_fanout");
@@ -18,7 +17,7 @@ fn fanout(c: &mut Criterion) {
         let router = Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false);
         let mut mailboxes = Vec::with_capacity(n);
         for i in 0..n {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = flume::bounded(16);
             let backlog = Arc::new(Backlog::new(usize::MAX / 2));
             router.subscribe(
                 "sensors/kitchen/temperature",

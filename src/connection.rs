@@ -209,7 +209,7 @@ impl<S: Transport> Connection<S> {
         let _ = client
             .session
             .ctrl
-            .send(SessionCmd::Detach { conn: self.conn_id })
+            .send_async(SessionCmd::Detach { conn: self.conn_id })
             .await;
         Metrics::decr(&self.shared.metrics.clients_connected);
         info!(%reason, "client disconnected");
@@ -280,7 +280,7 @@ impl<S: Transport> Connection<S> {
                 link,
                 reply: reply_tx,
             }));
-            if session.ctrl.send(attach).await.is_err() {
+            if session.ctrl.send_async(attach).await.is_err() {
                 // The session ended between lookup and attach; look again once.
                 continue;
             }
@@ -593,7 +593,7 @@ impl<S: Transport> Connection<S> {
                 // any Detach, so a resend after a reconnect is the PUBREL, never the PUBLISH);
                 // we answer at once, even for an id the session no longer knows, so the client
                 // can finish its side.
-                if ctrl.send(SessionCmd::PubRec(id)).await.is_err() {
+                if ctrl.send_async(SessionCmd::PubRec(id)).await.is_err() {
                     return Err(CloseReason::Discarded);
                 }
                 codec::encode(&Packet::PubRel(id), &mut self.wbuf);
@@ -641,7 +641,7 @@ impl<S: Transport> Connection<S> {
             | Packet::UnsubAck(_)
             | Packet::PingResp) => return Err(ProtocolError::UnexpectedPacket(other.name()).into()),
         };
-        if ctrl.send(cmd).await.is_err() {
+        if ctrl.send_async(cmd).await.is_err() {
             return Err(CloseReason::Discarded);
         }
         Ok(Flow::Continue)

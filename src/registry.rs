@@ -4,12 +4,11 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Shared;
 use crate::message::{ClientId, SessionId};
-use crate::session::{AwaitingRel, ConnLink, Session, SessionCmd};
+use crate::session::{AwaitingRel, ConnLink, Mailbox, Session};
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]
@@ -21,7 +20,7 @@ pub struct SessionHandle {
     /// checks it directly instead of asking the actor for each QoS 2 PUBLISH.
     pub awaiting_rel: AwaitingRel,
     /// The session's control mailbox (commands from its connection).
-    pub ctrl: mpsc::Sender<SessionCmd>,
+    pub ctrl: Mailbox,
     /// Cancelled to discard the session (clean-start takeover, shutdown).
     pub discard: CancellationToken,
     /// True for clean_session = 0: the session outlives its connections.
@@ -74,7 +73,7 @@ impl Registry {
     ) -> Opened {
         match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
-                if !clean && e.get().persistent && !e.get().ctrl.is_closed() {
+                if !clean && e.get().persistent && !e.get().ctrl.is_disconnected() {
                     return Opened::Existing(e.get().clone(), link);
                 }
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);

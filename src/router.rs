@@ -14,13 +14,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::backlog::Backlog;
 use crate::message::{ClientId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::{RetainOutcome, RetainStore};
-use crate::session::SessionCmd;
+use crate::session::{Mailbox, SessionCmd};
 use crate::topic;
 use crate::trie::Trie;
 
@@ -43,7 +42,7 @@ pub struct Route {
     /// Granted QoS.
     pub qos: QoS,
     /// The session's mailbox.
-    pub deliver: mpsc::Sender<SessionCmd>,
+    pub deliver: Mailbox,
     /// The session's backlog gauge, for publisher backpressure.
     pub backlog: Arc<Backlog>,
 }
@@ -243,7 +242,7 @@ impl Router {
                         congested.push(route.backlog.clone());
                     }
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(flume::TrySendError::Full(_)) => {
                     out.dropped += 1;
                     self.metrics.dropped(
                         DropReason::MailboxFull,
@@ -252,7 +251,7 @@ impl Router {
                     );
                 }
                 // The session is ending; its routes are about to go.
-                Err(TrySendError::Closed(_)) => {}
+                Err(flume::TrySendError::Disconnected(_)) => {}
             }
         }
     }
@@ -266,8 +265,8 @@ mod tests {
         Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false)
     }
 
-    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, mpsc::Receiver<SessionCmd>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, flume::Receiver<SessionCmd>) {
+        let (tx, rx) = flume::bounded(cap);
         (
             Route {
                 session,
@@ -281,7 +280,7 @@ mod tests {
     }
 
     /// The next delivery in a session mailbox.
-    fn next(rx: &mut mpsc::Receiver<SessionCmd>) -> Option<Delivery> {
+    fn next(rx: &mut flume::Receiver<SessionCmd>) -> Option<Delivery> {
         match rx.try_recv() {
             Ok(SessionCmd::Deliver(d)) => Some(d),
             _ => None,

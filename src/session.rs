@@ -100,6 +100,10 @@ pub enum Outbound {
     },
 }
 
+/// The sending side of a session's mailbox. flume rather than tokio's mpsc: its queue grows
+/// on demand, where a tokio channel allocates about 1.2 KB per client up front.
+pub type Mailbox = flume::Sender<SessionCmd>;
+
 /// A session's way to its current connection.
 #[derive(Debug)]
 pub struct ConnLink {
@@ -129,10 +133,10 @@ pub struct Session {
     /// When a detached persistent session is discarded (`persistent_client_expiration`).
     expires_at: Option<Instant>,
     /// A sender into our own mailbox, cloned into every route.
-    mailbox_tx: mpsc::Sender<SessionCmd>,
+    mailbox_tx: Mailbox,
     /// One mailbox for commands from the connection and deliveries from publishers: a
     /// second channel would cost every client another kilobyte of slots up front.
-    mailbox: mpsc::Receiver<SessionCmd>,
+    mailbox: flume::Receiver<SessionCmd>,
     discard: CancellationToken,
 }
 
@@ -148,7 +152,7 @@ impl Session {
         link: ConnLink,
     ) -> SessionHandle {
         let cfg = &shared.config.session;
-        let (mailbox_tx, mailbox) = mpsc::channel(cfg.max_queued_messages.max(64) + 64);
+        let (mailbox_tx, mailbox) = flume::bounded(cfg.max_queued_messages.max(64) + 64);
         let discard = shared.shutdown.child_token();
         let id = next_id();
         let backlog = Arc::new(Backlog::new(cfg.max_queued_messages / 2));
@@ -200,8 +204,8 @@ impl Session {
                     tracing::info!(client_id = &*self.client_id, "persistent session expired");
                     break false;
                 }
-                cmd = self.mailbox.recv() => match cmd {
-                    Some(cmd) => {
+                cmd = self.mailbox.recv_async() => match cmd {
+                    Ok(cmd) => {
                         self.handle(cmd);
                         // Deliveries and acks come in bursts: take what is there, then pump once.
                         for _ in 1..DELIVERY_BATCH {
@@ -211,7 +215,7 @@ impl Session {
                             }
                         }
                     }
-                    None => break false,
+                    Err(_) => break false,
                 },
                 permit = reserve(outbound) => match permit {
                     Ok(permit) => {
