@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, trace, Instrument};
 
@@ -22,6 +22,7 @@ use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
 use crate::keepalive::KeepAlive;
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
+use crate::outbound::{self, OutboundRx};
 use crate::protocol::{self, Accepted, ProtocolError, Refusal};
 use crate::registry::{Opened, SessionHandle};
 use crate::session::{Attach, ConnLink, Kick, Outbound, SessionCmd};
@@ -129,7 +130,7 @@ struct Connection<S> {
 struct Client {
     accepted: Accepted,
     session: SessionHandle,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: OutboundRx,
     kick: oneshot::Receiver<Kick>,
 }
 
@@ -253,7 +254,7 @@ impl<S: Transport> Connection<S> {
         tracing::Span::current().record("client_id", &*accepted.client_id);
 
         let capacity = shared.config.session.max_inflight_messages + 64;
-        let (out_tx, out_rx) = mpsc::channel(capacity);
+        let (out_tx, out_rx) = outbound::channel(capacity);
         let mut attached = None;
         for _ in 0..2 {
             let (kick_tx, kick_rx) = oneshot::channel();
@@ -402,6 +403,7 @@ impl<S: Transport> Connection<S> {
                         // Hold no buffer while idle; keep it while more is queued.
                         if client.outbound.is_empty() {
                             self.wbuf = BytesMut::new();
+                            client.outbound.release();
                         }
                     }
                 }
@@ -432,8 +434,8 @@ impl<S: Transport> Connection<S> {
                     let mut n = 1;
                     while n < WRITE_BATCH_PACKETS && self.wbuf.len() < WRITE_BATCH_BYTES {
                         match client.outbound.try_recv() {
-                            Ok(out) => self.encode_outbound(out),
-                            Err(_) => break,
+                            Some(out) => self.encode_outbound(out),
+                            None => break,
                         }
                         n += 1;
                     }

@@ -33,6 +33,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod mqueue;
+pub mod outbound;
 pub mod protocol;
 pub mod registry;
 pub mod retain;

@@ -1,14 +1,12 @@
 //! The session actor: one per client id, owning subscriptions, the inflight window, the
 //! mqueue and `awaiting_rel`. It outlives its connection when clean_session = 0.
 //!
-//! It never awaits a send to its connection outside `select!`: it uses `try_reserve`, and only
-//! when the outbound channel is full does it wait on `reserve()` as one branch among the
-//! others, so it keeps draining control commands and deliveries (ARCHITECTURE.md section 5).
+//! It never awaits a send to its connection: it checks `has_room`, and only when the outbound
+//! queue is full does it wait on `room()` as one branch among the others, so it keeps draining control commands and deliveries (ARCHITECTURE.md section 5).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +19,7 @@ use crate::inflight::{Flight, Inflight};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqueue::{MQueue, Queued};
+use crate::outbound::{Closed, OutboundTx};
 use crate::registry::SessionHandle;
 use crate::router::{Delivery, Route};
 
@@ -111,8 +110,8 @@ pub struct ConnLink {
     pub conn: ConnId,
     /// The user name the connection authenticated as, for ACL checks on deliveries.
     pub username: Option<Arc<str>>,
-    /// The connection's outbound mailbox.
-    pub outbound: mpsc::Sender<Outbound>,
+    /// The connection's outbound queue.
+    pub outbound: OutboundTx,
     /// Fired to make the connection close.
     pub kick: oneshot::Sender<Kick>,
 }
@@ -128,7 +127,7 @@ pub struct Session {
     subscriptions: HashMap<String, QoS>,
     pending: Pending,
     link: Option<ConnLink>,
-    /// True when the last `try_reserve` found the outbound channel full.
+    /// True when the last `has_room` found the outbound queue full.
     blocked: bool,
     /// When a detached persistent session is discarded (`persistent_client_expiration`).
     expires_at: Option<Instant>,
@@ -217,15 +216,8 @@ impl Session {
                     }
                     Err(_) => break false,
                 },
-                permit = reserve(outbound) => match permit {
-                    Ok(permit) => {
-                        self.blocked = false;
-                        if let Some(out) = self.pending.next(&self.shared.metrics) {
-                            permit.send(out);
-                        }
-                    }
-                    Err(_) => self.link_lost(),
-                },
+                // Room again (or the connection is gone: pump finds out).
+                _ = room(outbound) => self.blocked = false,
             }
             if !self.persistent && self.link.is_none() {
                 break false;
@@ -392,15 +384,17 @@ impl Session {
     fn pump(&mut self) {
         while self.pending.has_work() {
             let Some(link) = &self.link else { return };
-            let closed = match link.outbound.try_reserve() {
-                Ok(permit) => {
+            let closed = match link.outbound.has_room() {
+                Ok(true) => {
                     if let Some(out) = self.pending.next(&self.shared.metrics) {
-                        permit.send(out);
+                        // Only this session fills the queue, so there is still room; if the
+                        // connection went meanwhile the packet is void (inflight resends it).
+                        let _ = link.outbound.try_send(out);
                     }
                     continue;
                 }
-                Err(TrySendError::Full(())) => false,
-                Err(TrySendError::Closed(())) => true,
+                Ok(false) => false,
+                Err(Closed) => true,
             };
             if closed {
                 self.link_lost();
@@ -505,10 +499,10 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Waits for room in the outbound channel, or forever when there is nothing to wait for.
-async fn reserve(tx: Option<mpsc::Sender<Outbound>>) -> Result<OwnedPermit<Outbound>, ()> {
+/// Waits for room in the outbound queue, or forever when there is nothing to wait for.
+async fn room(tx: Option<OutboundTx>) {
     match tx {
-        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
+        Some(tx) => tx.room().await,
         None => std::future::pending().await,
     }
 }
