@@ -14,7 +14,7 @@
 //!   unless that subscriber is stuck.
 //! - Channels: one session mailbox for the connection's commands (awaited, always drained) and
 //!   the router's deliveries (try_send, counted drops); session -> connection `outbound`
-//!   (reserved inside `select!`). No cycle of awaited sends exists.
+//!   (the session checks for room and never awaits a push). No cycle of awaited sends exists.
 //! - `auth` (password and ACL files) and `tls` guard the door; `sys` publishes `$SYS` topics.
 //! - Every queue is bounded by `config`; every drop is counted in `metrics`.
 //!
