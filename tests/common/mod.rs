@@ -456,6 +456,8 @@ pub struct BinaryBroker {
     pub addr: SocketAddr,
     pub child: tokio::process::Child,
     _config: tempfile::NamedTempFile,
+    /// The broker's log (its stdout).
+    log: tempfile::NamedTempFile,
 }
 
 impl BinaryBroker {
@@ -472,11 +474,13 @@ impl BinaryBroker {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let log_out = log.reopen().expect("log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("-c")
             .arg(file.path())
             .args(["-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log_out))
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -492,8 +496,24 @@ impl BinaryBroker {
         BinaryBroker {
             addr,
             child,
+            log,
             _config: file,
         }
+    }
+
+    /// Waits (bounded by WAIT) until the broker's log has `n` lines containing `text`.
+    pub async fn wait_for_log(&self, text: &str, n: usize) {
+        within(WAIT, async {
+            loop {
+                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+                if log.lines().filter(|l| l.contains(text)).count() >= n {
+                    return;
+                }
+                // The log is a file: there is no event to await, so look again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 
     /// The process id.
