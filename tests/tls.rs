@@ -212,24 +212,12 @@ async fn mosquitto_clients_over_tls() {
     let port = b.addr.port().to_string();
     let ca = pki.path("ca.pem");
     let ca = ca.to_str().expect("utf-8");
+    let server = ["-h", "127.0.0.1", "-p", &port, "--cafile", ca];
     let status = within(
         WAIT,
         tokio::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "--cafile",
-                ca,
-                "-q",
-                "1",
-                "-r",
-                "-t",
-                "tls/retained",
-                "-m",
-                "hello",
-            ])
+            .args(server)
+            .args(["-q", "1", "-r", "-t", "tls/retained", "-m", "hello"])
             .status(),
     )
     .await
@@ -238,21 +226,8 @@ async fn mosquitto_clients_over_tls() {
     let out = within(
         WAIT,
         tokio::process::Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "--cafile",
-                ca,
-                "-t",
-                "tls/#",
-                "-v",
-                "-C",
-                "1",
-                "-W",
-                "5",
-            ])
+            .args(server)
+            .args(["-t", "tls/#", "-v", "-C", "1", "-W", "5"])
             .output(),
     )
     .await
