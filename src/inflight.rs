@@ -110,11 +110,6 @@ impl Inflight {
         all.sort_unstable_by_key(|(seq, _, _)| *seq);
         all.into_iter().map(|(_, id, f)| (id, f)).collect()
     }
-
-    /// Drops every flow.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
 }
 
 #[cfg(test)]

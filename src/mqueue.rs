@@ -104,15 +104,6 @@ impl MQueue {
         Some(item)
     }
 
-    /// Empties the queue, returning how many messages it held.
-    pub fn clear(&mut self) -> usize {
-        let n = self.items.len();
-        self.items.clear();
-        self.bytes = 0;
-        self.qos0 = 0;
-        n
-    }
-
     fn full_for(&self, size: usize) -> bool {
         self.items.len() >= self.max_len
             || (self.max_bytes > 0 && self.bytes + size > self.max_bytes)
