@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tern::backlog::Backlog;
+use tern::mailbox::Mailbox;
 use tern::message::{Message, QoS};
 use tern::metrics::Metrics;
 use tern::retain::RetainStore;
@@ -17,19 +17,17 @@ fn fanout(c: &mut Criterion) {
         let router = Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false);
         let mut mailboxes = Vec::with_capacity(n);
         for i in 0..n {
-            let (tx, rx) = flume::bounded(16);
-            let backlog = Arc::new(Backlog::new(usize::MAX / 2));
+            let mailbox = Arc::new(Mailbox::new(16, usize::MAX / 2));
             router.subscribe(
                 "sensors/kitchen/temperature",
                 Route {
                     session: i as u64 + 1,
                     client_id: format!("c{i}").into(),
                     qos: QoS::AtLeastOnce,
-                    deliver: tx,
-                    backlog: backlog.clone(),
+                    mailbox: mailbox.clone(),
                 },
             );
-            mailboxes.push((rx, backlog));
+            mailboxes.push(mailbox);
         }
         let msg = Arc::new(Message {
             topic: Bytes::from_static(b"sensors/kitchen/temperature"),
@@ -42,9 +40,9 @@ fn fanout(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 let out = router.publish(msg.clone());
-                for (rx, backlog) in &mut mailboxes {
-                    while rx.try_recv().is_ok() {
-                        backlog.removed(1, true);
+                for mailbox in &mailboxes {
+                    while mailbox.try_recv().is_some() {
+                        mailbox.backlog().removed(1, true);
                     }
                 }
                 out.delivered

@@ -52,7 +52,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Who may connect and which topics they may use; swapped whole on reload (SIGHUP).
     pub policy: ArcSwap<Policy>,
-    /// Cancelled on shutdown; sessions' discard tokens are its children.
+    /// Cancelled on shutdown (then every session is discarded, and kicks its connection).
     pub shutdown: CancellationToken,
     /// Every listener, connection and session task, so shutdown can wait for them.
     pub tracker: TaskTracker,

@@ -1,28 +1,33 @@
 //! The connection task: one per socket. It owns the socket (its only reader and writer),
 //! decodes frames, applies protocol checks, publishes through the router, hands session work
 //! to the session actor, keeps the will, and enforces keepalive.
+//!
+//! Once connected, the task waits in one `poll_fn` that polls the socket, the link from the
+//! session and the keepalive timer directly; everything rare (the handshake, a wait for room
+//! in a full mailbox, a backpressure pause) runs in a boxed future that exists only while it
+//! is needed. An idle client's task is therefore a few hundred bytes.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, trace, Instrument};
 
-use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
-use crate::keepalive::KeepAlive;
+use crate::mailbox::{Mailbox, TrySendError};
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
-use crate::outbound::{self, OutboundRx};
+use crate::outbound::{self, Event, OutboundRx};
 use crate::protocol::{self, Accepted, ProtocolError, Refusal};
 use crate::registry::{Opened, SessionHandle};
 use crate::session::{Attach, ConnLink, Kick, Outbound, SessionCmd};
@@ -84,46 +89,90 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long goodbye bytes (a refusing CONNACK) may take to write.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves one accepted socket to completion.
+/// Serves one accepted socket to completion; `permit` (the listener's `max_connections`
+/// slot) is held until then.
 ///
 /// `identity` is the TLS client certificate's name when the listener has
 /// `use_identity_as_username`: it replaces the CONNECT's user name and no password is checked.
-pub async fn serve<S: Transport>(
+///
+/// Not an `async fn`: its arguments would stay in the task's future beside the connection
+/// they were moved into.
+pub fn serve<S: Transport + 'static>(
     stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     identity: Option<String>,
-) {
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = ()> + Send {
     let conn_id = next_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
     let conn = Connection {
         stream,
-        identity,
         congested: Vec::new(),
-        patience: shared.config.session.backpressure_timeout,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
-        max_packet: shared.config.mqtt.max_packet_size,
+        flushing: false,
         shared,
         conn_id,
+        _permit: permit,
     };
-    conn.run().instrument(span).await;
+    ConnTask::Handshake(Box::pin(conn.handshake_phase(identity))).instrument(span)
+}
+
+/// A boxed future the task holds only while it runs.
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The connection's task, a hand-written future: an `async fn` would keep the state of every
+/// wait it has, the rare ones included, for the task's whole life. The handshake and the
+/// closing steps are boxed futures that exist only while they run.
+// Not boxed: the connected state is the one the task is in for its whole life.
+#[allow(clippy::large_enum_variant)]
+enum ConnTask<S> {
+    Handshake(Boxed<Option<Connected<S>>>),
+    Connected(Connected<S>),
+    Closing(Boxed<()>),
+    Done,
+}
+
+impl<S: Transport + 'static> Future for ConnTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                ConnTask::Handshake(f) => match ready!(f.as_mut().poll(cx)) {
+                    Some(c) => *this = ConnTask::Connected(c),
+                    None => *this = ConnTask::Done,
+                },
+                ConnTask::Connected(c) => {
+                    let reason = ready!(c.poll_serve(cx));
+                    if let ConnTask::Connected(c) = std::mem::replace(this, ConnTask::Done) {
+                        *this = ConnTask::Closing(Box::pin(c.close(reason)));
+                    }
+                }
+                ConnTask::Closing(f) => {
+                    ready!(f.as_mut().poll(cx));
+                    *this = ConnTask::Done;
+                }
+                ConnTask::Done => return Poll::Ready(()),
+            }
+        }
+    }
 }
 
 struct Connection<S> {
     stream: S,
-    /// TLS certificate identity used as the user name (`use_identity_as_username`).
-    identity: Option<String>,
     /// Subscribers that passed their high mark since the last read; reading pauses until they
     /// drain (see `backlog.rs`).
-    congested: Vec<Arc<Backlog>>,
-    /// `backpressure_timeout`: the longest pause for a subscriber that makes no progress.
-    patience: Duration,
+    congested: Vec<Arc<Mailbox>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    max_packet: usize,
+    /// Bytes were written and not yet flushed (TLS keeps them in its own buffer until then).
+    flushing: bool,
     shared: Arc<Shared>,
     conn_id: ConnId,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The state of a connected client.
@@ -131,51 +180,77 @@ struct Client {
     accepted: Accepted,
     session: SessionHandle,
     outbound: OutboundRx,
-    kick: oneshot::Receiver<Kick>,
+}
+
+/// A connected client's connection: what the task holds while it serves one.
+struct Connected<S> {
+    conn: Connection<S>,
+    client: Client,
+    /// Fires at the keepalive deadline (never, without keepalive).
+    timer: Pin<Box<Sleep>>,
+    last_packet: Instant,
+    /// A backpressure pause: while a subscriber we fed is congested, read nothing more, so
+    /// TCP slows this publisher down instead of the subscriber losing messages.
+    relief: Option<Boxed<()>>,
+    /// A command waiting for room in a full session mailbox; input waits with it.
+    sending: Option<Boxed<Result<(), crate::mailbox::Closed>>>,
+    /// The PUBREC whose PUBREL goes out once `sending` is done.
+    pubrec: Option<u16>,
+    /// Reading and writing take turns being looked at first, so neither starves the other.
+    read_first: bool,
+    got_packet: bool,
 }
 
 enum Flow {
     Continue,
     Disconnect,
-}
-
-/// What woke the connected loop.
-enum Wake {
-    Tick,
-    Relieved,
-    Readable(io::Result<usize>),
-    Outbound(Outbound),
+    /// Hand this command to the session.
+    ToSession(SessionCmd),
 }
 
 /// A byte stream the connection reads from. TCP waits for readability before it reserves a
 /// read buffer, so an idle client costs no buffer memory; TLS (which buffers inside rustls)
 /// reads into a reserved buffer.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Reads what is available into `buf`, waiting until something is; `Ok(0)` is EOF.
-    /// Cancel-safe: nothing is lost if the future is dropped.
-    fn read_some<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    /// Reads what is available into `buf`; `Ok(0)` is EOF. When nothing is, registers the
+    /// task's waker and returns `Pending`, keeping no state between calls.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
 }
 
 impl Transport for TcpStream {
-    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            self.readable().await?;
+            ready!(self.poll_read_ready(cx))?;
             buf.reserve(READ_CHUNK);
             match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A false readiness: hold no buffer while waiting again.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
+                r => return Poll::Ready(r),
             }
         }
     }
 }
 
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         buf.reserve(READ_CHUNK);
-        self.read_buf(buf).await
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 }
 
@@ -183,41 +258,43 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 const READ_CHUNK: usize = 16 * 1024;
 
 impl<S: Transport> Connection<S> {
-    async fn run(mut self) {
-        // Boxed: the handshake's state would otherwise enlarge every connection's future for
-        // its whole life.
-        let mut client = match Box::pin(self.handshake()).await {
+    /// The handshake, boxed by the task; the connected state if it succeeded.
+    async fn handshake_phase(mut self, identity: Option<String>) -> Option<Connected<S>> {
+        let client = match self.handshake(identity).await {
             Ok(c) => c,
             Err(reason) => {
                 if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
                     Metrics::incr(&self.shared.metrics.protocol_errors);
                 }
                 debug!(%reason, "connection closed before CONNECT completed");
-                return;
+                return None;
             }
         };
         Metrics::incr(&self.shared.metrics.clients_connected);
-        let reason = self.serve_client(&mut client).await;
-        if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
-            Metrics::incr(&self.shared.metrics.protocol_errors);
-        }
-        if reason.publishes_will() {
-            if let Some(will) = client.accepted.will.take() {
-                debug!(topic = will.topic_str(), "publishing will");
-                self.shared.router.publish(will);
-            }
-        }
-        let _ = client
-            .session
-            .ctrl
-            .send_async(SessionCmd::Detach { conn: self.conn_id })
-            .await;
-        Metrics::decr(&self.shared.metrics.clients_connected);
-        info!(%reason, "client disconnected");
+        let last_packet = Instant::now();
+        let far = last_packet + Duration::from_secs(86_400 * 365);
+        let timer = Box::pin(sleep_until(
+            client
+                .accepted
+                .keep_alive
+                .deadline(last_packet.into_std())
+                .map_or(far, Instant::from_std),
+        ));
+        Some(Connected {
+            conn: self,
+            client,
+            timer,
+            last_packet,
+            relief: None,
+            sending: None,
+            pubrec: None,
+            read_first: true,
+            got_packet: false,
+        })
     }
 
     /// Reads CONNECT, applies the rules, attaches the session and writes CONNACK.
-    async fn handshake(&mut self) -> Result<Client, CloseReason> {
+    async fn handshake(&mut self, identity: Option<String>) -> Result<Client, CloseReason> {
         let deadline = self.shared.config.mqtt.connect_timeout;
         let first = match timeout(deadline, self.read_packet()).await {
             Err(_) => return Err(CloseReason::ConnectTimeout),
@@ -238,7 +315,7 @@ impl<S: Transport> Connection<S> {
         let policy = shared.policy.load_full();
         let accepted = match protocol::check_connect(
             &connect,
-            self.identity.as_deref(),
+            identity.as_deref(),
             &shared.config.mqtt,
             policy.as_ref(),
             policy.as_ref(),
@@ -254,15 +331,16 @@ impl<S: Transport> Connection<S> {
         tracing::Span::current().record("client_id", &*accepted.client_id);
 
         let capacity = shared.config.session.max_inflight_messages + 64;
-        let (out_tx, out_rx) = outbound::channel(capacity);
         let mut attached = None;
+        let mut out = Some(outbound::channel(capacity));
         for _ in 0..2 {
-            let (kick_tx, kick_rx) = oneshot::channel();
+            let Some((out_tx, out_rx)) = out.take() else {
+                break;
+            };
             let link = ConnLink {
                 conn: self.conn_id,
                 username: accepted.username.as_deref().map(Arc::from),
-                outbound: out_tx.clone(),
-                kick: kick_tx,
+                outbound: out_tx,
             };
             let opened =
                 shared
@@ -271,7 +349,7 @@ impl<S: Transport> Connection<S> {
             let (session, link) = match opened {
                 // A new session starts attached to us: no round trip.
                 Opened::Fresh(session) => {
-                    attached = Some((session, false, kick_rx));
+                    attached = Some((session, false, out_rx));
                     break;
                 }
                 Opened::Existing(session, link) => (session, link),
@@ -281,16 +359,17 @@ impl<S: Transport> Connection<S> {
                 link,
                 reply: reply_tx,
             }));
-            if session.ctrl.send_async(attach).await.is_err() {
-                // The session ended between lookup and attach; look again once.
-                continue;
+            // If the session ended between lookup and attach, or never answered, look again
+            // once, with a new link (the old one went with the command).
+            if session.mailbox.send(attach).await.is_ok() {
+                if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
+                    attached = Some((session, true, out_rx));
+                    break;
+                }
             }
-            if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
-                attached = Some((session, true, kick_rx));
-                break;
-            }
+            out = Some(outbound::channel(capacity));
         }
-        let Some((session, present, kick)) = attached else {
+        let Some((session, present, outbound)) = attached else {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
             return Err(CloseReason::SessionUnavailable);
         };
@@ -318,8 +397,7 @@ impl<S: Transport> Connection<S> {
         Ok(Client {
             accepted,
             session,
-            outbound: out_rx,
-            kick,
+            outbound,
         })
     }
 
@@ -352,7 +430,8 @@ impl<S: Transport> Connection<S> {
                     .into());
                 }
             }
-            if let Some(p) = codec::decode(&mut self.rbuf, self.max_packet)? {
+            let max_packet = self.shared.config.mqtt.max_packet_size;
+            if let Some(p) = codec::decode(&mut self.rbuf, max_packet)? {
                 Metrics::incr(&self.shared.metrics.packets_received);
                 trace!(packet = p.name(), "received");
                 return Ok(p);
@@ -369,120 +448,9 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// The connected phase: until DISCONNECT, an error, a kick, keepalive or shutdown.
-    async fn serve_client(&mut self, client: &mut Client) -> CloseReason {
-        let keep_alive = client.accepted.keep_alive;
-        let mut last_packet = Instant::now();
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let timer = sleep_until(
-            keep_alive
-                .deadline(last_packet.into_std())
-                .map_or(far, Instant::from_std),
-        );
-        tokio::pin!(timer);
-        let shutdown = self.shared.shutdown.clone();
-        let mut seen_progress: Vec<u64> = Vec::new();
-        let mut pause_until = Instant::now();
-        loop {
-            if !self.wbuf.is_empty() {
-                // A client that neither reads nor sends must still time out.
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return CloseReason::Shutdown,
-                    k = &mut client.kick => return kicked(k),
-                    _ = &mut timer, if keep_alive.grace().is_some() => {
-                        if rearm(keep_alive, last_packet, timer.as_mut()) {
-                            return CloseReason::KeepaliveTimeout;
-                        }
-                    }
-                    // Flush: TLS keeps written bytes in its own buffer until then.
-                    r = write_out(&mut self.stream, &mut self.wbuf) => {
-                        if let Err(e) = r {
-                            return e.into();
-                        }
-                        // Hold no buffer while idle; keep it while more is queued.
-                        if client.outbound.is_empty() {
-                            self.wbuf = BytesMut::new();
-                            client.outbound.release();
-                        }
-                    }
-                }
-                continue;
-            }
-            // The select only says what woke us; the work happens after it, so the state of
-            // `on_packet` does not sit on top of the select's futures in this task's memory.
-            let wake = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return CloseReason::Shutdown,
-                k = &mut client.kick => return kicked(k),
-                _ = &mut timer, if keep_alive.grace().is_some() => Wake::Tick,
-                // While a subscriber we fed is congested, read nothing more: TCP then slows
-                // this publisher down instead of the subscriber losing messages.
-                _ = relieve(&self.congested, &seen_progress, pause_until), if !self.congested.is_empty() => Wake::Relieved,
-                r = self.stream.read_some(&mut self.rbuf), if self.congested.is_empty() => Wake::Readable(r),
-                Some(out) = client.outbound.recv() => Wake::Outbound(out),
-            };
-            match wake {
-                Wake::Tick => {
-                    if rearm(keep_alive, last_packet, timer.as_mut()) {
-                        return CloseReason::KeepaliveTimeout;
-                    }
-                }
-                Wake::Relieved => self.congested.clear(),
-                Wake::Outbound(out) => {
-                    self.encode_outbound(out);
-                    let mut n = 1;
-                    while n < WRITE_BATCH_PACKETS && self.wbuf.len() < WRITE_BATCH_BYTES {
-                        match client.outbound.try_recv() {
-                            Some(out) => self.encode_outbound(out),
-                            None => break,
-                        }
-                        n += 1;
-                    }
-                }
-                Wake::Readable(r) => {
-                    match r {
-                        Ok(0) => return CloseReason::PeerClosed,
-                        Ok(_) => {}
-                        Err(e) => return e.into(),
-                    }
-                    let mut got_packet = false;
-                    loop {
-                        let packet = match codec::decode(&mut self.rbuf, self.max_packet) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => break,
-                            Err(e) => return e.into(),
-                        };
-                        got_packet = true;
-                        match self.on_packet(packet, client).await {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Disconnect) => return CloseReason::Disconnect,
-                            Err(reason) => return reason,
-                        }
-                    }
-                    // Hold no buffer while idle; a partial frame keeps it.
-                    if self.rbuf.is_empty() {
-                        self.rbuf = BytesMut::new();
-                    }
-                    // Reset on whole packets, not bytes: a dribbled frame still times out.
-                    if got_packet {
-                        last_packet = Instant::now();
-                    }
-                    if !self.congested.is_empty() {
-                        self.congested
-                            .sort_unstable_by_key(|b| Arc::as_ptr(b) as usize);
-                        self.congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
-                        seen_progress = self.congested.iter().map(|b| b.progress()).collect();
-                        pause_until = Instant::now() + self.patience;
-                    }
-                }
-            }
-        }
-    }
-
     /// Publishes through the router, noting congested subscribers when backpressure is on.
     fn route(&mut self, msg: Arc<Message>) {
-        if self.patience.is_zero() {
+        if self.shared.config.session.backpressure_timeout.is_zero() {
             self.shared.router.publish(msg);
         } else {
             self.shared.router.publish_with(msg, &mut self.congested);
@@ -527,15 +495,12 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    async fn on_packet(
-        &mut self,
-        packet: Packet,
-        client: &mut Client,
-    ) -> Result<Flow, CloseReason> {
+    /// Handles one packet from the client; what the session must know is returned for the
+    /// caller to send (the only step that may wait).
+    fn on_packet(&mut self, packet: Packet, client: &mut Client) -> Result<Flow, CloseReason> {
         let metrics = &self.shared.metrics;
         Metrics::incr(&metrics.packets_received);
         trace!(packet = packet.name(), "received");
-        let ctrl = &client.session.ctrl;
         let cmd = match packet {
             Packet::Publish(p) => {
                 Metrics::incr(&metrics.messages_received);
@@ -579,7 +544,7 @@ impl<S: Transport> Connection<S> {
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        if client.session.awaiting_rel.receive(pkid) {
+                        if client.session.mailbox.receive_qos2(pkid) {
                             if let Some(msg) = msg {
                                 self.route(msg);
                             }
@@ -590,20 +555,11 @@ impl<S: Transport> Connection<S> {
                 return Ok(Flow::Continue);
             }
             Packet::PubAck(id) => SessionCmd::PubAck(id),
-            Packet::PubRec(id) => {
-                // [MQTT-4.3.3-1] the session moves the flow to "PUBREL sent" (queued before
-                // any Detach, so a resend after a reconnect is the PUBREL, never the PUBLISH);
-                // we answer at once, even for an id the session no longer knows, so the client
-                // can finish its side.
-                if ctrl.send_async(SessionCmd::PubRec(id)).await.is_err() {
-                    return Err(CloseReason::Discarded);
-                }
-                codec::encode(&Packet::PubRel(id), &mut self.wbuf);
-                return Ok(Flow::Continue);
-            }
+            // The caller answers with PUBREL once the session has it.
+            Packet::PubRec(id) => SessionCmd::PubRec(id),
             Packet::PubRel(id) => {
                 // [MQTT-4.3.3-2] the id is free again; answer with PUBCOMP.
-                client.session.awaiting_rel.release(id);
+                client.session.mailbox.release_qos2(id);
                 codec::encode(&Packet::PubComp(id), &mut self.wbuf);
                 return Ok(Flow::Continue);
             }
@@ -643,23 +599,232 @@ impl<S: Transport> Connection<S> {
             | Packet::UnsubAck(_)
             | Packet::PingResp) => return Err(ProtocolError::UnexpectedPacket(other.name()).into()),
         };
-        if ctrl.send_async(cmd).await.is_err() {
-            return Err(CloseReason::Discarded);
-        }
-        Ok(Flow::Continue)
+        Ok(Flow::ToSession(cmd))
     }
 }
 
-/// Writes the whole buffer and flushes it; cancel-safe as far as `wbuf` records progress.
-async fn write_out<S: Transport>(stream: &mut S, wbuf: &mut BytesMut) -> io::Result<()> {
-    stream.write_all_buf(wbuf).await?;
-    stream.flush().await
+/// Iterations of the serving loop in one poll before the task yields to others.
+const TURNS_PER_POLL: usize = 32;
+
+impl<S: Transport> Connected<S> {
+    /// The connected phase: until DISCONNECT, an error, a kick (takeover, discard, shutdown)
+    /// or keepalive. Every source is polled directly and keeps our waker; nothing is stored
+    /// between polls but this struct.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        for _ in 0..TURNS_PER_POLL {
+            // Input waiting for room in the session's mailbox comes first: nothing more is
+            // read (and no kick seen) until it is through, so no packet is handled out of turn.
+            if self.sending.is_some() {
+                if let Err(reason) = ready!(self.poll_input(cx)) {
+                    return Poll::Ready(reason);
+                }
+            }
+            match self.client.outbound.poll_kick(cx) {
+                Poll::Ready(Event::Kick(k)) => return Poll::Ready(kicked(k)),
+                Poll::Ready(Event::Gone) => return Poll::Ready(CloseReason::Discarded),
+                Poll::Pending => {}
+            }
+            // A client that neither reads nor sends must still time out.
+            let keep_alive = self.client.accepted.keep_alive;
+            if keep_alive.grace().is_some() && self.timer.as_mut().poll(cx).is_ready() {
+                if keep_alive.expired(self.last_packet.into_std(), Instant::now().into_std()) {
+                    return Poll::Ready(CloseReason::KeepaliveTimeout);
+                }
+                if let Some(d) = keep_alive.deadline(self.last_packet.into_std()) {
+                    self.timer.as_mut().reset(Instant::from_std(d));
+                }
+                continue;
+            }
+            let conn = &mut self.conn;
+            if !conn.wbuf.is_empty() || conn.flushing {
+                match ready!(poll_write_out(
+                    &mut conn.stream,
+                    cx,
+                    &mut conn.wbuf,
+                    &mut conn.flushing
+                )) {
+                    Err(e) => return Poll::Ready(e.into()),
+                    Ok(()) => {
+                        // Hold no buffer while idle; keep it while more is queued.
+                        if self.client.outbound.is_empty() {
+                            conn.wbuf = BytesMut::new();
+                            self.client.outbound.release();
+                        }
+                    }
+                }
+                continue;
+            }
+            self.read_first = !self.read_first;
+            if !self.read_first && self.poll_outbound(cx).is_ready() {
+                continue;
+            }
+            match &mut self.relief {
+                Some(r) => {
+                    if r.as_mut().poll(cx).is_ready() {
+                        self.relief = None;
+                        continue;
+                    }
+                }
+                None => {
+                    if let Poll::Ready(r) = self.conn.stream.poll_read_some(cx, &mut self.conn.rbuf)
+                    {
+                        match r {
+                            Ok(0) => return Poll::Ready(CloseReason::PeerClosed),
+                            Ok(_) => {}
+                            Err(e) => return Poll::Ready(e.into()),
+                        }
+                        if let Err(reason) = ready!(self.poll_input(cx)) {
+                            return Poll::Ready(reason);
+                        }
+                        continue;
+                    }
+                }
+            }
+            if self.read_first && self.poll_outbound(cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Takes a batch of packets from the session into the write buffer.
+    fn poll_outbound(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let out = ready!(self.client.outbound.poll_recv(cx));
+        self.conn.encode_outbound(out);
+        let mut n = 1;
+        while n < WRITE_BATCH_PACKETS && self.conn.wbuf.len() < WRITE_BATCH_BYTES {
+            match self.client.outbound.try_recv() {
+                Some(out) => self.conn.encode_outbound(out),
+                None => break,
+            }
+            n += 1;
+        }
+        Poll::Ready(())
+    }
+
+    /// Handles every whole packet in the read buffer. `Pending` only while a command waits
+    /// for room in the session's mailbox; the rest of the buffer waits with it.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
+        let max_packet = self.conn.shared.config.mqtt.max_packet_size;
+        loop {
+            if let Some(send) = &mut self.sending {
+                if ready!(send.as_mut().poll(cx)).is_err() {
+                    return Poll::Ready(Err(CloseReason::Discarded));
+                }
+                self.sending = None;
+                if let Some(id) = self.pubrec.take() {
+                    codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
+                }
+            }
+            let packet = match codec::decode(&mut self.conn.rbuf, max_packet) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            };
+            self.got_packet = true;
+            let cmd = match self.conn.on_packet(packet, &mut self.client) {
+                Ok(Flow::Continue) => continue,
+                Ok(Flow::Disconnect) => return Poll::Ready(Err(CloseReason::Disconnect)),
+                Ok(Flow::ToSession(cmd)) => cmd,
+                Err(reason) => return Poll::Ready(Err(reason)),
+            };
+            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"
+            // (queued before any Detach, so a resend after a reconnect is the PUBREL, never
+            // the PUBLISH); we answer once it has the command, even for an id it no longer
+            // knows, so the client can finish its side.
+            let pubrec = match cmd {
+                SessionCmd::PubRec(id) => Some(id),
+                _ => None,
+            };
+            match self.client.session.mailbox.try_send(cmd) {
+                Ok(()) => {
+                    if let Some(id) = pubrec {
+                        codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
+                    }
+                }
+                Err(TrySendError::Closed(_)) => return Poll::Ready(Err(CloseReason::Discarded)),
+                Err(TrySendError::Full(cmd)) => {
+                    let mailbox = self.client.session.mailbox.clone();
+                    self.sending = Some(Box::pin(async move { mailbox.send(cmd).await }));
+                    self.pubrec = pubrec;
+                }
+            }
+        }
+        // Hold no buffer while idle; a partial frame keeps it.
+        if self.conn.rbuf.is_empty() {
+            self.conn.rbuf = BytesMut::new();
+        }
+        // Reset on whole packets, not bytes: a dribbled frame still times out.
+        if std::mem::take(&mut self.got_packet) {
+            self.last_packet = Instant::now();
+        }
+        if !self.conn.congested.is_empty() {
+            let patience = self.conn.shared.config.session.backpressure_timeout;
+            let congested = std::mem::take(&mut self.conn.congested);
+            self.relief = Some(Box::pin(relieve(congested, Instant::now() + patience)));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// After the connected phase: the will unless the client said goodbye, then the session
+    /// is told.
+    async fn close(self, reason: CloseReason) {
+        let Connected {
+            conn, mut client, ..
+        } = self;
+        let shared = &conn.shared;
+        if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
+            Metrics::incr(&shared.metrics.protocol_errors);
+        }
+        if reason.publishes_will() {
+            if let Some(will) = client.accepted.will.take() {
+                debug!(topic = will.topic_str(), "publishing will");
+                shared.router.publish(will);
+            }
+        }
+        let _ = client
+            .session
+            .mailbox
+            .send(SessionCmd::Detach { conn: conn.conn_id })
+            .await;
+        Metrics::decr(&shared.metrics.clients_connected);
+        info!(%reason, "client disconnected");
+    }
+}
+
+/// Writes the whole buffer, then flushes; progress is kept in `wbuf` and `flushing`, so this
+/// can be polled again from scratch after any `Pending`.
+fn poll_write_out<S: Transport>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    wbuf: &mut BytesMut,
+    flushing: &mut bool,
+) -> Poll<io::Result<()>> {
+    while !wbuf.is_empty() {
+        let n = ready!(Pin::new(&mut *stream).poll_write(cx, wbuf))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        wbuf.advance(n);
+        *flushing = true;
+    }
+    if *flushing {
+        ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+        *flushing = false;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
 /// progress by then is marked stuck, so publishers stop waiting for it.
-async fn relieve(congested: &[Arc<Backlog>], seen: &[u64], deadline: Instant) {
-    for (backlog, &before) in congested.iter().zip(seen) {
+async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
+    congested.sort_unstable_by_key(|m| Arc::as_ptr(m) as usize);
+    congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let seen: Vec<u64> = congested.iter().map(|m| m.backlog().progress()).collect();
+    for (mailbox, before) in congested.iter().zip(seen) {
+        let backlog = mailbox.backlog();
         while !backlog.relieved() && !backlog.is_stuck() {
             if tokio::time::timeout_at(deadline, backlog.wait_drained())
                 .await
@@ -674,21 +839,10 @@ async fn relieve(congested: &[Arc<Backlog>], seen: &[u64], deadline: Instant) {
     }
 }
 
-/// On a keepalive timer wake: true if the client has been silent too long [MQTT-3.1.2-24];
-/// otherwise the timer is moved to the deadline that the last packet set.
-fn rearm(keep_alive: KeepAlive, last_packet: Instant, timer: Pin<&mut Sleep>) -> bool {
-    if keep_alive.expired(last_packet.into_std(), Instant::now().into_std()) {
-        return true;
-    }
-    if let Some(d) = keep_alive.deadline(last_packet.into_std()) {
-        timer.reset(Instant::from_std(d));
-    }
-    false
-}
-
-fn kicked(k: Result<Kick, oneshot::error::RecvError>) -> CloseReason {
+fn kicked(k: Kick) -> CloseReason {
     match k {
-        Ok(Kick::TakenOver) => CloseReason::TakenOver,
-        _ => CloseReason::Discarded,
+        Kick::TakenOver => CloseReason::TakenOver,
+        Kick::Discarded => CloseReason::Discarded,
+        Kick::Shutdown => CloseReason::Shutdown,
     }
 }

@@ -5,16 +5,21 @@
 //!   `protocol`, enforces `keepalive`, keeps the will, and publishes through the `router`.
 //! - `session` is an actor per client id, found or created by the `registry`; it owns the
 //!   subscriptions, the `inflight` window and the `mqueue`, and outlives its connection when
-//!   clean_session = 0. Its inbound QoS 2 ids (`AwaitingRel`) travel with its handle, so the
-//!   connection checks them without a round trip.
+//!   clean_session = 0. Its inbound QoS 2 ids live in its `mailbox`, so the connection
+//!   checks them without a round trip.
 //! - `router` is a shared object, not a task: exact filters in a map, wildcard filters in the
 //!   `trie`, retained messages in `retain`. The publisher's own task matches and hands each
 //!   matching session one `Delivery` with `try_send`, so it never blocks on a subscriber; a
 //!   congested subscriber (`backlog`) makes the publisher's connection pause reading instead,
 //!   unless that subscriber is stuck.
-//! - Channels: one session mailbox for the connection's commands (awaited, always drained) and
-//!   the router's deliveries (try_send, counted drops); session -> connection `outbound`
-//!   (the session checks for room and never awaits a push). No cycle of awaited sends exists.
+//! - Channels: one session `mailbox` for the connection's commands (awaited, always drained)
+//!   and the router's deliveries (try_send, counted drops); session -> connection `outbound`
+//!   (the session checks for room and never awaits a push; it also carries the kick). No cycle
+//!   of awaited sends exists.
+//! - Memory: both tasks are hand-written futures that wait by polling their sources directly,
+//!   so an idle client costs its two small tasks, its socket registration, its mailbox and its
+//!   link; anything rare (handshake, a full mailbox, a backpressure pause) is boxed while it
+//!   runs.
 //! - `auth` (password and ACL files) and `tls` guard the door; `sys` publishes `$SYS` topics.
 //! - Every queue is bounded by `config`; every drop is counted in `metrics`.
 //!
@@ -30,6 +35,7 @@ pub mod connection;
 pub mod inflight;
 pub mod keepalive;
 pub mod listener;
+pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod mqueue;

@@ -61,10 +61,7 @@ pub async fn accept_loop(
         // every plain connection's task as large as a TLS one (rustls state is kilobytes).
         match tls.clone() {
             None => {
-                tracker.spawn(async move {
-                    connection::serve(socket, peer, shared, None).await;
-                    drop(permit);
-                });
+                tracker.spawn(connection::serve(socket, peer, shared, None, permit));
             }
             Some(acceptor) => {
                 let use_identity = cfg.use_identity_as_username;
@@ -76,12 +73,11 @@ pub async fn accept_loop(
                             let identity = use_identity
                                 .then(|| crate::tls::identity(stream.get_ref().1))
                                 .flatten();
-                            connection::serve(stream, peer, shared, identity).await;
+                            connection::serve(stream, peer, shared, identity, permit).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                    drop(permit);
                 });
             }
         }

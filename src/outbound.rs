@@ -1,36 +1,42 @@
-//! The session -> connection queue: bounded, filled by the session, drained by the connection.
+//! The session -> connection link: a bounded queue of packets filled by the session and
+//! drained by the connection, plus the session's order to close (a kick).
 //!
-//! A tokio channel allocates about 1.2 KB when it is made; this queue allocates nothing until
-//! something is queued and gives its memory back when the connection goes idle, so an idle
-//! client costs only the small shared struct. The session never waits on a push: it checks
-//! `has_room`, and when the queue is full it waits for `room` as one branch of its select.
+//! A tokio channel allocates about 1.2 KB when it is made, and a oneshot for the kick another
+//! allocation; this link is one small struct that holds no queue memory until something is
+//! queued and gives it back when the connection goes idle. Both ends wait by registering a
+//! waker in it (the connection for packets and kicks, the session for room), so neither keeps
+//! a waiting future in its task.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
-use crate::session::Outbound;
+use crate::session::{Kick, Outbound};
 
 #[derive(Debug)]
 struct Shared {
-    queue: Mutex<VecDeque<Outbound>>,
+    inner: Mutex<Inner>,
     cap: usize,
-    senders: AtomicUsize,
-    receiver_alive: AtomicBool,
-    /// Signalled when an item is queued or the last sender goes.
-    readable: Notify,
-    /// Signalled when an item is taken or the receiver goes.
-    writable: Notify,
 }
 
-impl Shared {
-    fn pop(&self) -> Option<Outbound> {
-        let item = self.queue.lock().pop_front()?;
-        self.writable.notify_one();
-        Some(item)
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Outbound>,
+    kick: Option<Kick>,
+    /// The connection, waiting for a packet or a kick.
+    conn_waker: Option<Waker>,
+    /// The session, waiting for room.
+    room_waker: Option<Waker>,
+    tx_alive: bool,
+    rx_alive: bool,
+}
+
+/// Stores `cx`'s waker in `slot` unless it is already there.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
     }
 }
 
@@ -38,15 +44,27 @@ impl Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
-/// A bounded queue of `cap` packets (at least 1).
+/// Why the connection must close, from its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The session told the connection to close.
+    Kick(Kick),
+    /// The session dropped the link without a kick.
+    Gone,
+}
+
+/// A link queueing at most `cap` packets (at least 1).
 pub fn channel(cap: usize) -> (OutboundTx, OutboundRx) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        inner: Mutex::new(Inner {
+            queue: VecDeque::new(),
+            kick: None,
+            conn_waker: None,
+            room_waker: None,
+            tx_alive: true,
+            rx_alive: true,
+        }),
         cap: cap.max(1),
-        senders: AtomicUsize::new(1),
-        receiver_alive: AtomicBool::new(true),
-        readable: Notify::new(),
-        writable: Notify::new(),
     });
     (OutboundTx(shared.clone()), OutboundRx(shared))
 }
@@ -55,17 +73,16 @@ pub fn channel(cap: usize) -> (OutboundTx, OutboundRx) {
 #[derive(Debug)]
 pub struct OutboundTx(Arc<Shared>);
 
-impl Clone for OutboundTx {
-    fn clone(&self) -> Self {
-        self.0.senders.fetch_add(1, Ordering::Relaxed);
-        OutboundTx(self.0.clone())
-    }
-}
-
 impl Drop for OutboundTx {
     fn drop(&mut self) {
-        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.readable.notify_one();
+        let waker = {
+            let mut inner = self.0.inner.lock();
+            inner.tx_alive = false;
+            inner.room_waker = None;
+            inner.conn_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -73,36 +90,49 @@ impl Drop for OutboundTx {
 impl OutboundTx {
     /// True if a push would be accepted now.
     pub fn has_room(&self) -> Result<bool, Closed> {
-        if !self.0.receiver_alive.load(Ordering::Acquire) {
+        let inner = self.0.inner.lock();
+        if !inner.rx_alive {
             return Err(Closed);
         }
-        Ok(self.0.queue.lock().len() < self.0.cap)
+        Ok(inner.queue.len() < self.0.cap)
     }
 
     /// Queues `item`; gives it back if the queue is full or the receiver is gone.
     pub fn try_send(&self, item: Outbound) -> Result<(), Outbound> {
-        if !self.0.receiver_alive.load(Ordering::Acquire) {
-            return Err(item);
-        }
-        {
-            let mut q = self.0.queue.lock();
-            if q.len() >= self.0.cap {
+        let waker = {
+            let mut inner = self.0.inner.lock();
+            if !inner.rx_alive || inner.queue.len() >= self.0.cap {
                 return Err(item);
             }
-            q.push_back(item);
+            inner.queue.push_back(item);
+            inner.conn_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.0.readable.notify_one();
         Ok(())
     }
 
-    /// Completes when there is room, or the receiver is gone.
-    pub async fn room(&self) {
-        loop {
-            let notified = self.0.writable.notified();
-            if !matches!(self.has_room(), Ok(false)) {
-                return;
-            }
-            notified.await;
+    /// Ready when there is room, or the receiver is gone; otherwise the session is woken
+    /// when the connection takes a packet.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.0.inner.lock();
+        if !inner.rx_alive || inner.queue.len() < self.0.cap {
+            return Poll::Ready(());
+        }
+        register(&mut inner.room_waker, cx);
+        Poll::Pending
+    }
+
+    /// Tells the connection to close, and drops the link.
+    pub fn kick(self, kick: Kick) {
+        let waker = {
+            let mut inner = self.0.inner.lock();
+            inner.kick = Some(kick);
+            inner.conn_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -113,43 +143,73 @@ pub struct OutboundRx(Arc<Shared>);
 
 impl Drop for OutboundRx {
     fn drop(&mut self) {
-        self.0.receiver_alive.store(false, Ordering::Release);
-        self.0.writable.notify_one();
+        let (waker, queued) = {
+            let mut inner = self.0.inner.lock();
+            inner.rx_alive = false;
+            inner.conn_waker = None;
+            (inner.room_waker.take(), std::mem::take(&mut inner.queue))
+        };
+        drop(queued);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
 impl OutboundRx {
-    /// The next packet, waiting for one; `None` once every sender is gone and the queue is
-    /// empty. Cancel-safe: a packet is only taken when this returns it.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        let shared = &*self.0;
-        loop {
-            let notified = shared.readable.notified();
-            if let Some(item) = shared.pop() {
-                return Some(item);
-            }
-            if shared.senders.load(Ordering::Acquire) == 0 {
-                return None;
-            }
-            notified.await;
+    /// Ready with a kick, or `Gone` once the session dropped the link and the queue is
+    /// empty; otherwise registers the connection's waker.
+    pub fn poll_kick(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut inner = self.0.inner.lock();
+        if let Some(k) = inner.kick.take() {
+            return Poll::Ready(Event::Kick(k));
         }
+        if !inner.tx_alive && inner.queue.is_empty() {
+            return Poll::Ready(Event::Gone);
+        }
+        register(&mut inner.conn_waker, cx);
+        Poll::Pending
+    }
+
+    /// The next packet; otherwise registers the connection's waker.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        let (item, waker) = {
+            let mut inner = self.0.inner.lock();
+            let Some(item) = inner.queue.pop_front() else {
+                register(&mut inner.conn_waker, cx);
+                return Poll::Pending;
+            };
+            (item, inner.room_waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Poll::Ready(item)
     }
 
     /// The next packet if one is queued.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.0.pop()
+        let (item, waker) = {
+            let mut inner = self.0.inner.lock();
+            let item = inner.queue.pop_front()?;
+            (item, inner.room_waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Some(item)
     }
 
     /// True if nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.0.queue.lock().is_empty()
+        self.0.inner.lock().queue.is_empty()
     }
 
     /// Frees the queue's memory if it is empty (the connection is idle).
     pub fn release(&mut self) {
-        let mut q = self.0.queue.lock();
-        if q.is_empty() && q.capacity() > 0 {
-            *q = VecDeque::new();
+        let mut inner = self.0.inner.lock();
+        if inner.queue.is_empty() && inner.queue.capacity() > 0 {
+            inner.queue = VecDeque::new();
         }
     }
 }
@@ -170,6 +230,17 @@ mod tests {
         }
     }
 
+    fn recv(rx: &mut OutboundRx) -> Option<u16> {
+        match rx.poll_recv(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(o) => id(Some(o)),
+            Poll::Pending => None,
+        }
+    }
+
+    fn kick(rx: &mut OutboundRx) -> Poll<Event> {
+        rx.poll_kick(&mut Context::from_waker(Waker::noop()))
+    }
+
     #[test]
     fn bounded_fifo() {
         let (tx, mut rx) = channel(2);
@@ -178,13 +249,18 @@ mod tests {
         assert!(tx.try_send(item(2)).is_ok());
         assert_eq!(tx.has_room(), Ok(false));
         assert!(tx.try_send(item(3)).is_err());
+        assert!(tx
+            .poll_room(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
         assert_eq!(id(rx.try_recv()), Some(1));
         assert_eq!(tx.has_room(), Ok(true));
-        assert_eq!(id(rx.try_recv()), Some(2));
+        assert_eq!(recv(&mut rx), Some(2));
         assert!(rx.try_recv().is_none());
+        assert_eq!(recv(&mut rx), None);
+        assert!(kick(&mut rx).is_pending());
         assert!(rx.is_empty());
         rx.release();
-        assert_eq!(rx.0.queue.lock().capacity(), 0);
+        assert_eq!(rx.0.inner.lock().queue.capacity(), 0);
         drop(rx);
         assert_eq!(tx.has_room(), Err(Closed));
         assert!(tx
@@ -192,43 +268,43 @@ mod tests {
             .is_err());
     }
 
-    #[tokio::test]
-    async fn recv_waits_and_ends_with_the_senders() {
+    #[test]
+    fn kick_comes_first_and_a_dropped_sender_is_gone() {
         let (tx, mut rx) = channel(4);
-        let tx2 = tx.clone();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while let Some(o) = rx.recv().await {
-                got.extend(id(Some(o)));
-            }
-            got
-        });
-        tokio::task::yield_now().await;
-        assert!(tx.try_send(item(7)).is_ok());
-        assert!(tx2.try_send(item(8)).is_ok());
-        drop(tx);
-        drop(tx2);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
-            .await
-            .expect("reader ends")
-            .expect("task");
-        assert_eq!(got, [7, 8]);
+        assert!(tx.try_send(item(1)).is_ok());
+        tx.kick(Kick::TakenOver);
+        assert_eq!(kick(&mut rx), Poll::Ready(Event::Kick(Kick::TakenOver)));
+        assert!(kick(&mut rx).is_pending(), "a packet is still queued");
+        assert_eq!(recv(&mut rx), Some(1));
+        assert_eq!(kick(&mut rx), Poll::Ready(Event::Gone));
     }
 
     #[tokio::test]
-    async fn room_wakes_when_drained() {
+    async fn both_ends_are_woken() {
         let (tx, mut rx) = channel(1);
-        assert!(tx.try_send(item(1)).is_ok());
-        let waiter = tokio::spawn(async move {
-            tx.room().await;
-            tx.has_room()
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let o = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
+                got.extend(id(Some(o)));
+            }
+            let gone = std::future::poll_fn(|cx| rx.poll_kick(cx)).await;
+            (got, gone)
         });
-        tokio::task::yield_now().await;
-        assert_eq!(id(rx.try_recv()), Some(1));
-        let r = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        for i in 1..=3 {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                std::future::poll_fn(|cx| tx.poll_room(cx)),
+            )
+            .await
+            .expect("room");
+            assert!(tx.try_send(item(i)).is_ok());
+        }
+        drop(tx);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
             .await
             .expect("woken")
             .expect("task");
-        assert_eq!(r, Ok(true));
+        assert_eq!(got, ([1, 2, 3].to_vec(), Event::Gone));
     }
 }

@@ -4,25 +4,21 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::Shared;
+use crate::mailbox::Mailbox;
 use crate::message::{ClientId, SessionId};
-use crate::session::{AwaitingRel, ConnLink, Mailbox, Session};
+use crate::session::{ConnLink, Session};
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// The session's id; a registry entry or route carrying an older one is stale.
     pub id: SessionId,
-    /// The session's inbound QoS 2 state (ids awaiting PUBREL). It lives with the handle, so
-    /// it survives reconnects with the session, and every connection attached to the session
-    /// checks it directly instead of asking the actor for each QoS 2 PUBLISH.
-    pub awaiting_rel: AwaitingRel,
-    /// The session's control mailbox (commands from its connection).
-    pub ctrl: Mailbox,
-    /// Cancelled to discard the session (clean-start takeover, shutdown).
-    pub discard: CancellationToken,
+    /// The session's mailbox, also holding its discard flag and its inbound QoS 2 state (ids
+    /// awaiting PUBREL), which so survives reconnects with the session: every connection
+    /// attached to it checks that directly instead of asking the actor for each QoS 2 PUBLISH.
+    pub mailbox: Arc<Mailbox>,
     /// True for clean_session = 0: the session outlives its connections.
     pub persistent: bool,
 }
@@ -73,17 +69,25 @@ impl Registry {
     ) -> Opened {
         match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
-                if !clean && e.get().persistent && !e.get().ctrl.is_disconnected() {
+                if !clean && e.get().persistent && !e.get().mailbox.is_closed() {
                     return Opened::Existing(e.get().clone(), link);
                 }
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);
                 let old = e.insert(handle.clone());
-                old.discard.cancel();
+                old.mailbox.discard();
+                if shared.shutdown.is_cancelled() {
+                    handle.mailbox.discard();
+                }
                 Opened::Fresh(handle)
             }
             Entry::Vacant(e) => {
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);
                 e.insert(handle.clone());
+                // Shutdown cancels before `discard_all`, which waits for this entry's lock:
+                // either it sees this session, or this sees the cancel.
+                if shared.shutdown.is_cancelled() {
+                    handle.mailbox.discard();
+                }
                 Opened::Fresh(handle)
             }
         }
@@ -97,7 +101,7 @@ impl Registry {
     /// Discards every session (broker shutdown).
     pub fn discard_all(&self) {
         for entry in self.sessions.iter() {
-            entry.value().discard.cancel();
+            entry.value().mailbox.discard();
         }
         self.sessions.clear();
     }

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
-use crate::backlog::Backlog;
+use crate::mailbox::{Mailbox, TrySendError};
 use crate::message::{ClientId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::{RetainOutcome, RetainStore};
-use crate::session::{Mailbox, SessionCmd};
+use crate::session::SessionCmd;
 use crate::topic;
 use crate::trie::Trie;
 
@@ -41,10 +41,8 @@ pub struct Route {
     pub client_id: ClientId,
     /// Granted QoS.
     pub qos: QoS,
-    /// The session's mailbox.
-    pub deliver: Mailbox,
-    /// The session's backlog gauge, for publisher backpressure.
-    pub backlog: Arc<Backlog>,
+    /// The session's mailbox, with its backlog gauge for publisher backpressure.
+    pub mailbox: Arc<Mailbox>,
 }
 
 type Routes = Arc<[Route]>;
@@ -176,9 +174,9 @@ impl Router {
         self.publish_with(msg, &mut Vec::new())
     }
 
-    /// As `publish`, and adds to `congested` the backlog of every session that passed its
-    /// high mark, so the caller can pause its publisher (see `backlog.rs`).
-    pub fn publish_with(&self, msg: Arc<Message>, congested: &mut Vec<Arc<Backlog>>) -> Published {
+    /// As `publish`, and adds to `congested` the mailbox of every session whose backlog passed
+    /// its high mark, so the caller can pause its publisher (see `backlog.rs`).
+    pub fn publish_with(&self, msg: Arc<Message>, congested: &mut Vec<Arc<Mailbox>>) -> Published {
         if msg.retain {
             match self.retain.set(&msg) {
                 RetainOutcome::Stored | RetainOutcome::Deleted => {}
@@ -224,7 +222,7 @@ impl Router {
         msg: &Arc<Message>,
         routes: impl Iterator<Item = &'a Route>,
         out: &mut Published,
-        congested: &mut Vec<Arc<Backlog>>,
+        congested: &mut Vec<Arc<Mailbox>>,
     ) {
         for route in routes {
             let qos = if self.upgrade_outgoing_qos {
@@ -232,17 +230,17 @@ impl Router {
             } else {
                 msg.qos.min(route.qos)
             };
-            match route.deliver.try_send(SessionCmd::Deliver(Delivery {
+            match route.mailbox.try_send(SessionCmd::Deliver(Delivery {
                 msg: msg.clone(),
                 qos,
             })) {
                 Ok(()) => {
                     out.delivered += 1;
-                    if route.backlog.added() {
-                        congested.push(route.backlog.clone());
+                    if route.mailbox.backlog().added() {
+                        congested.push(route.mailbox.clone());
                     }
                 }
-                Err(flume::TrySendError::Full(_)) => {
+                Err(TrySendError::Full(_)) => {
                     out.dropped += 1;
                     self.metrics.dropped(
                         DropReason::MailboxFull,
@@ -251,7 +249,7 @@ impl Router {
                     );
                 }
                 // The session is ending; its routes are about to go.
-                Err(flume::TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Closed(_)) => {}
             }
         }
     }
@@ -265,24 +263,23 @@ mod tests {
         Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false)
     }
 
-    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, flume::Receiver<SessionCmd>) {
-        let (tx, rx) = flume::bounded(cap);
+    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, Arc<Mailbox>) {
+        let mailbox = Arc::new(Mailbox::new(cap, 1000));
         (
             Route {
                 session,
                 client_id: format!("c{session}").into(),
                 qos,
-                deliver: tx,
-                backlog: Arc::new(Backlog::new(1000)),
+                mailbox: mailbox.clone(),
             },
-            rx,
+            mailbox,
         )
     }
 
     /// The next delivery in a session mailbox.
-    fn next(rx: &mut flume::Receiver<SessionCmd>) -> Option<Delivery> {
+    fn next(rx: &Mailbox) -> Option<Delivery> {
         match rx.try_recv() {
-            Ok(SessionCmd::Deliver(d)) => Some(d),
+            Some(SessionCmd::Deliver(d)) => Some(d),
             _ => None,
         }
     }
@@ -301,7 +298,7 @@ mod tests {
     fn overlapping_filters_deliver_once_at_highest_qos() {
         // [MQTT-3.3.5-1]
         let r = router();
-        let (a0, mut rx) = route(1, QoS::AtMostOnce, 8);
+        let (a0, rx) = route(1, QoS::AtMostOnce, 8);
         let a2 = Route {
             qos: QoS::ExactlyOnce,
             ..a0.clone()
@@ -321,28 +318,28 @@ mod tests {
                 dropped: 0
             }
         );
-        let d = next(&mut rx).expect("one delivery");
+        let d = next(&rx).expect("one delivery");
         assert_eq!(d.qos, QoS::ExactlyOnce);
-        assert!(next(&mut rx).is_none());
+        assert!(next(&rx).is_none());
     }
 
     #[test]
     fn qos_is_downgraded_to_the_grant() {
         // [MQTT-3.8.4-6]
         let r = router();
-        let (a, mut rx) = route(1, QoS::AtLeastOnce, 8);
+        let (a, rx) = route(1, QoS::AtLeastOnce, 8);
         r.subscribe("t", a);
         r.publish(msg("t", QoS::ExactlyOnce));
         r.publish(msg("t", QoS::AtMostOnce));
-        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
-        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtMostOnce));
+        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
+        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtMostOnce));
     }
 
     #[test]
     fn resubscribe_replaces_and_unsubscribe_is_exact() {
         // [MQTT-3.8.4-3], [MQTT-3.10.4-1]
         let r = router();
-        let (a, mut rx) = route(1, QoS::AtMostOnce, 8);
+        let (a, rx) = route(1, QoS::AtMostOnce, 8);
         r.subscribe("a/+", a.clone());
         r.subscribe(
             "a/+",
@@ -357,8 +354,8 @@ mod tests {
         assert!(r.unsubscribe("a/b", 1));
         assert!(!r.unsubscribe("a/b", 1));
         r.publish(msg("a/b", QoS::AtLeastOnce));
-        assert_eq!(next(&mut rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
-        assert!(next(&mut rx).is_none(), "one route only");
+        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
+        assert!(next(&rx).is_none(), "one route only");
         assert!(r.unsubscribe("a/+", 1));
         assert_eq!(r.filter_count(), 0);
         assert_eq!(r.publish(msg("a/b", QoS::AtLeastOnce)).delivered, 0);
@@ -369,7 +366,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let r = Router::new(RetainStore::new(0, 0), metrics.clone(), false);
         let (a, _rx) = route(1, QoS::AtMostOnce, 1);
-        let (b, mut rxb) = route(2, QoS::AtMostOnce, 8);
+        let (b, rxb) = route(2, QoS::AtMostOnce, 8);
         r.subscribe("t", a);
         r.subscribe("t", b);
         for _ in 0..3 {
@@ -377,7 +374,7 @@ mod tests {
         }
         assert_eq!(metrics.snapshot().dropped_mailbox_full, 2);
         let mut got = 0;
-        while next(&mut rxb).is_some() {
+        while next(&rxb).is_some() {
             got += 1;
         }
         assert_eq!(got, 3, "the other subscriber is unaffected");
@@ -387,10 +384,10 @@ mod tests {
     fn dollar_topics_and_wildcards() {
         // [MQTT-4.7.2-1]
         let r = router();
-        let (a, mut rx) = route(1, QoS::AtMostOnce, 8);
+        let (a, rx) = route(1, QoS::AtMostOnce, 8);
         r.subscribe("#", a);
         assert_eq!(r.publish(msg("$SYS/x", QoS::AtMostOnce)).delivered, 0);
         assert_eq!(r.publish(msg("x", QoS::AtMostOnce)).delivered, 1);
-        assert!(next(&mut rx).is_some());
+        assert!(next(&rx).is_some());
     }
 }

@@ -2,20 +2,27 @@
 //! mqueue and `awaiting_rel`. It outlives its connection when clean_session = 0.
 //!
 //! It never awaits a send to its connection: it checks `has_room`, and only when the outbound
-//! queue is full does it wait on `room()` as one branch among the others, so it keeps draining control commands and deliveries (ARCHITECTURE.md section 5).
+//! queue is full does it wait for room as one source among the others, so it keeps draining
+//! control commands and deliveries (ARCHITECTURE.md section 5).
+//!
+//! An idle session is a parked task whose future is little more than this struct: it waits
+//! by polling its mailbox and link directly (`poll_fn`), which keep its waker, instead of
+//! holding a select of channel futures and a timer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Access, Acl};
-use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::inflight::{Flight, Inflight};
+use crate::mailbox::{Mailbox, Received};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqueue::{MQueue, Queued};
@@ -63,8 +70,10 @@ pub enum SessionCmd {
 pub enum Kick {
     /// Another connection with the same client id took the session [MQTT-3.1.4-2].
     TakenOver,
-    /// The session was discarded (a clean-session CONNECT elsewhere, or shutdown).
+    /// The session was discarded by a clean-session CONNECT elsewhere.
     Discarded,
+    /// The broker is shutting down.
+    Shutdown,
 }
 
 /// What an `Attach` command carries.
@@ -99,10 +108,6 @@ pub enum Outbound {
     },
 }
 
-/// The sending side of a session's mailbox. flume rather than tokio's mpsc: its queue grows
-/// on demand, where a tokio channel allocates about 1.2 KB per client up front.
-pub type Mailbox = flume::Sender<SessionCmd>;
-
 /// A session's way to its current connection.
 #[derive(Debug)]
 pub struct ConnLink {
@@ -110,10 +115,8 @@ pub struct ConnLink {
     pub conn: ConnId,
     /// The user name the connection authenticated as, for ACL checks on deliveries.
     pub username: Option<Arc<str>>,
-    /// The connection's outbound queue.
+    /// The connection's outbound queue, and the way to make it close.
     pub outbound: OutboundTx,
-    /// Fired to make the connection close.
-    pub kick: oneshot::Sender<Kick>,
 }
 
 /// The session actor's state.
@@ -129,14 +132,9 @@ pub struct Session {
     link: Option<ConnLink>,
     /// True when the last `has_room` found the outbound queue full.
     blocked: bool,
-    /// When a detached persistent session is discarded (`persistent_client_expiration`).
-    expires_at: Option<Instant>,
-    /// A sender into our own mailbox, cloned into every route.
-    mailbox_tx: Mailbox,
-    /// One mailbox for commands from the connection and deliveries from publishers: a
-    /// second channel would cost every client another kilobyte of slots up front.
-    mailbox: flume::Receiver<SessionCmd>,
-    discard: CancellationToken,
+    /// Fires when a detached persistent session is discarded (`persistent_client_expiration`).
+    /// Boxed and only while detached: a timer is the largest thing a waiting task can hold.
+    expiry: Option<Pin<Box<Sleep>>>,
 }
 
 /// Deliveries handled per wake before the outbound is pumped.
@@ -151,11 +149,11 @@ impl Session {
         link: ConnLink,
     ) -> SessionHandle {
         let cfg = &shared.config.session;
-        let (mailbox_tx, mailbox) = flume::bounded(cfg.max_queued_messages.max(64) + 64);
-        let discard = shared.shutdown.child_token();
+        let mailbox = Arc::new(Mailbox::new(
+            cfg.max_queued_messages.max(64) + 64,
+            cfg.max_queued_messages / 2,
+        ));
         let id = next_id();
-        let backlog = Arc::new(Backlog::new(cfg.max_queued_messages / 2));
-        let awaiting_rel = AwaitingRel::default();
         let session = Session {
             id,
             client_id,
@@ -163,7 +161,7 @@ impl Session {
             shared: shared.clone(),
             subscriptions: HashMap::new(),
             pending: Pending {
-                backlog,
+                mailbox: mailbox.clone(),
                 inflight: Inflight::new(cfg.max_inflight_messages),
                 mqueue: MQueue::new(
                     cfg.max_queued_messages,
@@ -175,56 +173,64 @@ impl Session {
             username: link.username.clone(),
             link: Some(link),
             blocked: false,
-            expires_at: None,
-            mailbox_tx: mailbox_tx.clone(),
-            mailbox,
-            discard: discard.clone(),
+            expiry: None,
         };
-        shared.tracker.spawn(session.run());
+        shared.tracker.spawn(Actor(Some(session)));
         SessionHandle {
             id,
-            awaiting_rel,
-            ctrl: mailbox_tx,
-            discard,
+            mailbox,
             persistent,
         }
     }
 
-    async fn run(mut self) {
-        let discarded = loop {
-            let outbound = match (&self.link, self.blocked && self.has_work()) {
-                (Some(link), true) => Some(link.outbound.clone()),
-                _ => None,
-            };
-            tokio::select! {
-                biased;
-                _ = self.discard.cancelled() => break true,
-                _ = sleep_until_opt(self.expires_at) => {
-                    tracing::info!(client_id = &*self.client_id, "persistent session expired");
-                    break false;
+    /// What woke the session, if anything did; registers its waker with every source.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        match self.pending.mailbox.poll_recv(cx) {
+            Poll::Ready(Received::Discarded) => return Poll::Ready(Event::Discarded),
+            Poll::Ready(Received::Cmd(cmd)) => return Poll::Ready(Event::Cmd(cmd)),
+            Poll::Pending => {}
+        }
+        if let Some(expiry) = &mut self.expiry {
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Expired);
+            }
+        }
+        // Room again (or the connection is gone: pump finds out).
+        if self.blocked && self.has_work() {
+            if let Some(link) = &self.link {
+                if link.outbound.poll_room(cx).is_ready() {
+                    return Poll::Ready(Event::Room);
                 }
-                cmd = self.mailbox.recv_async() => match cmd {
-                    Ok(cmd) => {
-                        self.handle(cmd);
-                        // Deliveries and acks come in bursts: take what is there, then pump once.
-                        for _ in 1..DELIVERY_BATCH {
-                            match self.mailbox.try_recv() {
-                                Ok(cmd) => self.handle(cmd),
-                                Err(_) => break,
-                            }
-                        }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Acts on one event; `Some(discarded)` when the session ends.
+    fn on_event(&mut self, event: Event) -> Option<bool> {
+        match event {
+            Event::Discarded => return Some(true),
+            Event::Expired => {
+                tracing::info!(client_id = &*self.client_id, "persistent session expired");
+                return Some(false);
+            }
+            Event::Room => self.blocked = false,
+            Event::Cmd(cmd) => {
+                self.handle(cmd);
+                // Deliveries and acks come in bursts: take what is there, then pump once.
+                for _ in 1..DELIVERY_BATCH {
+                    match self.pending.mailbox.try_recv() {
+                        Some(cmd) => self.handle(cmd),
+                        None => break,
                     }
-                    Err(_) => break false,
-                },
-                // Room again (or the connection is gone: pump finds out).
-                _ = room(outbound) => self.blocked = false,
+                }
             }
-            if !self.persistent && self.link.is_none() {
-                break false;
-            }
-            self.pump();
-        };
-        self.close(discarded);
+        }
+        if !self.persistent && self.link.is_none() {
+            return Some(false);
+        }
+        self.pump();
+        None
     }
 
     /// Handles one command.
@@ -267,7 +273,7 @@ impl Session {
 
     fn attach(&mut self, link: ConnLink, reply: oneshot::Sender<()>) {
         if let Some(old) = self.link.take() {
-            let _ = old.kick.send(Kick::TakenOver);
+            old.outbound.kick(Kick::TakenOver);
         }
         // Whatever was queued for the old connection is void; inflight is resent below.
         self.pending.control.clear();
@@ -278,7 +284,7 @@ impl Session {
         }
         self.username = link.username.clone();
         self.link = Some(link);
-        self.expires_at = None;
+        self.expiry = None;
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
         for (id, flight) in self.pending.inflight.in_order() {
             self.pending.control.push_back(match flight {
@@ -316,8 +322,7 @@ impl Session {
                     session: self.id,
                     client_id: self.client_id.clone(),
                     qos,
-                    deliver: self.mailbox_tx.clone(),
-                    backlog: self.pending.backlog.clone(),
+                    mailbox: self.pending.mailbox.clone(),
                 },
             );
             tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
@@ -337,7 +342,7 @@ impl Session {
         for (filter, qos) in granted {
             for msg in self.shared.router.retained(&filter) {
                 let q = msg.qos.min(qos);
-                self.pending.backlog.added_directly();
+                self.pending.mailbox.backlog().added_directly();
                 self.deliver(msg, q, true);
             }
         }
@@ -356,7 +361,7 @@ impl Session {
                 msg.topic_str(),
             )
         {
-            self.pending.backlog.removed(1, false);
+            self.pending.mailbox.backlog().removed(1, false);
             Metrics::incr(&metrics.acl_denied);
             return;
         }
@@ -364,13 +369,13 @@ impl Session {
             && qos == QoS::AtMostOnce
             && !self.shared.config.session.queue_qos0_messages
         {
-            self.pending.backlog.removed(1, false);
+            self.pending.mailbox.backlog().removed(1, false);
             metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
             return;
         }
         let topic = msg.clone();
         let dropped = self.pending.mqueue.push(Queued { msg, qos, retain });
-        self.pending.backlog.removed(dropped, false);
+        self.pending.mailbox.backlog().removed(dropped, false);
         for _ in 0..dropped {
             metrics.dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
         }
@@ -408,7 +413,7 @@ impl Session {
     fn link_lost(&mut self) {
         if self.link.is_some() {
             let expiry = self.shared.config.session.persistent_client_expiration;
-            self.expires_at = expiry.map(|e| Instant::now() + e);
+            self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
         }
         self.link = None;
         self.blocked = false;
@@ -416,8 +421,15 @@ impl Session {
     }
 
     fn close(mut self, discarded: bool) {
+        // Nothing sent from now on is read; queued deliveries go with the session.
+        self.pending.mailbox.close();
         if let Some(link) = self.link.take() {
-            let _ = link.kick.send(Kick::Discarded);
+            let kick = if self.shared.shutdown.is_cancelled() {
+                Kick::Shutdown
+            } else {
+                Kick::Discarded
+            };
+            link.outbound.kick(kick);
         }
         for filter in self.subscriptions.keys() {
             self.shared.router.unsubscribe(filter, self.id);
@@ -431,8 +443,9 @@ impl Session {
 
 /// Everything waiting to be sent to the connection.
 struct Pending {
-    /// Shared with publishers: mailbox + mqueue length, and progress.
-    backlog: Arc<Backlog>,
+    /// Our mailbox; its backlog gauge (mailbox + mqueue length, and progress) is shared with
+    /// publishers.
+    mailbox: Arc<Mailbox>,
     inflight: Inflight,
     mqueue: MQueue,
     /// Packets that go before any queued PUBLISH: acks and resends.
@@ -462,7 +475,7 @@ impl Pending {
             Some(self.inflight.insert(front.clone())?)
         };
         let q = self.mqueue.pop()?;
-        self.backlog.removed(1, true);
+        self.mailbox.backlog().removed(1, true);
         Metrics::incr(&metrics.messages_sent);
         Some(Outbound::Publish {
             msg: q.msg,
@@ -474,35 +487,41 @@ impl Pending {
     }
 }
 
-/// The inbound QoS 2 ids awaiting PUBREL (Method B, [MQTT-4.3.3-2]): session state that
-/// survives reconnects, shared with the connection through a short CPU-only lock.
-#[derive(Debug, Clone, Default)]
-pub struct AwaitingRel(Arc<parking_lot::Mutex<HashSet<u16>>>);
+/// The session's task: a hand-written future that is exactly the session's state, where an
+/// `async fn` would add the state of its waits (and keep its argument twice).
+struct Actor(Option<Session>);
 
-impl AwaitingRel {
-    /// Records `pkid`; true if it was not already awaiting PUBREL (the message is new).
-    pub fn receive(&self, pkid: u16) -> bool {
-        self.0.lock().insert(pkid)
-    }
+/// Events handled in one poll before the task yields to others on its worker.
+const EVENTS_PER_POLL: usize = 32;
 
-    /// PUBREL: the id is free again.
-    pub fn release(&self, pkid: u16) {
-        self.0.lock().remove(&pkid);
+impl Future for Actor {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(session) = &mut this.0 else {
+            return Poll::Ready(());
+        };
+        for _ in 0..EVENTS_PER_POLL {
+            let Poll::Ready(event) = session.poll_event(cx) else {
+                return Poll::Pending;
+            };
+            if let Some(discarded) = session.on_event(event) {
+                if let Some(session) = this.0.take() {
+                    session.close(discarded);
+                }
+                return Poll::Ready(());
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
-/// Sleeps until `at`, or forever if there is no deadline.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for room in the outbound queue, or forever when there is nothing to wait for.
-async fn room(tx: Option<OutboundTx>) {
-    match tx {
-        Some(tx) => tx.room().await,
-        None => std::future::pending().await,
-    }
+/// What woke a waiting session.
+enum Event {
+    Cmd(SessionCmd),
+    Discarded,
+    Expired,
+    Room,
 }
