@@ -90,6 +90,12 @@ impl Backlog {
         s != 0 && self.progress() == s - 1
     }
 
+    /// The notifier of relief. The session's mailbox also signals room on it (rarely needed,
+    /// so it shares this one rather than add a second to every session); waiters recheck.
+    pub fn notifier(&self) -> &Notify {
+        &self.drained
+    }
+
     /// Completes when the backlog falls below the low mark (call `relieved` first: a
     /// notification sent before this future exists is not seen).
     pub async fn wait_drained(&self) {

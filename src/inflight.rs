@@ -4,7 +4,7 @@
 //! Packet ids are never 0 and never reused while in flight [MQTT-2.3.1-4]; they count up and
 //! wrap from 65535 to 1.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::mqueue::Queued;
 
@@ -20,8 +20,10 @@ pub enum Flight {
 /// The inflight table of one session.
 #[derive(Debug)]
 pub struct Inflight {
-    entries: HashMap<u16, (u64, Flight)>,
-    max: usize,
+    /// A B-tree: no memory while empty and small in every session; a window holds at most a
+    /// few hundred ids.
+    entries: BTreeMap<u16, (u64, Flight)>,
+    max: u16,
     next_id: u16,
     seq: u64,
 }
@@ -30,8 +32,8 @@ impl Inflight {
     /// An empty window of `max` slots (at least 1, at most 65535).
     pub fn new(max: usize) -> Self {
         Inflight {
-            entries: HashMap::new(),
-            max: max.clamp(1, 65_535),
+            entries: BTreeMap::new(),
+            max: max.clamp(1, 65_535) as u16,
             next_id: 0,
             seq: 0,
         }
@@ -49,7 +51,7 @@ impl Inflight {
 
     /// True if another flow may start.
     pub fn has_room(&self) -> bool {
-        self.entries.len() < self.max
+        self.entries.len() < usize::from(self.max)
     }
 
     /// Starts a flow for `item`: allocates a free packet id, or `None` if the window is full.

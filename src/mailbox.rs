@@ -8,11 +8,10 @@
 //! receive; an idle client is the common case, so this keeps it to one small struct and no
 //! queue memory at all while nothing is queued.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::backlog::Backlog;
 use crate::session::SessionCmd;
@@ -44,12 +43,11 @@ pub enum Received {
 pub struct Mailbox {
     inner: Mutex<Inner>,
     cap: usize,
-    /// Signalled when a command is taken while a sender waits for room.
-    room: Notify,
+    /// Its notifier also signals room when a command is taken while a sender waits for it.
     backlog: Backlog,
     /// Inbound QoS 2 ids awaiting PUBREL (Method B, [MQTT-4.3.3-2]): session state that survives
     /// reconnects, checked by the connection directly under a short CPU-only lock.
-    awaiting_rel: Mutex<HashSet<u16>>,
+    awaiting_rel: Mutex<BTreeSet<u16>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +58,7 @@ struct Inner {
     discarded: bool,
     closed: bool,
     /// Senders waiting in `send` for room.
-    waiting: usize,
+    waiting: u32,
 }
 
 impl Mailbox {
@@ -69,9 +67,8 @@ impl Mailbox {
         Mailbox {
             inner: Mutex::new(Inner::default()),
             cap: cap.max(1),
-            room: Notify::new(),
             backlog: Backlog::new(high),
-            awaiting_rel: Mutex::new(HashSet::new()),
+            awaiting_rel: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -89,7 +86,7 @@ impl Mailbox {
     /// `try_send` first and box this future, so its state costs nothing while unused.
     pub async fn send(&self, mut cmd: SessionCmd) -> Result<(), Closed> {
         loop {
-            let notified = self.room.notified();
+            let notified = self.backlog.notifier().notified();
             tokio::pin!(notified);
             // Enabled before the check: a command taken after it wakes us.
             notified.as_mut().enable();
@@ -182,7 +179,7 @@ impl Mailbox {
             }
         };
         if notify {
-            self.room.notify_waiters();
+            self.backlog.notifier().notify_waiters();
         }
         Poll::Ready(Received::Cmd(cmd))
     }
@@ -195,7 +192,7 @@ impl Mailbox {
             (cmd, inner.waiting > 0)
         };
         if notify {
-            self.room.notify_waiters();
+            self.backlog.notifier().notify_waiters();
         }
         Some(cmd)
     }
@@ -209,7 +206,7 @@ impl Mailbox {
             std::mem::take(&mut inner.queue)
         };
         drop(queued);
-        self.room.notify_waiters();
+        self.backlog.notifier().notify_waiters();
     }
 }
 

@@ -9,7 +9,7 @@
 //! by polling its mailbox and link directly (`poll_fn`), which keep its waker, instead of
 //! holding a select of channel futures and a timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Access, Acl};
+use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::inflight::{Flight, Inflight};
@@ -119,6 +120,12 @@ pub struct ConnLink {
     pub outbound: OutboundTx,
 }
 
+/// The current connection, as the session keeps it.
+struct Linked {
+    conn: ConnId,
+    outbound: OutboundTx,
+}
+
 /// The session actor's state.
 pub struct Session {
     id: SessionId,
@@ -127,9 +134,15 @@ pub struct Session {
     username: Option<Arc<str>>,
     persistent: bool,
     shared: Arc<Shared>,
-    subscriptions: HashMap<String, QoS>,
-    pending: Pending,
-    link: Option<ConnLink>,
+    /// A B-tree: smaller than a hash map in every session, and no hashing of client input.
+    subscriptions: BTreeMap<String, QoS>,
+    /// Our mailbox; its backlog gauge (mailbox + mqueue length, and progress) is shared with
+    /// publishers.
+    mailbox: Arc<Mailbox>,
+    /// Boxed, and only while something is pending: most sessions are idle most of the time,
+    /// and this is over half of a session's size.
+    pending: Option<Box<Pending>>,
+    link: Option<Linked>,
     /// True when the last `has_room` found the outbound queue full.
     blocked: bool,
     /// Fires when a detached persistent session is discarded (`persistent_client_expiration`).
@@ -159,19 +172,14 @@ impl Session {
             client_id,
             persistent,
             shared: shared.clone(),
-            subscriptions: HashMap::new(),
-            pending: Pending {
-                mailbox: mailbox.clone(),
-                inflight: Inflight::new(cfg.max_inflight_messages),
-                mqueue: MQueue::new(
-                    cfg.max_queued_messages,
-                    cfg.max_queued_bytes,
-                    cfg.queue_overflow,
-                ),
-                control: VecDeque::new(),
-            },
-            username: link.username.clone(),
-            link: Some(link),
+            subscriptions: BTreeMap::new(),
+            mailbox: mailbox.clone(),
+            pending: None,
+            username: link.username,
+            link: Some(Linked {
+                conn: link.conn,
+                outbound: link.outbound,
+            }),
             blocked: false,
             expiry: None,
         };
@@ -185,7 +193,7 @@ impl Session {
 
     /// What woke the session, if anything did; registers its waker with every source.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        match self.pending.mailbox.poll_recv(cx) {
+        match self.mailbox.poll_recv(cx) {
             Poll::Ready(Received::Discarded) => return Poll::Ready(Event::Discarded),
             Poll::Ready(Received::Cmd(cmd)) => return Poll::Ready(Event::Cmd(cmd)),
             Poll::Pending => {}
@@ -219,7 +227,7 @@ impl Session {
                 self.handle(cmd);
                 // Deliveries and acks come in bursts: take what is there, then pump once.
                 for _ in 1..DELIVERY_BATCH {
-                    match self.pending.mailbox.try_recv() {
+                    match self.mailbox.try_recv() {
                         Some(cmd) => self.handle(cmd),
                         None => break,
                     }
@@ -253,19 +261,25 @@ impl Session {
                     }
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
-                self.pending
+                self.pending()
                     .control
                     .push_back(Outbound::Packet(Box::new(Packet::UnsubAck(pkid))));
             }
             SessionCmd::PubAck(id) => {
-                self.pending.inflight.puback(id);
+                if let Some(p) = &mut self.pending {
+                    p.inflight.puback(id);
+                }
             }
             SessionCmd::PubRec(id) => {
                 // The connection has answered with PUBREL; only the state moves here.
-                self.pending.inflight.pubrec(id);
+                if let Some(p) = &mut self.pending {
+                    p.inflight.pubrec(id);
+                }
             }
             SessionCmd::PubComp(id) => {
-                self.pending.inflight.pubcomp(id);
+                if let Some(p) = &mut self.pending {
+                    p.inflight.pubcomp(id);
+                }
             }
             SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false),
         }
@@ -276,18 +290,29 @@ impl Session {
             old.outbound.kick(Kick::TakenOver);
         }
         // Whatever was queued for the old connection is void; inflight is resent below.
-        self.pending.control.clear();
+        if let Some(p) = &mut self.pending {
+            p.control.clear();
+        }
         self.blocked = false;
         if reply.send(()).is_err() {
             // The connection gave up waiting; it will not send a Detach.
             return;
         }
-        self.username = link.username.clone();
-        self.link = Some(link);
+        self.username = link.username;
+        self.link = Some(Linked {
+            conn: link.conn,
+            outbound: link.outbound,
+        });
         self.expiry = None;
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
-        for (id, flight) in self.pending.inflight.in_order() {
-            self.pending.control.push_back(match flight {
+        let Some(p) = &mut self.pending else {
+            return;
+        };
+        let Pending {
+            inflight, control, ..
+        } = &mut **p;
+        for (id, flight) in inflight.in_order() {
+            control.push_back(match flight {
                 Flight::Publish(q) => Outbound::Publish {
                     msg: q.msg.clone(),
                     qos: q.qos,
@@ -322,7 +347,7 @@ impl Session {
                     session: self.id,
                     client_id: self.client_id.clone(),
                     qos,
-                    mailbox: self.pending.mailbox.clone(),
+                    mailbox: self.mailbox.clone(),
                 },
             );
             tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
@@ -332,7 +357,7 @@ impl Session {
         }
         // [MQTT-3.8.4-1], [MQTT-3.8.4-4], [MQTT-3.8.4-5]: one SUBACK, codes in order, and it goes
         // out before the retained messages of these filters.
-        self.pending
+        self.pending()
             .control
             .push_back(Outbound::Packet(Box::new(Packet::SubAck(SubAck {
                 pkid,
@@ -342,7 +367,7 @@ impl Session {
         for (filter, qos) in granted {
             for msg in self.shared.router.retained(&filter) {
                 let q = msg.qos.min(qos);
-                self.pending.mailbox.backlog().added_directly();
+                self.mailbox.backlog().added_directly();
                 self.deliver(msg, q, true);
             }
         }
@@ -361,7 +386,7 @@ impl Session {
                 msg.topic_str(),
             )
         {
-            self.pending.mailbox.backlog().removed(1, false);
+            self.mailbox.backlog().removed(1, false);
             Metrics::incr(&metrics.acl_denied);
             return;
         }
@@ -369,29 +394,58 @@ impl Session {
             && qos == QoS::AtMostOnce
             && !self.shared.config.session.queue_qos0_messages
         {
-            self.pending.mailbox.backlog().removed(1, false);
+            self.mailbox.backlog().removed(1, false);
             metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
             return;
         }
         let topic = msg.clone();
-        let dropped = self.pending.mqueue.push(Queued { msg, qos, retain });
-        self.pending.mailbox.backlog().removed(dropped, false);
+        let dropped = self.pending().mqueue.push(Queued { msg, qos, retain });
+        self.mailbox.backlog().removed(dropped, false);
         for _ in 0..dropped {
-            metrics.dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
+            self.shared
+                .metrics
+                .dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
         }
     }
 
     fn has_work(&self) -> bool {
-        self.pending.has_work()
+        self.pending.as_ref().is_some_and(|p| p.has_work())
     }
 
-    /// Moves work into the outbound channel while it has room.
+    /// The pending state, made when first needed.
+    fn pending(&mut self) -> &mut Pending {
+        let cfg = &self.shared.config.session;
+        self.pending.get_or_insert_with(|| {
+            Box::new(Pending {
+                inflight: Inflight::new(cfg.max_inflight_messages),
+                mqueue: MQueue::new(
+                    cfg.max_queued_messages,
+                    cfg.max_queued_bytes,
+                    cfg.queue_overflow,
+                ),
+                control: VecDeque::new(),
+            })
+        })
+    }
+
+    /// Moves work into the outbound channel while it has room; gives the pending state back
+    /// once nothing is pending.
     fn pump(&mut self) {
-        while self.pending.has_work() {
+        self.send_pending();
+        if self.pending.as_ref().is_some_and(|p| p.is_empty()) {
+            self.pending = None;
+        }
+    }
+
+    fn send_pending(&mut self) {
+        while self.has_work() {
             let Some(link) = &self.link else { return };
+            let Some(pending) = &mut self.pending else {
+                return;
+            };
             let closed = match link.outbound.has_room() {
                 Ok(true) => {
-                    if let Some(out) = self.pending.next(&self.shared.metrics) {
+                    if let Some(out) = pending.next(&self.shared.metrics, self.mailbox.backlog()) {
                         // Only this session fills the queue, so there is still room; if the
                         // connection went meanwhile the packet is void (inflight resends it).
                         let _ = link.outbound.try_send(out);
@@ -417,12 +471,14 @@ impl Session {
         }
         self.link = None;
         self.blocked = false;
-        self.pending.control.clear();
+        if let Some(p) = &mut self.pending {
+            p.control.clear();
+        }
     }
 
     fn close(mut self, discarded: bool) {
         // Nothing sent from now on is read; queued deliveries go with the session.
-        self.pending.mailbox.close();
+        self.mailbox.close();
         if let Some(link) = self.link.take() {
             let kick = if self.shared.shutdown.is_cancelled() {
                 Kick::Shutdown
@@ -441,11 +497,8 @@ impl Session {
     }
 }
 
-/// Everything waiting to be sent to the connection.
+/// Everything waiting to be sent to the connection, or for its acknowledgement.
 struct Pending {
-    /// Our mailbox; its backlog gauge (mailbox + mqueue length, and progress) is shared with
-    /// publishers.
-    mailbox: Arc<Mailbox>,
     inflight: Inflight,
     mqueue: MQueue,
     /// Packets that go before any queued PUBLISH: acks and resends.
@@ -453,6 +506,11 @@ struct Pending {
 }
 
 impl Pending {
+    /// True if nothing is queued or in flight.
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.mqueue.is_empty() && self.inflight.is_empty()
+    }
+
     /// True if `next` would produce a packet now.
     fn has_work(&self) -> bool {
         !self.control.is_empty()
@@ -464,7 +522,7 @@ impl Pending {
 
     /// The next packet for the connection: control first, then the queue head if the
     /// inflight window lets it go.
-    fn next(&mut self, metrics: &Metrics) -> Option<Outbound> {
+    fn next(&mut self, metrics: &Metrics, backlog: &Backlog) -> Option<Outbound> {
         if let Some(out) = self.control.pop_front() {
             return Some(out);
         }
@@ -475,7 +533,7 @@ impl Pending {
             Some(self.inflight.insert(front.clone())?)
         };
         let q = self.mqueue.pop()?;
-        self.mailbox.backlog().removed(1, true);
+        backlog.removed(1, true);
         Metrics::incr(&metrics.messages_sent);
         Some(Outbound::Publish {
             msg: q.msg,
