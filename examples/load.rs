@@ -212,9 +212,31 @@ fn qos_of(q: u8) -> QoS {
 }
 
 /// Connects and completes CONNECT/CONNACK, from a chosen local address.
+/// Lets connect() choose the source port for the whole address pair, instead of bind()
+/// reserving one port for the address alone (Linux's IP_BIND_ADDRESS_NO_PORT).
+fn no_port_at_bind(socket: &TcpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = local {
+        no_port_at_bind(&socket)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let mut stream = socket.connect(broker).await?;
@@ -616,11 +638,11 @@ async fn connections(
                 if i >= clients {
                     return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(held);
                 }
-                // Past ~28k connections spread source addresses over 127.0.0.x so each has its
-                // own 64k ports. Binding is slow (the kernel searches for a free port), so the
-                // first ones let connect() choose.
-                let local = (i >= 28_000)
-                    .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 28_000) as u8)));
+                // Source addresses spread over 127.0.0.2-33: connect() picks a port per address,
+                // so no search runs through thousands of ports already in use toward the
+                // broker (that search made the generator, not the broker, set the rate), and
+                // past 64k connections each address still has ports of its own.
+                let local = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 32) as u8)));
                 let s = connect(broker, local, &format!("idle-{i}")).await?;
                 held.push(s.into_split());
             }

@@ -51,7 +51,9 @@ pub async fn accept_loop(
             None => None,
         };
         Metrics::incr(&shared.metrics.connections_accepted);
-        // Batching is the writer's job; Nagle would add latency to every small ack.
+        // Batching is the writer's job; Nagle would add latency to every small ack. Linux
+        // sockets inherit it from the listener (see `broker::listen`).
+        #[cfg(not(target_os = "linux"))]
         if let Err(e) = socket.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
