@@ -13,8 +13,14 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-200000}          # messages per publisher in flow scenarios
 CLIENTS=${CLIENTS:-15000}       # idle connections
+# Connects in flight at once. rumqttd 0.20 resets connections when many more are in flight,
+# so every broker gets the same 50.
+CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-50}
 LAT_SECONDS=${LAT_SECONDS:-5}
-if [ -n "${QUICK:-}" ]; then COUNT=20000; CLIENTS=2000; LAT_SECONDS=2; fi
+# Latency and connect rate vary most between runs (~10%); each is run REPS times on a fresh
+# broker and the table shows the median.
+REPS=${REPS:-3}
+if [ -n "${QUICK:-}" ]; then COUNT=20000; CLIENTS=2000; LAT_SECONDS=2; REPS=1; fi
 OUT=target/compare
 mkdir -p "$OUT"
 
@@ -116,17 +122,19 @@ for broker in tern mosquitto rumqttd; do
       kill "$PID"; wait "$PID" 2>/dev/null || true
     done
   done
-  port=$(free_port); start_broker "$broker" "$port"
-  for rate in 2000 10000; do
-    for qos in 0 1; do
-      run "$broker" "$port" "latency_q${qos}_${rate}" latency --rate "$rate" --seconds "$LAT_SECONDS" --qos "$qos" --payload 64
+  for rep in $(seq 1 "$REPS"); do
+    port=$(free_port); start_broker "$broker" "$port"
+    for rate in 2000 10000; do
+      for qos in 0 1; do
+        run "$broker" "$port" "latency_q${qos}_${rate}#$rep" latency --rate "$rate" --seconds "$LAT_SECONDS" --qos "$qos" --payload 64
+      done
     done
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+    port=$(free_port); start_broker "$broker" "$port"
+    run "$broker" "$port" "connections#$rep" connections --clients "$CLIENTS" --concurrency "$CONNECT_CONCURRENCY"
+    kill "$PID"; wait "$PID" 2>/dev/null || true
   done
-  kill "$PID"; wait "$PID" 2>/dev/null || true
-  port=$(free_port); start_broker "$broker" "$port"
-  run "$broker" "$port" "connections" connections --clients "$CLIENTS"
   # Peak memory under a QoS 1 fan-in, on a fresh broker.
-  kill "$PID"; wait "$PID" 2>/dev/null || true
   port=$(free_port); start_broker "$broker" "$port"
   run "$broker" "$port" "fanin_q1_memory" fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 1024
   kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -135,14 +143,24 @@ done
 # The table: one row per figure; ratios are Tern / other (higher is better for rates,
 # lower is better for latency, memory and bytes per connection).
 python3 - "$OUT" <<'EOF'
-import sys, re
+import sys, re, statistics
 out = sys.argv[1]
 def load(b):
-    rows = {}
+    # Repeated scenarios ("label#n") become one row of medians.
+    runs = {}
     for line in open(f"{out}/{b}.results"):
         label, _, rest = line.strip().partition(" ")
         kv = dict(re.findall(r"(\w+)=([^\s]+)", rest))
-        rows[label] = kv
+        runs.setdefault(label.split("#")[0], []).append(kv)
+    rows = {}
+    for label, kvs in runs.items():
+        row = {}
+        for key in kvs[0]:
+            try:
+                row[key] = str(statistics.median(float(kv[key]) for kv in kvs if key in kv))
+            except ValueError:
+                row[key] = kvs[0][key]
+        rows[label] = row
     return rows
 res = {b: load(b) for b in ("tern", "mosquitto", "rumqttd")}
 figures = []
@@ -156,6 +174,8 @@ for label in res["tern"]:
         figures.append((label, "p999_us", "p99.9 us"))
     elif label == "connections":
         figures.append((label, "connect_rate_s", "connects/s"))
+        figures.append((label, "connect_p99_us", "p99 us"))
+        figures.append((label, "broker_connect_cpu_s", "CPU ms", 1000))
         figures.append((label, "bytes_per_conn", "bytes/conn"))
     elif label.endswith("memory"):
         figures.append((label, "broker_peak_rss_kib", "peak RSS KiB"))
@@ -170,7 +190,9 @@ def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
 print(f"| {'scenario':<22} | {'figure':<12} | {'tern':>12} | {'mosquitto':>12} | {'rumqttd':>12} | {'t/mosq':>7} | {'t/rumq':>7} |")
 print(f"|{'-'*24}|{'-'*14}|{'-'*14}|{'-'*14}|{'-'*14}|{'-'*9}|{'-'*9}|")
-for label, key, name in figures:
+for label, key, name, *scale in figures:
     t, m, r = (val(b, label, key) for b in ("tern", "mosquitto", "rumqttd"))
+    if scale:
+        t, m, r = (None if v is None else v * scale[0] for v in (t, m, r))
     print(f"| {label:<22} | {name:<12} | {fmt(t):>12} | {fmt(m):>12} | {fmt(r):>12} | {ratio(t, m):>7} | {ratio(t, r):>7} |")
 EOF
