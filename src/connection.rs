@@ -2,10 +2,10 @@
 //! decodes frames, applies protocol checks, publishes through the router, hands session work
 //! to the session actor, keeps the will, and enforces keepalive.
 //!
-//! Once connected, the task waits in one `poll_fn` that polls the socket, the link from the
-//! session and the keepalive timer directly; everything rare (the handshake, a wait for room
-//! in a full mailbox, a backpressure pause) runs in a boxed future that exists only while it
-//! is needed. An idle client's task is therefore a few hundred bytes.
+//! Once connected, the task (`ConnTask`, a hand-written future) polls the socket, the link
+//! from the session and the keepalive timer directly; everything rare (the handshake, a wait
+//! for room in a full mailbox, a backpressure pause) runs in a boxed future that exists only
+//! while it is needed. An idle client's task is therefore a few hundred bytes.
 
 use std::future::Future;
 use std::io;

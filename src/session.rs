@@ -1,13 +1,15 @@
-//! The session actor: one per client id, owning subscriptions, the inflight window, the
-//! mqueue and `awaiting_rel`. It outlives its connection when clean_session = 0.
+//! The session actor: one per client id, owning subscriptions, the inflight window and the
+//! mqueue (its inbound QoS 2 ids live in its mailbox). It outlives its connection when
+//! clean_session = 0.
 //!
 //! It never awaits a send to its connection: it checks `has_room`, and only when the outbound
 //! queue is full does it wait for room as one source among the others, so it keeps draining
 //! control commands and deliveries (ARCHITECTURE.md section 5).
 //!
-//! An idle session is a parked task whose future is little more than this struct: it waits
-//! by polling its mailbox and link directly (`poll_fn`), which keep its waker, instead of
-//! holding a select of channel futures and a timer.
+//! An idle session is a parked task that is just this struct (`Actor`, a hand-written
+//! future): it waits by polling its mailbox and link directly, which keep its waker, instead of
+//! holding a select of channel futures and a timer; what is pending is boxed only while
+//! something is.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
