@@ -154,20 +154,26 @@ async fn mqtt_session(
     (s, buf)
 }
 
-#[tokio::test]
-async fn mqtt_over_tls() {
-    let pki = Pki::new();
-    let b = pki.broker(false, None).await;
-    let (mut s, mut buf) = mqtt_session(&pki, &b, false, "tls-client").await;
+/// A TLS session (no client certificate) subscribed to `filter` at QoS 1.
+async fn subscribed(pki: &Pki, b: &TestBroker, id: &str, filter: &str) -> (Tls, BytesMut) {
+    let (mut s, mut buf) = mqtt_session(pki, b, false, id).await;
     send(
         &mut s,
         &Packet::Subscribe(Subscribe {
             pkid: 1,
-            filters: vec![("secure/#".into(), QoS::AtLeastOnce)],
+            filters: vec![(filter.into(), QoS::AtLeastOnce)],
         }),
     )
     .await;
     assert!(matches!(recv(&mut s, &mut buf).await, Packet::SubAck(_)));
+    (s, buf)
+}
+
+#[tokio::test]
+async fn mqtt_over_tls() {
+    let pki = Pki::new();
+    let b = pki.broker(false, None).await;
+    let (mut s, mut buf) = subscribed(&pki, &b, "tls-client", "secure/#").await;
     let mut publish = BytesMut::new();
     codec::encode_publish(
         b"secure/x",
@@ -275,4 +281,77 @@ async fn client_certificate_required_and_used_as_user_name() {
         ),
         other => panic!("expected SUBACK, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn bulk_qos1_over_tls_arrives_whole_and_in_order() {
+    // Many 1 KiB messages both ways at once: batched writes larger than a TLS record, partial
+    // writes and flushes of what rustls buffers must lose nothing. [MQTT-4.6.0-5], [MQTT-4.6.0-6]
+    const N: u16 = 5_000;
+    let pki = Pki::new();
+    let b = pki.broker(false, None).await;
+    let (mut sub, mut sub_buf) = subscribed(&pki, &b, "bulk-sub", "bulk/#").await;
+    let (publisher, mut pub_buf) = mqtt_session(&pki, &b, false, "bulk-pub").await;
+    let (mut pub_rx, mut pub_tx) = tokio::io::split(publisher);
+    let writer = tokio::spawn(async move {
+        let payload = vec![7u8; 1024];
+        let mut out = BytesMut::new();
+        for id in 1..=N {
+            let mut p = payload.clone();
+            p[..2].copy_from_slice(&id.to_be_bytes());
+            codec::encode_publish(
+                b"bulk/x",
+                &p,
+                QoS::AtLeastOnce,
+                Some(id),
+                false,
+                false,
+                &mut out,
+            );
+            if out.len() > 32 * 1024 {
+                pub_tx.write_all(&out).await.expect("write");
+                out.clear();
+            }
+        }
+        pub_tx.write_all(&out).await.expect("write");
+        pub_tx.flush().await.expect("flush");
+        pub_tx
+    });
+    let acks = tokio::spawn(async move {
+        let mut acked = 0u16;
+        within(WAIT * 4, async {
+            while acked < N {
+                if let Some(p) = codec::decode(&mut pub_buf, usize::MAX).expect("valid") {
+                    assert_eq!(p, Packet::PubAck(acked + 1), "PUBACKs in order");
+                    acked += 1;
+                    continue;
+                }
+                assert!(
+                    pub_rx.read_buf(&mut pub_buf).await.expect("read") > 0,
+                    "closed"
+                );
+            }
+        })
+        .await;
+        acked
+    });
+    let mut next = 1u16;
+    within(WAIT * 4, async {
+        while next <= N {
+            match recv(&mut sub, &mut sub_buf).await {
+                Packet::Publish(p) => {
+                    assert_eq!(p.payload.len(), 1024);
+                    assert_eq!(u16::from_be_bytes([p.payload[0], p.payload[1]]), next);
+                    if let Some(id) = p.pkid {
+                        send(&mut sub, &Packet::PubAck(id)).await;
+                    }
+                    next += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(acks.await.expect("acks"), N);
+    let _ = writer.await.expect("writer");
 }
