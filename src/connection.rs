@@ -105,7 +105,9 @@ pub fn serve<S: Transport + 'static>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = next_id();
-    let span = tracing::info_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
+    // A debug-level span: at info, the connect and disconnect lines carry these fields
+    // themselves, and an enabled span would cost every connection its stored fields.
+    let span = tracing::debug_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
     let conn = Connection {
         stream,
         congested: Vec::new(),
@@ -116,7 +118,7 @@ pub fn serve<S: Transport + 'static>(
         conn_id,
         _permit: permit,
     };
-    ConnTask::Handshake(Box::pin(conn.handshake_phase(identity))).instrument(span)
+    ConnTask::Handshake(Box::pin(conn.handshake_phase(identity, peer))).instrument(span)
 }
 
 /// A boxed future the task holds only while it runs.
@@ -259,8 +261,12 @@ const READ_CHUNK: usize = 16 * 1024;
 
 impl<S: Transport> Connection<S> {
     /// The handshake, boxed by the task; the connected state if it succeeded.
-    async fn handshake_phase(mut self, identity: Option<String>) -> Option<Connected<S>> {
-        let client = match self.handshake(identity).await {
+    async fn handshake_phase(
+        mut self,
+        identity: Option<String>,
+        peer: SocketAddr,
+    ) -> Option<Connected<S>> {
+        let client = match self.handshake(identity, peer).await {
             Ok(c) => c,
             Err(reason) => {
                 if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
@@ -294,7 +300,11 @@ impl<S: Transport> Connection<S> {
     }
 
     /// Reads CONNECT, applies the rules, attaches the session and writes CONNACK.
-    async fn handshake(&mut self, identity: Option<String>) -> Result<Client, CloseReason> {
+    async fn handshake(
+        &mut self,
+        identity: Option<String>,
+        peer: SocketAddr,
+    ) -> Result<Client, CloseReason> {
         let deadline = self.shared.config.mqtt.connect_timeout;
         let first = match timeout(deadline, self.read_packet()).await {
             Err(_) => return Err(CloseReason::ConnectTimeout),
@@ -389,6 +399,9 @@ impl<S: Transport> Connection<S> {
             self.rbuf = BytesMut::new();
         }
         info!(
+            %peer,
+            conn_id = self.conn_id,
+            client_id = &*accepted.client_id,
             clean_session = accepted.clean_session,
             keep_alive = ?accepted.keep_alive.grace(),
             session_present = present,
@@ -790,7 +803,12 @@ impl<S: Transport> Connected<S> {
             .send(SessionCmd::Detach { conn: conn.conn_id })
             .await;
         Metrics::decr(&shared.metrics.clients_connected);
-        info!(%reason, "client disconnected");
+        info!(
+            conn_id = conn.conn_id,
+            client_id = &*client.accepted.client_id,
+            %reason,
+            "client disconnected"
+        );
     }
 }
 
