@@ -71,18 +71,28 @@ impl MQueue {
     /// Appends `item`, dropping by policy if the queue is full; returns how many messages
     /// (the new one or queued ones) were dropped.
     pub fn push(&mut self, item: Queued) -> usize {
+        self.push_with(item, |_| {})
+    }
+
+    /// As `push`, and shows each dropped message to `on_drop` before it goes.
+    pub fn push_with(&mut self, item: Queued, mut on_drop: impl FnMut(&Queued)) -> usize {
         let size = item.msg.payload.len();
         if self.max_bytes > 0 && size > self.max_bytes {
+            on_drop(&item);
             return 1;
         }
         let mut dropped = 0;
         while self.full_for(size) {
-            if self.qos0 > 0 {
-                self.evict_oldest_qos0();
+            let evicted = if self.qos0 > 0 {
+                self.evict_oldest_qos0()
             } else if item.qos == QoS::AtMostOnce || self.overflow == QueueOverflow::DropNew {
+                on_drop(&item);
                 return dropped + 1;
             } else {
-                self.pop();
+                self.pop()
+            };
+            if let Some(old) = evicted {
+                on_drop(&old);
             }
             dropped += 1;
         }
@@ -109,12 +119,11 @@ impl MQueue {
             || (self.max_bytes > 0 && self.bytes + size > self.max_bytes)
     }
 
-    fn evict_oldest_qos0(&mut self) {
-        if let Some(i) = self.items.iter().position(|q| q.qos == QoS::AtMostOnce) {
-            if let Some(item) = self.items.remove(i) {
-                self.account_out(&item);
-            }
-        }
+    fn evict_oldest_qos0(&mut self) -> Option<Queued> {
+        let i = self.items.iter().position(|q| q.qos == QoS::AtMostOnce)?;
+        let item = self.items.remove(i)?;
+        self.account_out(&item);
+        Some(item)
     }
 
     fn account_in(&mut self, item: &Queued) {
@@ -217,5 +226,33 @@ mod tests {
         assert_eq!(m.bytes(), 5);
         assert_eq!(m.push(q("dddddd", QoS::AtLeastOnce)), 1, "never fits");
         assert_eq!(payloads(&mut m), ["bb", "ccc"]);
+    }
+
+    #[test]
+    fn each_dropped_message_is_shown_before_it_goes() {
+        let seen = |m: &mut MQueue, p: &str, qos: QoS| {
+            let mut gone = Vec::new();
+            let n = m.push_with(q(p, qos), |d| {
+                gone.push(String::from_utf8_lossy(&d.msg.payload).into_owned())
+            });
+            assert_eq!(n, gone.len());
+            gone
+        };
+        let mut m = MQueue::new(2, 4, QueueOverflow::DropOldest);
+        assert!(seen(&mut m, "a", QoS::AtLeastOnce).is_empty());
+        assert!(seen(&mut m, "z", QoS::AtMostOnce).is_empty());
+        assert_eq!(seen(&mut m, "b", QoS::AtLeastOnce), ["z"], "QoS 0 first");
+        assert_eq!(
+            seen(&mut m, "c", QoS::AtLeastOnce),
+            ["a"],
+            "then the oldest"
+        );
+        assert_eq!(
+            seen(&mut m, "y", QoS::AtMostOnce),
+            ["y"],
+            "a new QoS 0 into QoS 1s"
+        );
+        assert_eq!(seen(&mut m, "toolong", QoS::AtLeastOnce), ["toolong"]);
+        assert_eq!(payloads(&mut m), ["b", "c"]);
     }
 }

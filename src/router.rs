@@ -171,12 +171,16 @@ impl Router {
     /// Stores a retained message if flagged, then hands `msg` once to every matching session,
     /// at the highest QoS among that session's matching filters [MQTT-3.3.5-1].
     pub fn publish(&self, msg: Arc<Message>) -> Published {
-        self.publish_with(msg, &mut Vec::new())
+        self.route(msg, None)
     }
 
     /// As `publish`, and adds to `congested` the mailbox of every session whose backlog passed
     /// its high mark, so the caller can pause its publisher (see `backlog.rs`).
     pub fn publish_with(&self, msg: Arc<Message>, congested: &mut Vec<Arc<Mailbox>>) -> Published {
+        self.route(msg, Some(congested))
+    }
+
+    fn route(&self, msg: Arc<Message>, congested: Option<&mut Vec<Arc<Mailbox>>>) -> Published {
         if msg.retain {
             match self.retain.set(&msg) {
                 RetainOutcome::Stored | RetainOutcome::Deleted => {}
@@ -222,7 +226,7 @@ impl Router {
         msg: &Arc<Message>,
         routes: impl Iterator<Item = &'a Route>,
         out: &mut Published,
-        congested: &mut Vec<Arc<Mailbox>>,
+        mut congested: Option<&mut Vec<Arc<Mailbox>>>,
     ) {
         for route in routes {
             let qos = if self.upgrade_outgoing_qos {
@@ -236,8 +240,11 @@ impl Router {
             })) {
                 Ok(()) => {
                     out.delivered += 1;
+                    // Counted whether or not anyone waits for it.
                     if route.mailbox.backlog().added() {
-                        congested.push(route.mailbox.clone());
+                        if let Some(c) = congested.as_deref_mut() {
+                            c.push(route.mailbox.clone());
+                        }
                     }
                 }
                 Err(TrySendError::Full(_)) => {

@@ -24,6 +24,7 @@ use crate::auth::{Access, Acl};
 use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
+use crate::config::SessionConfig;
 use crate::inflight::{Flight, Inflight};
 use crate::mailbox::{Mailbox, Received};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
@@ -400,14 +401,13 @@ impl Session {
             metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
             return;
         }
-        let topic = msg.clone();
-        let dropped = self.pending().mqueue.push(Queued { msg, qos, retain });
+        let (shared, client_id) = (&self.shared, &self.client_id);
+        let dropped = Pending::made(&mut self.pending, &shared.config.session)
+            .mqueue
+            .push_with(Queued { msg, qos, retain }, |q| {
+                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str())
+            });
         self.mailbox.backlog().removed(dropped, false);
-        for _ in 0..dropped {
-            self.shared
-                .metrics
-                .dropped(DropReason::QueueFull, &self.client_id, topic.topic_str());
-        }
     }
 
     fn has_work(&self) -> bool {
@@ -416,18 +416,7 @@ impl Session {
 
     /// The pending state, made when first needed.
     fn pending(&mut self) -> &mut Pending {
-        let cfg = &self.shared.config.session;
-        self.pending.get_or_insert_with(|| {
-            Box::new(Pending {
-                inflight: Inflight::new(cfg.max_inflight_messages),
-                mqueue: MQueue::new(
-                    cfg.max_queued_messages,
-                    cfg.max_queued_bytes,
-                    cfg.queue_overflow,
-                ),
-                control: VecDeque::new(),
-            })
-        })
+        Pending::made(&mut self.pending, &self.shared.config.session)
     }
 
     /// Moves work into the outbound channel while it has room; gives the pending state back
@@ -508,6 +497,21 @@ struct Pending {
 }
 
 impl Pending {
+    /// The pending state in `slot`, made when first needed.
+    fn made<'a>(slot: &'a mut Option<Box<Pending>>, cfg: &SessionConfig) -> &'a mut Pending {
+        slot.get_or_insert_with(|| {
+            Box::new(Pending {
+                inflight: Inflight::new(cfg.max_inflight_messages),
+                mqueue: MQueue::new(
+                    cfg.max_queued_messages,
+                    cfg.max_queued_bytes,
+                    cfg.queue_overflow,
+                ),
+                control: VecDeque::new(),
+            })
+        })
+    }
+
     /// True if nothing is queued or in flight.
     fn is_empty(&self) -> bool {
         self.control.is_empty() && self.mqueue.is_empty() && self.inflight.is_empty()
