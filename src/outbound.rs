@@ -88,29 +88,32 @@ impl Drop for OutboundTx {
 }
 
 impl OutboundTx {
-    /// True if a push would be accepted now.
-    pub fn has_room(&self) -> Result<bool, Closed> {
-        let inner = self.0.inner.lock();
-        if !inner.rx_alive {
-            return Err(Closed);
-        }
-        Ok(inner.queue.len() < self.0.cap)
-    }
-
-    /// Queues `item`; gives it back if the queue is full or the receiver is gone.
-    pub fn try_send(&self, item: Outbound) -> Result<(), Outbound> {
-        let waker = {
+    /// Queues what `next` yields while there is room, under one lock, and wakes the
+    /// connection once. `next` is only called when there is room, so nothing it yields is
+    /// lost. `Ok(true)` if it stopped because the queue is full.
+    pub fn fill(&self, mut next: impl FnMut() -> Option<Outbound>) -> Result<bool, Closed> {
+        let (waker, full) = {
             let mut inner = self.0.inner.lock();
-            if !inner.rx_alive || inner.queue.len() >= self.0.cap {
-                return Err(item);
+            if !inner.rx_alive {
+                return Err(Closed);
             }
-            inner.queue.push_back(item);
-            inner.conn_waker.take()
+            let before = inner.queue.len();
+            let full = loop {
+                if inner.queue.len() >= self.0.cap {
+                    break true;
+                }
+                match next() {
+                    Some(item) => inner.queue.push_back(item),
+                    None => break false,
+                }
+            };
+            let added = inner.queue.len() > before;
+            (added.then(|| inner.conn_waker.take()).flatten(), full)
         };
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(())
+        Ok(full)
     }
 
     /// Ready when there is room, or the receiver is gone; otherwise the session is woken
@@ -244,16 +247,14 @@ mod tests {
     #[test]
     fn bounded_fifo() {
         let (tx, mut rx) = channel(2);
-        assert_eq!(tx.has_room(), Ok(true));
-        assert!(tx.try_send(item(1)).is_ok());
-        assert!(tx.try_send(item(2)).is_ok());
-        assert_eq!(tx.has_room(), Ok(false));
-        assert!(tx.try_send(item(3)).is_err());
+        let mut items = (1..=3).map(item);
+        assert_eq!(tx.fill(|| items.next()), Ok(true), "stops when full");
+        assert_eq!(id(items.next()), Some(3), "the third was never taken");
         assert!(tx
             .poll_room(&mut Context::from_waker(Waker::noop()))
             .is_pending());
         assert_eq!(id(rx.try_recv()), Some(1));
-        assert_eq!(tx.has_room(), Ok(true));
+        assert_eq!(tx.fill(|| None), Ok(false));
         assert_eq!(recv(&mut rx), Some(2));
         assert!(rx.try_recv().is_none());
         assert_eq!(recv(&mut rx), None);
@@ -262,16 +263,20 @@ mod tests {
         rx.release();
         assert_eq!(rx.0.inner.lock().queue.capacity(), 0);
         drop(rx);
-        assert_eq!(tx.has_room(), Err(Closed));
-        assert!(tx
-            .try_send(Outbound::Packet(Box::new(Packet::PingResp)))
-            .is_err());
+        let mut offered = false;
+        let r = tx.fill(|| {
+            offered = true;
+            Some(Outbound::Packet(Box::new(Packet::PingResp)))
+        });
+        assert_eq!(r, Err(Closed));
+        assert!(!offered, "nothing taken for a closed connection");
     }
 
     #[test]
     fn kick_comes_first_and_a_dropped_sender_is_gone() {
         let (tx, mut rx) = channel(4);
-        assert!(tx.try_send(item(1)).is_ok());
+        let mut one = Some(item(1));
+        assert_eq!(tx.fill(|| one.take()), Ok(false));
         tx.kick(Kick::TakenOver);
         assert_eq!(kick(&mut rx), Poll::Ready(Event::Kick(Kick::TakenOver)));
         assert!(kick(&mut rx).is_pending(), "a packet is still queued");
@@ -298,7 +303,9 @@ mod tests {
             )
             .await
             .expect("room");
-            assert!(tx.try_send(item(i)).is_ok());
+            let mut one = Some(item(i));
+            assert!(tx.fill(|| one.take()).is_ok());
+            assert!(one.is_none(), "queued");
         }
         drop(tx);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)

@@ -2,9 +2,10 @@
 //! mqueue (its inbound QoS 2 ids live in its mailbox). It outlives its connection when
 //! clean_session = 0.
 //!
-//! It never awaits a send to its connection: it checks `has_room`, and only when the outbound
-//! queue is full does it wait for room as one source among the others, so it keeps draining
-//! control commands and deliveries (ARCHITECTURE.md section 5).
+//! It never awaits a send to its connection: it fills the outbound queue while there is room
+//! (`OutboundTx::fill`), and only when the queue is full does it wait for room as one source
+//! among the others, so it keeps draining control commands and deliveries (ARCHITECTURE.md
+//! section 5).
 //!
 //! An idle session is a parked task that is just this struct (`Actor`, a hand-written
 //! future): it waits by polling its mailbox and link directly, which keep its waker, instead of
@@ -146,7 +147,7 @@ pub struct Session {
     /// and this is over half of a session's size.
     pending: Option<Box<Pending>>,
     link: Option<Linked>,
-    /// True when the last `has_room` found the outbound queue full.
+    /// True when the last `fill` found the outbound queue full with work left.
     blocked: bool,
     /// Fires when a detached persistent session is discarded (`persistent_client_expiration`).
     /// Boxed and only while detached: a timer is the largest thing a waiting task can hold.
@@ -429,29 +430,13 @@ impl Session {
     }
 
     fn send_pending(&mut self) {
-        while self.has_work() {
-            let Some(link) = &self.link else { return };
-            let Some(pending) = &mut self.pending else {
-                return;
-            };
-            let closed = match link.outbound.has_room() {
-                Ok(true) => {
-                    if let Some(out) = pending.next(&self.shared.metrics, self.mailbox.backlog()) {
-                        // Only this session fills the queue, so there is still room; if the
-                        // connection went meanwhile the packet is void (inflight resends it).
-                        let _ = link.outbound.try_send(out);
-                    }
-                    continue;
-                }
-                Ok(false) => false,
-                Err(Closed) => true,
-            };
-            if closed {
-                self.link_lost();
-            } else {
-                self.blocked = true;
-            }
+        let (Some(link), Some(pending)) = (&self.link, &mut self.pending) else {
             return;
+        };
+        let (metrics, backlog) = (&self.shared.metrics, self.mailbox.backlog());
+        match link.outbound.fill(|| pending.next(metrics, backlog)) {
+            Ok(full) => self.blocked = full && pending.has_work(),
+            Err(Closed) => self.link_lost(),
         }
     }
 
