@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::task::{Context, Poll, Waker};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::backlog::Backlog;
 use crate::session::SessionCmd;
@@ -156,45 +156,36 @@ impl Mailbox {
     /// The next command, or `Discarded`; registers the session's waker when there is none.
     /// An empty queue gives its memory back before the session sleeps.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Received> {
-        let (cmd, notify) = {
-            let mut inner = self.inner.lock();
-            if inner.discarded {
-                return Poll::Ready(Received::Discarded);
-            }
-            match inner.queue.pop_front() {
-                Some(cmd) => (cmd, inner.waiting > 0),
-                None => {
-                    if inner.queue.capacity() > 0 {
-                        inner.queue = VecDeque::new();
-                    }
-                    if !inner
-                        .waker
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        inner.waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-            }
-        };
-        if notify {
-            self.backlog.notifier().notify_waiters();
+        let mut inner = self.inner.lock();
+        if inner.discarded {
+            return Poll::Ready(Received::Discarded);
         }
+        let Some(cmd) = inner.queue.pop_front() else {
+            if inner.queue.capacity() > 0 {
+                inner.queue = VecDeque::new();
+            }
+            register(&mut inner.waker, cx);
+            return Poll::Pending;
+        };
+        self.taken(inner);
         Poll::Ready(Received::Cmd(cmd))
     }
 
     /// The next command if one is queued (discarding is seen by `poll_recv`).
     pub fn try_recv(&self) -> Option<SessionCmd> {
-        let (cmd, notify) = {
-            let mut inner = self.inner.lock();
-            let cmd = inner.queue.pop_front()?;
-            (cmd, inner.waiting > 0)
-        };
+        let mut inner = self.inner.lock();
+        let cmd = inner.queue.pop_front()?;
+        self.taken(inner);
+        Some(cmd)
+    }
+
+    /// A command was taken: tells senders waiting for room, outside the lock.
+    fn taken(&self, inner: MutexGuard<'_, Inner>) {
+        let notify = inner.waiting > 0;
+        drop(inner);
         if notify {
             self.backlog.notifier().notify_waiters();
         }
-        Some(cmd)
     }
 
     /// The session has ended: drops what is queued and refuses everything from now on.
@@ -207,6 +198,13 @@ impl Mailbox {
         };
         drop(queued);
         self.backlog.notifier().notify_waiters();
+    }
+}
+
+/// Stores `cx`'s waker in `slot` unless it is already there (cloning a waker is not free).
+pub(crate) fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
     }
 }
 

@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::mailbox::register;
 use crate::session::{Kick, Outbound};
 
 #[derive(Debug)]
@@ -31,13 +32,6 @@ struct Inner {
     room_waker: Option<Waker>,
     tx_alive: bool,
     rx_alive: bool,
-}
-
-/// Stores `cx`'s waker in `slot` unless it is already there.
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-        *slot = Some(cx.waker().clone());
-    }
 }
 
 /// The receiver is gone: the connection has closed.
