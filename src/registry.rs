@@ -67,30 +67,27 @@ impl Registry {
         clean: bool,
         link: ConnLink,
     ) -> Opened {
-        match self.sessions.entry(client_id.clone()) {
+        let handle = match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
                 if !clean && e.get().persistent && !e.get().mailbox.is_closed() {
                     return Opened::Existing(e.get().clone(), link);
                 }
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);
-                let old = e.insert(handle.clone());
-                old.mailbox.discard();
-                if shared.shutdown.is_cancelled() {
-                    handle.mailbox.discard();
-                }
-                Opened::Fresh(handle)
+                e.insert(handle.clone()).mailbox.discard();
+                handle
             }
             Entry::Vacant(e) => {
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);
                 e.insert(handle.clone());
-                // Shutdown cancels before `discard_all`, which waits for this entry's lock:
-                // either it sees this session, or this sees the cancel.
-                if shared.shutdown.is_cancelled() {
-                    handle.mailbox.discard();
-                }
-                Opened::Fresh(handle)
+                handle
             }
+        };
+        // Shutdown cancels, then `discard_all` walks the map under its locks: either it saw
+        // the entry just inserted, or the cancel came before it and is seen here.
+        if shared.shutdown.is_cancelled() {
+            handle.mailbox.discard();
         }
+        Opened::Fresh(handle)
     }
 
     /// Removes the entry for `client_id` only if it is still session `id`.
