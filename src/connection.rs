@@ -74,6 +74,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// True if the client broke the protocol (counted in `protocol_errors`).
+    fn is_protocol_error(&self) -> bool {
+        matches!(self, CloseReason::Decode(_) | CloseReason::Protocol(_))
+    }
+
     /// True if the will is published for this close [MQTT-3.1.2-8], [MQTT-3.14.4-3].
     fn publishes_will(&self) -> bool {
         !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
@@ -188,15 +193,15 @@ struct Client {
 struct Connected<S> {
     conn: Connection<S>,
     client: Client,
-    /// Fires at the keepalive deadline (never, without keepalive).
-    timer: Pin<Box<Sleep>>,
+    /// Fires at the keepalive deadline; none without keepalive.
+    timer: Option<Pin<Box<Sleep>>>,
     last_packet: Instant,
     /// A backpressure pause: while a subscriber we fed is congested, read nothing more, so
     /// TCP slows this publisher down instead of the subscriber losing messages.
     relief: Option<Boxed<()>>,
     /// A command waiting for room in a full session mailbox; input waits with it.
     sending: Option<Boxed<Result<(), crate::mailbox::Closed>>>,
-    /// The PUBREC whose PUBREL goes out once `sending` is done.
+    /// The PUBREC whose PUBREL goes out once the session has it (after `sending`, if full).
     pubrec: Option<u16>,
     /// Reading and writing take turns being looked at first, so neither starves the other.
     read_first: bool,
@@ -269,7 +274,7 @@ impl<S: Transport> Connection<S> {
         let client = match self.handshake(identity, peer).await {
             Ok(c) => c,
             Err(reason) => {
-                if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
+                if reason.is_protocol_error() {
                     Metrics::incr(&self.shared.metrics.protocol_errors);
                 }
                 debug!(%reason, "connection closed before CONNECT completed");
@@ -278,14 +283,11 @@ impl<S: Transport> Connection<S> {
         };
         Metrics::incr(&self.shared.metrics.clients_connected);
         let last_packet = Instant::now();
-        let far = last_packet + Duration::from_secs(86_400 * 365);
-        let timer = Box::pin(sleep_until(
-            client
-                .accepted
-                .keep_alive
-                .deadline(last_packet.into_std())
-                .map_or(far, Instant::from_std),
-        ));
+        let timer = client
+            .accepted
+            .keep_alive
+            .deadline(last_packet.into_std())
+            .map(|d| Box::pin(sleep_until(Instant::from_std(d))));
         Some(Connected {
             conn: self,
             client,
@@ -342,11 +344,10 @@ impl<S: Transport> Connection<S> {
 
         let capacity = shared.config.session.max_inflight_messages + 64;
         let mut attached = None;
-        let mut out = Some(outbound::channel(capacity));
+        // If the session ended between lookup and attach, or never answered, look again once,
+        // with a new link (the old one went with the command).
         for _ in 0..2 {
-            let Some((out_tx, out_rx)) = out.take() else {
-                break;
-            };
+            let (out_tx, out_rx) = outbound::channel(capacity);
             let link = ConnLink {
                 conn: self.conn_id,
                 username: accepted.username.as_deref().map(Arc::from),
@@ -369,15 +370,12 @@ impl<S: Transport> Connection<S> {
                 link,
                 reply: reply_tx,
             }));
-            // If the session ended between lookup and attach, or never answered, look again
-            // once, with a new link (the old one went with the command).
             if session.mailbox.send(attach).await.is_ok() {
                 if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
                     attached = Some((session, true, out_rx));
                     break;
                 }
             }
-            out = Some(outbound::channel(capacity));
         }
         let Some((session, present, outbound)) = attached else {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
@@ -638,15 +636,18 @@ impl<S: Transport> Connected<S> {
                 Poll::Pending => {}
             }
             // A client that neither reads nor sends must still time out.
-            let keep_alive = self.client.accepted.keep_alive;
-            if keep_alive.grace().is_some() && self.timer.as_mut().poll(cx).is_ready() {
-                if keep_alive.expired(self.last_packet.into_std(), Instant::now().into_std()) {
-                    return Poll::Ready(CloseReason::KeepaliveTimeout);
+            if let Some(timer) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_ready() {
+                    let keep_alive = self.client.accepted.keep_alive;
+                    let last = self.last_packet.into_std();
+                    if keep_alive.expired(last, Instant::now().into_std()) {
+                        return Poll::Ready(CloseReason::KeepaliveTimeout);
+                    }
+                    if let Some(d) = keep_alive.deadline(last) {
+                        timer.as_mut().reset(Instant::from_std(d));
+                    }
+                    continue;
                 }
-                if let Some(d) = keep_alive.deadline(self.last_packet.into_std()) {
-                    self.timer.as_mut().reset(Instant::from_std(d));
-                }
-                continue;
             }
             let conn = &mut self.conn;
             if !conn.wbuf.is_empty() || conn.flushing {
@@ -727,9 +728,13 @@ impl<S: Transport> Connected<S> {
                     return Poll::Ready(Err(CloseReason::Discarded));
                 }
                 self.sending = None;
-                if let Some(id) = self.pubrec.take() {
-                    codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
-                }
+            }
+            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"
+            // (queued before any Detach, so a resend after a reconnect is the PUBREL, never
+            // the PUBLISH); we answer once it has the command, even for an id it no longer
+            // knows, so the client can finish its side.
+            if let Some(id) = self.pubrec.take() {
+                codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
             }
             let packet = match codec::decode(&mut self.conn.rbuf, max_packet) {
                 Ok(Some(p)) => p,
@@ -743,25 +748,15 @@ impl<S: Transport> Connected<S> {
                 Ok(Flow::ToSession(cmd)) => cmd,
                 Err(reason) => return Poll::Ready(Err(reason)),
             };
-            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"
-            // (queued before any Detach, so a resend after a reconnect is the PUBREL, never
-            // the PUBLISH); we answer once it has the command, even for an id it no longer
-            // knows, so the client can finish its side.
-            let pubrec = match cmd {
-                SessionCmd::PubRec(id) => Some(id),
-                _ => None,
-            };
+            if let SessionCmd::PubRec(id) = cmd {
+                self.pubrec = Some(id);
+            }
             match self.client.session.mailbox.try_send(cmd) {
-                Ok(()) => {
-                    if let Some(id) = pubrec {
-                        codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
-                    }
-                }
+                Ok(()) => {}
                 Err(TrySendError::Closed(_)) => return Poll::Ready(Err(CloseReason::Discarded)),
                 Err(TrySendError::Full(cmd)) => {
                     let mailbox = self.client.session.mailbox.clone();
                     self.sending = Some(Box::pin(async move { mailbox.send(cmd).await }));
-                    self.pubrec = pubrec;
                 }
             }
         }
@@ -788,7 +783,7 @@ impl<S: Transport> Connected<S> {
             conn, mut client, ..
         } = self;
         let shared = &conn.shared;
-        if matches!(reason, CloseReason::Decode(_) | CloseReason::Protocol(_)) {
+        if reason.is_protocol_error() {
             Metrics::incr(&shared.metrics.protocol_errors);
         }
         if reason.publishes_will() {
