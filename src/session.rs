@@ -130,6 +130,17 @@ struct Linked {
     outbound: OutboundTx,
 }
 
+impl ConnLink {
+    /// The user name, and the part of the link the session keeps.
+    fn split(self) -> (Option<Arc<str>>, Linked) {
+        let linked = Linked {
+            conn: self.conn,
+            outbound: self.outbound,
+        };
+        (self.username, linked)
+    }
+}
+
 /// The session actor's state.
 pub struct Session {
     id: SessionId,
@@ -171,6 +182,7 @@ impl Session {
             cfg.max_queued_messages / 2,
         ));
         let id = next_id();
+        let (username, linked) = link.split();
         let session = Session {
             id,
             client_id,
@@ -179,11 +191,8 @@ impl Session {
             subscriptions: BTreeMap::new(),
             mailbox: mailbox.clone(),
             pending: None,
-            username: link.username,
-            link: Some(Linked {
-                conn: link.conn,
-                outbound: link.outbound,
-            }),
+            username,
+            link: Some(linked),
             blocked: false,
             expiry: None,
         };
@@ -302,11 +311,9 @@ impl Session {
             // The connection gave up waiting; it will not send a Detach.
             return;
         }
-        self.username = link.username;
-        self.link = Some(Linked {
-            conn: link.conn,
-            outbound: link.outbound,
-        });
+        let (username, linked) = link.split();
+        self.username = username;
+        self.link = Some(linked);
         self.expiry = None;
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
         let Some(p) = &mut self.pending else {
