@@ -104,8 +104,14 @@ async fn a_client_that_neither_reads_nor_sends_times_out_while_writes_are_blocke
     }
     publisher.send(&[0xc0, 0]).await;
     assert_eq!(publisher.recv().await, Packet::PingResp);
-    // Let the keepalive (1.5 s) pass without reading or sending.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Neither reading nor sending, the stuck client must be gone once its keepalive (1.5 s)
+    // passes: the broker's count is the only thing that can be watched without reading.
+    within(Duration::from_secs(5), async {
+        while b.metrics.snapshot().clients_connected != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert_eq!(
         b.metrics.snapshot().clients_connected,
         1,
