@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::backlog::Backlog;
-use crate::session::SessionCmd;
+use crate::session::{Kick, SessionCmd};
 
 /// Why a command was not queued; it is handed back.
 #[derive(Debug)]
@@ -34,8 +34,8 @@ pub struct Closed;
 pub enum Received {
     /// The next command.
     Cmd(SessionCmd),
-    /// The session was discarded (a clean-session CONNECT for its id, or shutdown).
-    Discarded,
+    /// The session was discarded; its connection, if any, is to be told why.
+    Discarded(Kick),
 }
 
 /// One session's mailbox; shared as `Arc<Mailbox>`.
@@ -55,7 +55,8 @@ struct Inner {
     queue: VecDeque<SessionCmd>,
     /// The session task, when it waits for a command.
     waker: Option<Waker>,
-    discarded: bool,
+    /// Why the session was discarded, once it is.
+    discarded: Option<Kick>,
     closed: bool,
     /// Senders waiting in `send` for room.
     waiting: u32,
@@ -123,11 +124,11 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Marks the session discarded and wakes it.
-    pub fn discard(&self) {
+    /// Marks the session discarded, for the reason its connection will be given, and wakes it.
+    pub fn discard(&self, why: Kick) {
         let waker = {
             let mut inner = self.inner.lock();
-            inner.discarded = true;
+            inner.discarded = Some(why);
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -157,8 +158,8 @@ impl Mailbox {
     /// An empty queue gives its memory back before the session sleeps.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Received> {
         let mut inner = self.inner.lock();
-        if inner.discarded {
-            return Poll::Ready(Received::Discarded);
+        if let Some(why) = inner.discarded {
+            return Poll::Ready(Received::Discarded(why));
         }
         let Some(cmd) = inner.queue.pop_front() else {
             if inner.queue.capacity() > 0 {
@@ -255,10 +256,10 @@ mod tests {
         let mb = Mailbox::new(4, 10);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(mb.try_send(ack(1)).is_ok());
-        mb.discard();
+        mb.discard(Kick::Shutdown);
         assert!(matches!(
             mb.poll_recv(&mut cx),
-            Poll::Ready(Received::Discarded)
+            Poll::Ready(Received::Discarded(Kick::Shutdown))
         ));
     }
 

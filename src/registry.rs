@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use crate::broker::Shared;
 use crate::mailbox::Mailbox;
 use crate::message::{ClientId, SessionId};
-use crate::session::{ConnLink, Session};
+use crate::session::{ConnLink, Kick, Session};
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ impl Registry {
                     return Opened::Existing(e.get().clone(), link);
                 }
                 let handle = Session::spawn(shared, client_id.clone(), !clean, link);
-                e.insert(handle.clone()).mailbox.discard();
+                e.insert(handle.clone()).mailbox.discard(Kick::Discarded);
                 handle
             }
             Entry::Vacant(e) => {
@@ -85,7 +85,7 @@ impl Registry {
         // Shutdown cancels, then `discard_all` walks the map under its locks: either it saw
         // the entry just inserted, or the cancel came before it and is seen here.
         if shared.shutdown.is_cancelled() {
-            handle.mailbox.discard();
+            handle.mailbox.discard(Kick::Shutdown);
         }
         Opened::Fresh(handle)
     }
@@ -98,7 +98,7 @@ impl Registry {
     /// Discards every session (broker shutdown).
     pub fn discard_all(&self) {
         for entry in self.sessions.iter() {
-            entry.value().mailbox.discard();
+            entry.value().mailbox.discard(Kick::Shutdown);
         }
         self.sessions.clear();
     }

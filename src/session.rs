@@ -207,7 +207,7 @@ impl Session {
     /// What woke the session, if anything did; registers its waker with every source.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         match self.mailbox.poll_recv(cx) {
-            Poll::Ready(Received::Discarded) => return Poll::Ready(Event::Discarded),
+            Poll::Ready(Received::Discarded(why)) => return Poll::Ready(Event::Discarded(why)),
             Poll::Ready(Received::Cmd(cmd)) => return Poll::Ready(Event::Cmd(cmd)),
             Poll::Pending => {}
         }
@@ -227,13 +227,14 @@ impl Session {
         Poll::Pending
     }
 
-    /// Acts on one event; `Some(discarded)` when the session ends.
-    fn on_event(&mut self, event: Event) -> Option<bool> {
+    /// Acts on one event; `Some` when the session ends: discarded (with the reason for its
+    /// connection) or not.
+    fn on_event(&mut self, event: Event) -> Option<Option<Kick>> {
         match event {
-            Event::Discarded => return Some(true),
+            Event::Discarded(why) => return Some(Some(why)),
             Event::Expired => {
                 tracing::info!(client_id = &*self.client_id, "persistent session expired");
-                return Some(false);
+                return Some(None);
             }
             Event::Room => self.blocked = false,
             Event::Cmd(cmd) => {
@@ -248,7 +249,7 @@ impl Session {
             }
         }
         if !self.persistent && self.link.is_none() {
-            return Some(false);
+            return Some(None);
         }
         self.pump();
         None
@@ -459,24 +460,21 @@ impl Session {
         }
     }
 
-    fn close(mut self, discarded: bool) {
+    /// Ends the session. `discarded` says why its connection, if any, must close; a session
+    /// that ends by itself (expired, or clean and left) takes itself out of the registry.
+    fn close(mut self, discarded: Option<Kick>) {
         // Nothing sent from now on is read; queued deliveries go with the session.
         self.mailbox.close();
         if let Some(link) = self.link.take() {
-            let kick = if self.shared.shutdown.is_cancelled() {
-                Kick::Shutdown
-            } else {
-                Kick::Discarded
-            };
-            link.outbound.kick(kick);
+            link.outbound.kick(discarded.unwrap_or(Kick::Discarded));
         }
         for filter in self.subscriptions.keys() {
             self.shared.router.unsubscribe(filter, self.id);
         }
-        if !discarded {
+        if discarded.is_none() {
             self.shared.registry.remove_if(&self.client_id, self.id);
         }
-        tracing::debug!(client_id = &*self.client_id, discarded, "session ended");
+        tracing::debug!(client_id = &*self.client_id, ?discarded, "session ended");
     }
 }
 
@@ -577,7 +575,7 @@ impl Future for Actor {
 /// What woke a waiting session.
 enum Event {
     Cmd(SessionCmd),
-    Discarded,
+    Discarded(Kick),
     Expired,
     Room,
 }
