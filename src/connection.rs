@@ -660,9 +660,8 @@ impl<S: Transport> Connected<S> {
                     Err(e) => return Poll::Ready(e.into()),
                     Ok(()) => {
                         // Hold no buffer while idle; keep it while more is queued.
-                        if self.client.outbound.is_empty() {
+                        if self.client.outbound.release_if_idle() {
                             conn.wbuf = BytesMut::new();
-                            self.client.outbound.release();
                         }
                     }
                 }

@@ -197,17 +197,17 @@ impl OutboundRx {
         Some(item)
     }
 
-    /// True if nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.0.inner.lock().queue.is_empty()
-    }
-
-    /// Frees the queue's memory if it is empty (the connection is idle).
-    pub fn release(&mut self) {
+    /// If nothing is queued (the connection is idle), frees the queue's memory and returns
+    /// true.
+    pub fn release_if_idle(&mut self) -> bool {
         let mut inner = self.0.inner.lock();
-        if inner.queue.is_empty() && inner.queue.capacity() > 0 {
+        if !inner.queue.is_empty() {
+            return false;
+        }
+        if inner.queue.capacity() > 0 {
             inner.queue = VecDeque::new();
         }
+        true
     }
 }
 
@@ -244,6 +244,7 @@ mod tests {
         let mut items = (1..=3).map(item);
         assert_eq!(tx.fill(|| items.next()), Ok(true), "stops when full");
         assert_eq!(id(items.next()), Some(3), "the third was never taken");
+        assert!(!rx.release_if_idle(), "packets queued: not idle");
         assert!(tx
             .poll_room(&mut Context::from_waker(Waker::noop()))
             .is_pending());
@@ -253,8 +254,7 @@ mod tests {
         assert!(rx.try_recv().is_none());
         assert_eq!(recv(&mut rx), None);
         assert!(kick(&mut rx).is_pending());
-        assert!(rx.is_empty());
-        rx.release();
+        assert!(rx.release_if_idle());
         assert_eq!(rx.0.inner.lock().queue.capacity(), 0);
         drop(rx);
         let mut offered = false;
