@@ -207,6 +207,39 @@ fn proc_stats(pid: u32) -> ProcStats {
     }
 }
 
+/// Busy and total clock ticks of each CPU so far, from /proc/stat (empty where it is missing).
+fn cpu_ticks() -> Vec<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = v.iter().sum();
+            // idle and iowait are the 4th and 5th.
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+/// Each CPU's busy share between two `cpu_ticks` readings, as "cpu0:71,cpu1:93" (percent).
+fn cpu_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> String {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(i, ((b0, t0), (b1, t1)))| {
+            let pct = 100 * (b1 - b0) / (t1 - t0).max(1);
+            format!("cpu{i}:{pct}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn qos_of(q: u8) -> QoS {
     QoS::from_u8(q.min(2)).unwrap_or(QoS::AtMostOnce)
 }
@@ -631,6 +664,7 @@ async fn connections(
 ) -> Result<String> {
     let before = pid.map(proc_stats);
     let rss_before = before.as_ref().map_or(0, |s| s.rss_kib);
+    let ticks_before = cpu_ticks();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -665,6 +699,8 @@ async fn connections(
     }
     took_us.sort_unstable();
     let secs = started.elapsed().as_secs_f64();
+    // Which side was saturated while connecting (the kernel's handshake work lands on both).
+    let busy = cpu_busy(&ticks_before, &cpu_ticks());
     // The broker's CPU time for the connects alone (the run's total includes the closes).
     let connect_cpu = match (&before, pid.map(proc_stats)) {
         (Some(b), Some(a)) => a.cpu_s - b.cpu_s,
@@ -676,7 +712,7 @@ async fn connections(
     let per_conn = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / clients as f64;
     drop(held);
     Ok(format!(
-        "scenario=connections clients={clients} connect_rate_s={:.0} connect_p50_us={} connect_p99_us={} broker_connect_cpu_s={connect_cpu:.2} rss_before_kib={rss_before} rss_after_kib={rss_after} bytes_per_conn={per_conn:.0}",
+        "scenario=connections clients={clients} connect_rate_s={:.0} connect_p50_us={} connect_p99_us={} broker_connect_cpu_s={connect_cpu:.2} cpu_busy_pct={busy} rss_before_kib={rss_before} rss_after_kib={rss_after} bytes_per_conn={per_conn:.0}",
         clients as f64 / secs,
         percentile(&took_us, 0.50),
         percentile(&took_us, 0.99),
