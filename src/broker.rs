@@ -148,8 +148,8 @@ impl Broker {
 const LISTEN_BACKLOG: u32 = 1024;
 
 /// A listening socket as `TcpListener::bind` makes one (SO_REUSEADDR on Unix), plus
-/// TCP_NODELAY, which Linux passes on to every accepted socket: one system call saved per
-/// connection (the accept loop sets it itself elsewhere).
+/// TCP_NODELAY and, on Linux, delayed ACKs, both of which Linux passes on to every accepted
+/// socket: no system call per connection (the accept loop sets NODELAY itself elsewhere).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -159,7 +159,13 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    let l = socket.listen(LISTEN_BACKLOG)?;
+    // The ACK of a client's CONNECT can ride on the CONNACK instead of going out as a packet of
+    // its own: one packet less per connection, for both ends. Accepted sockets inherit the
+    // delayed-ACK mode, which `listen` resets, so it is set after.
+    #[cfg(target_os = "linux")]
+    socket2::SockRef::from(&l).set_tcp_quickack(false)?;
+    Ok(l)
 }
 
 /// Reloads `[auth]`'s files (on SIGHUP) without touching connections.
@@ -181,16 +187,18 @@ impl Reloader {
 mod tests {
     use super::*;
 
+    /// Linux passes these options from the listener to every accepted socket.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn accepted_sockets_have_nodelay() {
+    async fn accepted_sockets_inherit_nodelay_and_delayed_acks() {
         let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listen");
         let addr = listener.local_addr().expect("address");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
-        #[cfg(target_os = "linux")]
-        assert!(
-            accepted.nodelay().expect("getsockopt"),
-            "inherited from the listener"
-        );
+        assert!(accepted.nodelay().expect("getsockopt"), "TCP_NODELAY");
+        let quickack = socket2::SockRef::from(&accepted)
+            .tcp_quickack()
+            .expect("getsockopt");
+        assert!(!quickack, "so the CONNECT's ACK can ride on the CONNACK");
     }
 }
