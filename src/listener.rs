@@ -1,10 +1,12 @@
 //! The accept loop of one `[[listener]]`: `max_connections`, `TCP_NODELAY`, and one spawned
 //! connection task per socket (nothing slow ever runs in the loop itself).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -17,6 +19,22 @@ use crate::metrics::Metrics;
 /// Pause after an accept error (such as running out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long the loop keeps looking for the next connection after one arrives before it lets the
+/// worker sleep. Connections come in bursts (a fleet reconnecting); a sleeping worker costs
+/// every connecting peer's CPU a wake-up (an interrupt, a VM exit under virtualisation), and
+/// that, not the broker's own work, set the connect rate under load. Costs at most this much
+/// polling per burst.
+const ACCEPT_LINGER: Duration = Duration::from_micros(50);
+
+/// One accept attempt that never waits: `None` when no connection is queued.
+async fn try_accept(listener: &TcpListener) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
+    std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 /// Accepts sockets until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -26,11 +44,26 @@ pub async fn accept_loop(
 ) {
     let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
     let shutdown = shared.shutdown.clone();
+    let mut linger_until: Option<Instant> = None;
     loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+        let accepted = match linger_until {
+            Some(until) if Instant::now() < until && !shutdown.is_cancelled() => {
+                match try_accept(&listener).await {
+                    Some(r) => r,
+                    None => {
+                        // Lets every other task run and the runtime poll its sockets without
+                        // blocking, then looks again.
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                }
+            }
+            _ => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            },
         };
+        linger_until = accepted.is_ok().then(|| Instant::now() + ACCEPT_LINGER);
         let (socket, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {

@@ -307,3 +307,27 @@ async fn connect_with_every_field_is_accepted() {
     .await;
     assert_eq!(raw.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x00]);
 }
+
+#[tokio::test]
+async fn a_burst_of_connections_is_answered_and_so_is_one_after_it() {
+    // The accept loop keeps polling for a moment after a connection arrives, then sleeps; both
+    // ways must take every connection.
+    let b = TestBroker::start().await;
+    let burst: Vec<_> = (0..200)
+        .map(|i| {
+            let addr = b.addr;
+            tokio::spawn(async move { Raw::connect(addr, &format!("burst-{i}"), true, 60).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for c in burst {
+        let (raw, ack) = within(WAIT, c).await.expect("connect task");
+        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        held.push(raw);
+    }
+    // Long after the burst, so the loop is asleep again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_late, ack) = Raw::connect(b.addr, "after-burst", true, 60).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(held.len(), 200);
+}
