@@ -32,6 +32,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod fds;
 pub mod inflight;
 pub mod keepalive;
 pub mod listener;

@@ -163,6 +163,7 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .init();
 
+    reserve_descriptors(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,6 +190,27 @@ fn main() -> ExitCode {
         broker.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Grows the descriptor table for every connection the listeners may hold (all of
+/// `tern::fds::MAX_RESERVED` if any listener is unlimited), while this is the only thread.
+fn reserve_descriptors(config: &Config) {
+    // Listening sockets, the runtime's own descriptors, log files.
+    const HEADROOM: usize = 64;
+    let wanted = config
+        .listener
+        .iter()
+        .map(|l| match l.max_connections {
+            0 => tern::fds::MAX_RESERVED,
+            n => n,
+        })
+        .fold(HEADROOM, usize::saturating_add);
+    match tern::fds::reserve(wanted) {
+        Ok(n) => tracing::debug!(slots = n, "descriptor table reserved"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reserve the descriptor table; it grows as needed")
+        }
+    }
 }
 
 /// Reloads the password and ACL files on every SIGHUP; a bad file keeps the old policy.
