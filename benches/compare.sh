@@ -111,10 +111,16 @@ run() { # broker port label args...
   echo "$label $line" >> "$OUT/$broker.results"
 }
 
-for broker in tern mosquitto rumqttd; do
+BROKERS="tern mosquitto rumqttd"
+for broker in $BROKERS; do
   : > "$OUT/$broker.results"; : > "$OUT/$broker.log"; : > "$OUT/$broker.err"
-  for payload in 64 1024; do
-    for qos in 0 1 2; do
+done
+
+# This machine's speed drifts by up to 2x over minutes, so every group of runs goes through
+# the brokers in turn, close together in time: a drift touches all of them alike.
+for payload in 64 1024; do
+  for qos in 0 1 2; do
+    for broker in $BROKERS; do
       # A fresh broker per group keeps one scenario's leftovers out of the next.
       port=$(free_port); start_broker "$broker" "$port"
       run "$broker" "$port" "fanin_q${qos}_${payload}B" fanin --publishers 4 --count $((COUNT / 4)) --qos "$qos" --payload "$payload"
@@ -123,7 +129,9 @@ for broker in tern mosquitto rumqttd; do
       kill "$PID"; wait "$PID" 2>/dev/null || true
     done
   done
-  for rep in $(seq 1 "$REPS"); do
+done
+for rep in $(seq 1 "$REPS"); do
+  for broker in $BROKERS; do
     port=$(free_port); start_broker "$broker" "$port"
     for rate in 2000 10000; do
       for qos in 0 1; do
@@ -132,16 +140,15 @@ for broker in tern mosquitto rumqttd; do
     done
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done
-  # Peak memory under a QoS 1 fan-in, on a fresh broker.
+done
+# Peak memory under a QoS 1 fan-in, on a fresh broker.
+for broker in $BROKERS; do
   port=$(free_port); start_broker "$broker" "$port"
   run "$broker" "$port" "fanin_q1_memory" fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 1024
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done
-
-# The connect rate drifts with the machine's state (such as the sockets earlier runs left in
-# TIME_WAIT), so the brokers take turns: a drift touches all of them alike.
 for rep in $(seq 1 "$CONNECT_REPS"); do
-  for broker in tern mosquitto rumqttd; do
+  for broker in $BROKERS; do
     port=$(free_port); start_broker "$broker" "$port"
     run "$broker" "$port" "connections#$rep" connections --clients "$CLIENTS" --concurrency "$CONNECT_CONCURRENCY"
     kill "$PID"; wait "$PID" 2>/dev/null || true
