@@ -1,5 +1,6 @@
-//! The accept loop of one `[[listener]]`: `max_connections`, `TCP_NODELAY`, and one spawned
-//! connection task per socket (nothing slow ever runs in the loop itself).
+//! The accept loop of one `[[listener]]`: `max_connections`, `TCP_NODELAY`, a short linger
+//! after each connection, and one spawned connection task per socket (nothing slow ever runs in
+//! the loop itself).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
