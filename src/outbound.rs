@@ -170,25 +170,25 @@ impl OutboundRx {
 
     /// The next packet; otherwise registers the connection's waker.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
-        let (item, waker) = {
-            let mut inner = self.0.inner.lock();
-            let Some(item) = inner.queue.pop_front() else {
-                register(&mut inner.conn_waker, cx);
-                return Poll::Pending;
-            };
-            (item, inner.room_waker.take())
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Poll::Ready(item)
+        self.take(Some(cx)).map_or(Poll::Pending, Poll::Ready)
     }
 
     /// The next packet if one is queued.
     pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.take(None)
+    }
+
+    /// Pops the next packet and wakes a session waiting for room, outside the lock; when none
+    /// is queued, registers `cx`'s waker if given.
+    fn take(&mut self, cx: Option<&Context<'_>>) -> Option<Outbound> {
         let (item, waker) = {
             let mut inner = self.0.inner.lock();
-            let item = inner.queue.pop_front()?;
+            let Some(item) = inner.queue.pop_front() else {
+                if let Some(cx) = cx {
+                    register(&mut inner.conn_waker, cx);
+                }
+                return None;
+            };
             (item, inner.room_waker.take())
         };
         if let Some(w) = waker {
