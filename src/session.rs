@@ -264,7 +264,7 @@ impl Session {
             }
             SessionCmd::Detach { conn } => {
                 if self.link.as_ref().is_some_and(|l| l.conn == conn) {
-                    self.link_lost();
+                    self.unlink(None);
                 }
             }
             SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
@@ -300,16 +300,11 @@ impl Session {
     }
 
     fn attach(&mut self, link: ConnLink, reply: oneshot::Sender<()>) {
-        if let Some(old) = self.link.take() {
-            old.outbound.kick(Kick::TakenOver);
-        }
         // Whatever was queued for the old connection is void; inflight is resent below.
-        if let Some(p) = &mut self.pending {
-            p.control.clear();
-        }
-        self.blocked = false;
+        self.unlink(Some(Kick::TakenOver));
         if reply.send(()).is_err() {
-            // The connection gave up waiting; it will not send a Detach.
+            // The connection gave up waiting; it will not send a Detach. The session stays
+            // detached, its expiry running.
             return;
         }
         let (username, linked) = link.split();
@@ -444,16 +439,20 @@ impl Session {
         let (metrics, backlog) = (&self.shared.metrics, self.mailbox.backlog());
         match link.outbound.fill(|| pending.next(metrics, backlog)) {
             Ok(full) => self.blocked = full && pending.has_work(),
-            Err(Closed) => self.link_lost(),
+            Err(Closed) => self.unlink(None),
         }
     }
 
-    fn link_lost(&mut self) {
-        if self.link.is_some() {
+    /// Lets the current connection go (telling it why, if `kick` says) and starts the expiry
+    /// of the now detached session; what was queued for the connection is void.
+    fn unlink(&mut self, kick: Option<Kick>) {
+        if let Some(link) = self.link.take() {
             let expiry = self.shared.config.session.persistent_client_expiration;
             self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
+            if let Some(k) = kick {
+                link.outbound.kick(k);
+            }
         }
-        self.link = None;
         self.blocked = false;
         if let Some(p) = &mut self.pending {
             p.control.clear();
