@@ -247,7 +247,6 @@ fn qos_of(q: u8) -> QoS {
     QoS::from_u8(q.min(2)).unwrap_or(QoS::AtMostOnce)
 }
 
-/// Connects and completes CONNECT/CONNACK, from a chosen local address.
 /// Lets connect() choose the source port for the whole address pair, instead of bind()
 /// reserving one port for the address alone (Linux's IP_BIND_ADDRESS_NO_PORT).
 fn no_port_at_bind(socket: &TcpSocket) -> Result<()> {
@@ -269,6 +268,7 @@ fn no_port_at_bind(socket: &TcpSocket) -> Result<()> {
     Ok(())
 }
 
+/// Connects and completes CONNECT/CONNACK, from a chosen local address.
 async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = local {

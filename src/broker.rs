@@ -148,8 +148,8 @@ impl Broker {
 const LISTEN_BACKLOG: u32 = 1024;
 
 /// A listening socket as `TcpListener::bind` makes one (SO_REUSEADDR on Unix), plus
-/// TCP_NODELAY and, on Linux, delayed ACKs, both of which Linux passes on to every accepted
-/// socket: no system call per connection (the accept loop sets NODELAY itself elsewhere).
+/// TCP_NODELAY and, on Linux, delayed ACKs. Linux passes both on to every accepted socket, so
+/// no system call per connection sets them; on other systems the accept loop sets NODELAY.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
