@@ -38,6 +38,13 @@ pub fn is_wildcard(filter: &str) -> bool {
 /// A filter whose first level is a wildcard never matches a name starting with `$`
 /// [MQTT-4.7.2-1].
 pub fn matches(filter: &str, name: &[u8]) -> bool {
+    matches_by(filter, name, |f, n| f.as_bytes() == n)
+}
+
+/// As `matches`, with `level_eq` deciding whether a literal filter level equals a name level
+/// (so an ACL pattern can substitute `%c` and `%u` without building the filter). `+` and `#`
+/// keep their meaning only as whole levels; `filter` must be valid.
+pub fn matches_by(filter: &str, name: &[u8], level_eq: impl Fn(&str, &[u8]) -> bool) -> bool {
     if name.first() == Some(&b'$') && filter.starts_with(['+', '#']) {
         return false;
     }
@@ -47,7 +54,7 @@ pub fn matches(filter: &str, name: &[u8]) -> bool {
         match (filters.next(), names.next()) {
             (Some("#"), _) => return true,
             (Some("+"), Some(_)) => {}
-            (Some(f), Some(n)) if f.as_bytes() == n => {}
+            (Some(f), Some(n)) if level_eq(f, n) => {}
             (None, None) => return true,
             _ => return false,
         }

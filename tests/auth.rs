@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{within, BinaryBroker, Raw, TestBroker, WAIT};
-use tern::codec::{Connect, ConnectReturnCode, Packet, Protocol, SubAckCode};
+use common::{login, within, BinaryBroker, Raw, TestBroker, WAIT};
+use tern::codec::{ConnectReturnCode, Packet, SubAckCode};
 use tern::message::QoS;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -28,35 +28,6 @@ fn tern_passwd(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run tern passwd")
-}
-
-/// Connects with a user name and password; returns the connection and its CONNACK code.
-async fn login(
-    addr: std::net::SocketAddr,
-    id: &str,
-    user: Option<&str>,
-    password: Option<&str>,
-) -> (Raw, ConnectReturnCode) {
-    let mut raw = Raw::open(addr).await;
-    raw.send_packet(&Packet::Connect(Box::new(Connect {
-        protocol: Protocol::V311,
-        clean_session: true,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: user.map(String::from),
-        password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
-    })))
-    .await;
-    match raw.recv().await {
-        Packet::ConnAck(ack) => {
-            if ack.code != ConnectReturnCode::Accepted {
-                assert!(!ack.session_present, "[MQTT-3.2.2-4]");
-            }
-            (raw, ack.code)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
 }
 
 fn path_str(p: &Path) -> &str {

@@ -12,6 +12,11 @@
 //! A subscription filter is checked as if it were a topic name (so `sensors/#` is granted by a
 //! rule `sensors/#` but not by `sensors/+`), and every message is checked again against the
 //! subscriber's rules before it is delivered, so wildcards never leak a denied topic.
+//!
+//! A pattern is skipped for a client whose id (for `%c`) or user name (for `%u`) holds `+`,
+//! `#` or `/`: substituted, such a value would be a wildcard or reach into another client's
+//! subtree (client `+` would read `clients/+/#`; CVE-2017-7650 in Mosquitto, which skips `+`
+//! and `#`). Substitution happens level by level while matching, so a check allocates nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -41,6 +46,43 @@ impl Grant {
 struct Rule {
     grant: Grant,
     filter: String,
+    /// The filter names `%c` / `%u` (patterns only).
+    uses_client: bool,
+    uses_user: bool,
+}
+
+impl Rule {
+    /// For a pattern: true if it may be applied to this client (see the module doc).
+    fn applies_to(&self, client_id: &str, username: Option<&str>) -> bool {
+        let safe = |v: &str| !v.contains(['+', '#', '/']);
+        (!self.uses_client || safe(client_id)) && (!self.uses_user || username.is_some_and(safe))
+    }
+}
+
+/// True if the pattern level `pattern`, with `%c` and `%u` replaced, is exactly `level`.
+fn expands_to(pattern: &str, client_id: &str, username: &str, level: &[u8]) -> bool {
+    let (mut pattern, mut level) = (pattern, level);
+    loop {
+        let Some(i) = pattern.find('%') else {
+            return level == pattern.as_bytes();
+        };
+        let Some(rest) = level.strip_prefix(pattern[..i].as_bytes()) else {
+            return false;
+        };
+        let tail = &pattern[i..];
+        let (value, skip) = if tail.starts_with("%c") {
+            (client_id, 2)
+        } else if tail.starts_with("%u") {
+            (username, 2)
+        } else {
+            ("%", 1)
+        };
+        let Some(rest) = rest.strip_prefix(value.as_bytes()) else {
+            return false;
+        };
+        level = rest;
+        pattern = &tail[skip..];
+    }
 }
 
 /// A parsed ACL file.
@@ -110,25 +152,15 @@ impl AclFile {
             Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or(&[]),
             None => &self.anonymous,
         };
-        let patterns = self.patterns.iter().filter_map(|p| {
-            // A pattern naming %u does not apply to a client without a user name.
-            if username.is_none() && p.filter.contains("%u") {
-                return None;
-            }
-            let filter = p
-                .filter
-                .replace("%c", client_id)
-                .replace("%u", username.unwrap_or(""));
-            Some(Rule {
-                grant: p.grant,
-                filter,
-            })
+        let name = topic.as_bytes();
+        let own = own.iter().filter(|r| topic::matches(&r.filter, name));
+        let user = username.unwrap_or("");
+        let patterns = self.patterns.iter().filter(|p| {
+            p.applies_to(client_id, username)
+                && topic::matches_by(&p.filter, name, |f, n| expands_to(f, client_id, user, n))
         });
         let mut granted = false;
-        for rule in own.iter().cloned().chain(patterns) {
-            if !topic::matches(&rule.filter, topic.as_bytes()) {
-                continue;
-            }
+        for rule in own.chain(patterns) {
             if rule.grant == Grant::Deny {
                 return false;
             }
@@ -154,6 +186,8 @@ fn parse_rule(rest: &str) -> Result<Rule, String> {
     Ok(Rule {
         grant,
         filter: filter.to_string(),
+        uses_client: filter.contains("%c"),
+        uses_user: filter.contains("%u"),
     })
 }
 
@@ -221,6 +255,51 @@ pattern write users/%u/inbox
             !a.allowed("c", None, Access::Write, "users//inbox"),
             "%u needs a user"
         );
+    }
+
+    #[test]
+    fn patterns_skip_ids_and_users_with_wildcards_or_slashes() {
+        let a = AclFile::parse(
+            "pattern readwrite clients/%c/#\npattern write devices/%c/cmd\npattern read u/%u/#\n",
+        )
+        .expect("parses");
+        for id in ["+", "#", "a/b", "x+", "#y", "/"] {
+            for topic in [
+                "clients/victim/secret",
+                "clients/+/#",
+                "clients/#",
+                "clients/a/b/c",
+            ] {
+                assert!(!a.allowed(id, None, Access::Read, topic), "{id} {topic}");
+            }
+            assert!(
+                !a.allowed(id, None, Access::Write, "devices/victim/cmd"),
+                "{id}"
+            );
+            assert!(
+                !a.allowed("c", Some(id), Access::Read, "u/victim/x"),
+                "{id}"
+            );
+        }
+        // The ordinary case still works, and a value with % or other punctuation is literal.
+        assert!(a.allowed("a", None, Access::Read, "clients/a/b"));
+        assert!(
+            !a.allowed("a", None, Access::Read, "clients/+/b"),
+            "a wildcard topic"
+        );
+        assert!(a.allowed("50%u", Some("bob"), Access::Read, "clients/50%u/x"));
+        assert!(!a.allowed("50%u", Some("bob"), Access::Read, "clients/50bob/x"));
+        assert!(a.allowed("c", Some("b-o.b"), Access::Read, "u/b-o.b/x"));
+    }
+
+    #[test]
+    fn pattern_levels_expand_in_place() {
+        assert!(expands_to("%c", "dev", "", b"dev"));
+        assert!(expands_to("x-%c-%u", "dev", "bob", b"x-dev-bob"));
+        assert!(!expands_to("x-%c-%u", "dev", "bob", b"x-dev-bo"));
+        assert!(!expands_to("%c", "dev", "", b"devx"));
+        assert!(expands_to("100%", "", "", b"100%"));
+        assert!(expands_to("%%c", "d", "", b"%d"));
     }
 
     #[test]

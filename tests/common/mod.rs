@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions};
-use tern::codec::{self, ConnAck, Connect, Packet, Protocol, Publish, SubAckCode, Subscribe};
+use tern::codec::{
+    self, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, Publish, SubAckCode, Subscribe,
+};
 use tern::message::QoS;
 use tern::metrics::Metrics;
 use tern::{Broker, Config};
@@ -427,6 +429,35 @@ impl Raw {
             Ok(Ok(0)) => panic!("connection closed"),
             Ok(r) => panic!("unexpected data: {r:?} {:02x?}", &self.buf[..]),
         }
+    }
+}
+
+/// Connects with a user name and password; returns the connection and its CONNACK code.
+pub async fn login(
+    addr: SocketAddr,
+    id: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> (Raw, ConnectReturnCode) {
+    let mut raw = Raw::open(addr).await;
+    raw.send_packet(&Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V311,
+        clean_session: true,
+        keep_alive: 60,
+        client_id: id.into(),
+        will: None,
+        username: user.map(String::from),
+        password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+    })))
+    .await;
+    match raw.recv().await {
+        Packet::ConnAck(ack) => {
+            if ack.code != ConnectReturnCode::Accepted {
+                assert!(!ack.session_present, "[MQTT-3.2.2-4]");
+            }
+            (raw, ack.code)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
     }
 }
 
