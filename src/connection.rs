@@ -325,13 +325,30 @@ impl<S: Transport> Connection<S> {
         };
         let shared = self.shared.clone();
         let policy = shared.policy.load_full();
-        let accepted = match protocol::check_connect(
-            &connect,
-            identity.as_deref(),
-            &shared.config.mqtt,
-            policy.as_ref(),
-            policy.as_ref(),
-        ) {
+        // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
+        // runs on the blocking pool, so a burst of logins cannot stall the async workers.
+        let hashes = protocol::checks_password(&connect, identity.is_some(), &policy);
+        let check = {
+            let shared = shared.clone();
+            move || {
+                protocol::check_connect(
+                    &connect,
+                    identity.as_deref(),
+                    &shared.config.mqtt,
+                    policy.as_ref(),
+                    policy.as_ref(),
+                )
+            }
+        };
+        let checked = if hashes {
+            match tokio::task::spawn_blocking(check).await {
+                Ok(r) => r,
+                Err(_) => return Err(CloseReason::SessionUnavailable),
+            }
+        } else {
+            check()
+        };
+        let accepted = match checked {
             Ok(a) => a,
             Err(Refusal::Connack(code)) => {
                 // [MQTT-3.2.2-4], [MQTT-3.2.2-5], [MQTT-3.1.4-5]: answer, close, read no more.

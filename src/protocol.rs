@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::{Access, Acl, Authenticator, Credentials};
+use crate::auth::{Access, Acl, Authenticator, Credentials, Policy};
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
 use crate::keepalive::KeepAlive;
@@ -115,6 +115,11 @@ pub fn check_connect(
         will,
         username,
     })
+}
+
+/// True if `check_connect` will verify a password hash for this CONNECT (slow by design).
+pub fn checks_password(c: &Connect, has_identity: bool, policy: &Policy) -> bool {
+    !has_identity && c.username.is_some() && policy.passwords.is_some()
 }
 
 fn will_message(w: &LastWill, client_id: &str) -> Result<Arc<Message>, Refusal> {

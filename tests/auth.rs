@@ -291,6 +291,25 @@ async fn bad_files_stop_the_broker_with_the_file_and_line_named() {
 }
 
 #[tokio::test]
+async fn a_password_line_with_an_empty_hash_is_a_load_error() {
+    // Accepted as is, `admin:$7$101$c2FsdA==$` would let any password in.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    std::fs::write(&file, "# users\nadmin:$7$101$c2FsdA==$\n").expect("write");
+    let conf = dir.path().join("tern.toml");
+    std::fs::write(&conf, "[auth]\npassword_file = \"passwd\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["--check-config", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("run tern");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2", file.display())), "{err}");
+    assert!(err.contains("hash is 0 bytes"), "{err}");
+}
+
+#[tokio::test]
 async fn sighup_reloads_the_password_file_without_dropping_clients() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("passwd");
@@ -325,14 +344,21 @@ async fn sighup_reloads_the_password_file_without_dropping_clients() {
         login(broker.addr, "x", Some("erin"), Some("old")).await.1,
         ConnectReturnCode::BadUserNameOrPassword
     );
-    // A broken file on reload keeps the policy in force.
-    std::fs::write(&file, "erin:not-a-hash\n").expect("write");
+    // A broken file on reload keeps the policy in force: here an empty hash, which would
+    // accept any password if it were loaded.
+    std::fs::write(&file, "erin:$7$101$c2FsdA==$\n").expect("write");
     hup();
     // Only once the broker has rejected the file does the next check mean anything.
     broker.wait_for_log("reload failed", 1).await;
     assert_eq!(
         login(broker.addr, "y", Some("erin"), Some("new")).await.1,
         ConnectReturnCode::Accepted
+    );
+    assert_eq!(
+        login(broker.addr, "z", Some("erin"), Some("anything"))
+            .await
+            .1,
+        ConnectReturnCode::BadUserNameOrPassword
     );
     // The first client never noticed.
     kept.send(&[0xc0, 0]).await;

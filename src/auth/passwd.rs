@@ -18,6 +18,9 @@ const ITERATIONS: u32 = 101;
 const SALT_LEN: usize = 12;
 /// Largest iteration count accepted from a file, so a hostile file cannot stall logins.
 const MAX_ITERATIONS: u32 = 1_000_000;
+/// Bytes of every hash `mosquitto_passwd` writes (SHA-512). A shorter stored hash would make
+/// a guess succeed once in 256^len tries (and an empty one always), so it is a load error.
+const HASH_LEN: usize = 64;
 
 /// One user's stored hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,16 @@ impl Hash {
             B64.decode(s)
                 .map_err(|e| format!("{what} is not base64: {e}"))
         };
+        let salt_and_hash = |salt: &str, hash: &str| -> Result<(Vec<u8>, Vec<u8>), String> {
+            let (salt, hash) = (b64(salt, "salt")?, b64(hash, "hash")?);
+            if salt.is_empty() {
+                return Err("empty salt".into());
+            }
+            if hash.len() != HASH_LEN {
+                return Err(format!("hash is {} bytes, expected {HASH_LEN}", hash.len()));
+            }
+            Ok((salt, hash))
+        };
         match parts.as_slice() {
             ["", "7", iterations, salt, hash] => {
                 let iterations: u32 = iterations
@@ -47,16 +60,17 @@ impl Hash {
                 if iterations == 0 || iterations > MAX_ITERATIONS {
                     return Err(format!("iteration count {iterations} out of range"));
                 }
+                let (salt, hash) = salt_and_hash(salt, hash)?;
                 Ok(Hash::Pbkdf2 {
                     iterations,
-                    salt: b64(salt, "salt")?,
-                    hash: b64(hash, "hash")?,
+                    salt,
+                    hash,
                 })
             }
-            ["", "6", salt, hash] => Ok(Hash::Sha512 {
-                salt: b64(salt, "salt")?,
-                hash: b64(hash, "hash")?,
-            }),
+            ["", "6", salt, hash] => {
+                let (salt, hash) = salt_and_hash(salt, hash)?;
+                Ok(Hash::Sha512 { salt, hash })
+            }
             _ => Err("not a $7$ (PBKDF2-SHA512) or $6$ (SHA-512) hash".into()),
         }
     }
@@ -98,7 +112,7 @@ impl Hash {
     fn new(password: &[u8]) -> Result<Hash, String> {
         let mut salt = vec![0u8; SALT_LEN];
         getrandom::getrandom(&mut salt).map_err(|e| format!("no random salt: {e}"))?;
-        let mut hash = vec![0u8; 64];
+        let mut hash = vec![0u8; HASH_LEN];
         pbkdf2::pbkdf2_hmac::<Sha512>(password, &salt, ITERATIONS, &mut hash);
         Ok(Hash::Pbkdf2 {
             iterations: ITERATIONS,
@@ -112,6 +126,10 @@ impl Hash {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PasswordFile {
     users: BTreeMap<String, Hash>,
+    /// Checked for a user name that is not in the file, so that an unknown user costs as much
+    /// as a wrong password and the time of a refusal does not tell which names exist: the
+    /// dearest PBKDF2 cost in the file.
+    dummy_iterations: u32,
 }
 
 impl PasswordFile {
@@ -138,12 +156,41 @@ impl PasswordFile {
             let hash = Hash::parse(hash).map_err(|e| (i + 1, format!("user {user:?}: {e}")))?;
             users.insert(user.to_string(), hash);
         }
-        Ok(PasswordFile { users })
+        let mut file = PasswordFile {
+            users,
+            dummy_iterations: 0,
+        };
+        file.price_unknown_users();
+        Ok(file)
     }
 
-    /// True if `user` exists and `password` matches its hash.
+    fn price_unknown_users(&mut self) {
+        self.dummy_iterations = self
+            .users
+            .values()
+            .map(|h| match h {
+                Hash::Pbkdf2 { iterations, .. } => *iterations,
+                Hash::Sha512 { .. } => 1,
+            })
+            .max()
+            .unwrap_or(ITERATIONS);
+    }
+
+    /// True if `user` exists and `password` matches its hash. Costs a PBKDF2 run either way:
+    /// call it off the async workers (`spawn_blocking`).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        self.users.get(user).is_some_and(|h| h.verify(password))
+        match self.users.get(user) {
+            Some(h) => h.verify(password),
+            None => {
+                let dummy = Hash::Pbkdf2 {
+                    iterations: self.dummy_iterations.max(1),
+                    salt: vec![0; SALT_LEN],
+                    hash: vec![0; HASH_LEN],
+                };
+                std::hint::black_box(dummy.verify(password));
+                false
+            }
+        }
     }
 
     /// Number of users.
@@ -162,12 +209,15 @@ impl PasswordFile {
             return Err("a user name must be non-empty and contain no ':'".into());
         }
         self.users.insert(user.to_string(), Hash::new(password)?);
+        self.price_unknown_users();
         Ok(())
     }
 
     /// Removes `user`; false if it was not there.
     pub fn remove(&mut self, user: &str) -> bool {
-        self.users.remove(user).is_some()
+        let removed = self.users.remove(user).is_some();
+        self.price_unknown_users();
+        removed
     }
 
     /// The file text, one `user:hash` line per user.
@@ -259,12 +309,21 @@ bob:$6$YcCCHIrg5mMsdleC$xfyC3VKqP8+kh6nSX3R7LBnpV66VLilREUW6oL88jkAmr26NaMIqrgGw
 
     #[test]
     fn bad_lines_are_reported_with_their_number() {
+        let no_salt_7 = format!("a:$7$101$${}\n", B64.encode([0u8; 64]));
+        let no_salt_6 = format!("# x\n\na:$6$${}\n", B64.encode([0u8; 64]));
         for (text, line) in [
             ("# c\nalice\n", 2),
             ("alice:plain\n", 1),
             ("\nx:$7$0$AAAA$AAAA\n", 2),
             ("x:$7$10$!!$AAAA\n", 1),
             (":$6$AAAA$AAAA\n", 1),
+            // An empty or short hash would accept any (or one in 256) password.
+            ("admin:$7$101$c2FsdA==$\n", 1),
+            ("admin:$7$101$c2FsdA==$AA==\n", 1),
+            ("a:$6$c2FsdA==$\n", 1),
+            // An empty salt.
+            (no_salt_7.as_str(), 1),
+            (no_salt_6.as_str(), 3),
         ] {
             let e = PasswordFile::parse(text).expect_err(text);
             assert_eq!(e.0, line, "{text:?}: {}", e.1);
