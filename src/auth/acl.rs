@@ -66,7 +66,7 @@ fn expands_to(pattern: &str, client_id: &str, username: &str, level: &[u8]) -> b
         let Some(i) = pattern.find('%') else {
             return level == pattern.as_bytes();
         };
-        let Some(rest) = level.strip_prefix(pattern[..i].as_bytes()) else {
+        let Some(rest) = level.strip_prefix(&pattern.as_bytes()[..i]) else {
             return false;
         };
         let tail = &pattern[i..];
