@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{login, within, BinaryBroker, Raw, TestBroker, WAIT};
+use common::{login, within, BinaryBroker, TestBroker, WAIT};
 use tern::codec::{ConnectReturnCode, Packet, SubAckCode};
 use tern::message::QoS;
 
