@@ -367,6 +367,22 @@ impl Config {
                     "certfile and keyfile go together".into(),
                 ));
             }
+            // Without a certificate the listener is plain TCP: a TLS-only option there would
+            // promise client authentication that nothing performs, so it is refused.
+            if l.certfile.is_none() {
+                for (key, set) in [
+                    ("listener.cafile", l.cafile.is_some()),
+                    ("listener.require_certificate", l.require_certificate),
+                    (
+                        "listener.use_identity_as_username",
+                        l.use_identity_as_username,
+                    ),
+                ] {
+                    if set {
+                        return Err((key, "needs certfile and keyfile (TLS)".into()));
+                    }
+                }
+            }
             if l.require_certificate && l.cafile.is_none() {
                 return Err(("listener.require_certificate", "needs cafile".into()));
             }

@@ -28,7 +28,7 @@ use crate::mailbox::{Mailbox, TrySendError};
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Event, OutboundRx};
-use crate::protocol::{self, Accepted, ProtocolError, Refusal};
+use crate::protocol::{self, Accepted, Identity, ProtocolError, Refusal};
 use crate::registry::{Opened, SessionHandle};
 use crate::session::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 
@@ -97,8 +97,8 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves one accepted socket to completion; `permit` (the listener's `max_connections`
 /// slot) is held until then.
 ///
-/// `identity` is the TLS client certificate's name when the listener has
-/// `use_identity_as_username`: it replaces the CONNECT's user name and no password is checked.
+/// `identity` says where the user name comes from: the CONNECT, or the TLS client
+/// certificate on a `use_identity_as_username` listener.
 ///
 /// Not an `async fn`: its arguments would stay in the task's future beside the connection
 /// they were moved into.
@@ -106,7 +106,7 @@ pub fn serve<S: Transport + 'static>(
     stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    identity: Option<String>,
+    identity: Identity,
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = next_id();
@@ -268,7 +268,7 @@ impl<S: Transport> Connection<S> {
     /// The handshake, boxed by the task; the connected state if it succeeded.
     async fn handshake_phase(
         mut self,
-        identity: Option<String>,
+        identity: Identity,
         peer: SocketAddr,
     ) -> Option<Connected<S>> {
         let client = match self.handshake(identity, peer).await {
@@ -304,7 +304,7 @@ impl<S: Transport> Connection<S> {
     /// Reads CONNECT, applies the rules, attaches the session and writes CONNACK.
     async fn handshake(
         &mut self,
-        identity: Option<String>,
+        identity: Identity,
         peer: SocketAddr,
     ) -> Result<Client, CloseReason> {
         let deadline = self.shared.config.mqtt.connect_timeout;
@@ -327,13 +327,13 @@ impl<S: Transport> Connection<S> {
         let policy = shared.policy.load_full();
         // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
         // runs on the blocking pool, so a burst of logins cannot stall the async workers.
-        let hashes = protocol::checks_password(&connect, identity.is_some(), &policy);
+        let hashes = protocol::checks_password(&connect, &identity, &policy);
         let check = {
             let shared = shared.clone();
             move || {
                 protocol::check_connect(
                     &connect,
-                    identity.as_deref(),
+                    &identity,
                     &shared.config.mqtt,
                     policy.as_ref(),
                     policy.as_ref(),

@@ -16,6 +16,7 @@ use crate::broker::Shared;
 use crate::config::ListenerConfig;
 use crate::connection;
 use crate::metrics::Metrics;
+use crate::protocol::Identity;
 
 /// Pause after an accept error (such as running out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -97,7 +98,13 @@ pub async fn accept_loop(
         // every plain connection's task as large as a TLS one (rustls state is kilobytes).
         match tls.clone() {
             None => {
-                tracker.spawn(connection::serve(socket, peer, shared, None, permit));
+                tracker.spawn(connection::serve(
+                    socket,
+                    peer,
+                    shared,
+                    Identity::FromConnect,
+                    permit,
+                ));
             }
             Some(acceptor) => {
                 let use_identity = cfg.use_identity_as_username;
@@ -106,9 +113,14 @@ pub async fn accept_loop(
                     let deadline = shared.config.mqtt.connect_timeout;
                     match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
-                            let identity = use_identity
-                                .then(|| crate::tls::identity(stream.get_ref().1))
-                                .flatten();
+                            let identity = if use_identity {
+                                match crate::tls::identity(stream.get_ref().1) {
+                                    Some(name) => Identity::Certificate(name),
+                                    None => Identity::Unusable,
+                                }
+                            } else {
+                                Identity::FromConnect
+                            };
                             connection::serve(stream, peer, shared, identity, permit).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),

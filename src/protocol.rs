@@ -64,10 +64,24 @@ pub struct Accepted {
     pub username: Option<String>,
 }
 
+/// Where a client's user name comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The CONNECT's user name and password (every listener without
+    /// `use_identity_as_username`).
+    FromConnect,
+    /// The common name of the client's certificate, on a `use_identity_as_username` listener:
+    /// it is the user name, and no password is checked (as in Mosquitto).
+    Certificate(String),
+    /// A `use_identity_as_username` listener got a certificate with no usable common name:
+    /// refused with 0x05, never replaced by the CONNECT's user name.
+    Unusable,
+}
+
 /// Applies the CONNECT rules of section 3.1 in the order Mosquitto does.
 pub fn check_connect(
     c: &Connect,
-    identity: Option<&str>,
+    identity: &Identity,
     cfg: &MqttConfig,
     auth: &dyn Authenticator,
     acl: &dyn Acl,
@@ -94,16 +108,19 @@ pub fn check_connect(
         Some(w) => Some(will_message(w, &client_id)?),
         None => None,
     };
-    // With use_identity_as_username the certificate is the credential, as in Mosquitto.
-    let username = identity.map(str::to_owned).or_else(|| c.username.clone());
-    if identity.is_none() {
-        let creds = Credentials {
-            client_id: &client_id,
-            username: c.username.as_deref(),
-            password: c.password.as_deref(),
-        };
-        auth.authenticate(&creds).map_err(Refusal::Connack)?;
-    }
+    let username = match identity {
+        Identity::Certificate(name) => Some(name.clone()),
+        Identity::Unusable => return Err(Refusal::Connack(ConnectReturnCode::NotAuthorized)),
+        Identity::FromConnect => {
+            let creds = Credentials {
+                client_id: &client_id,
+                username: c.username.as_deref(),
+                password: c.password.as_deref(),
+            };
+            auth.authenticate(&creds).map_err(Refusal::Connack)?;
+            c.username.clone()
+        }
+    };
     let client_id: ClientId = client_id.into();
     // A will the client may not publish is dropped now rather than refused later.
     let will = will.filter(|w| may_publish(acl, &client_id, username.as_deref(), w.topic_str()));
@@ -118,8 +135,8 @@ pub fn check_connect(
 }
 
 /// True if `check_connect` will verify a password hash for this CONNECT (slow by design).
-pub fn checks_password(c: &Connect, has_identity: bool, policy: &Policy) -> bool {
-    !has_identity && c.username.is_some() && policy.passwords.is_some()
+pub fn checks_password(c: &Connect, identity: &Identity, policy: &Policy) -> bool {
+    *identity == Identity::FromConnect && c.username.is_some() && policy.passwords.is_some()
 }
 
 fn will_message(w: &LastWill, client_id: &str) -> Result<Arc<Message>, Refusal> {
@@ -219,7 +236,38 @@ mod tests {
     }
 
     fn check(c: &Connect) -> Result<Accepted, Refusal> {
-        check_connect(c, None, &MqttConfig::default(), &OPEN, &OPEN)
+        check_connect(
+            c,
+            &Identity::FromConnect,
+            &MqttConfig::default(),
+            &OPEN,
+            &OPEN,
+        )
+    }
+
+    #[test]
+    fn certificate_identity_replaces_the_user_name_and_fails_closed() {
+        let mut c = connect("c", true);
+        c.username = Some("admin".into());
+        let cfg = MqttConfig::default();
+        let closed = Policy::default();
+        let by_cert = check_connect(
+            &c,
+            &Identity::Certificate("alice".into()),
+            &cfg,
+            &closed,
+            &OPEN,
+        )
+        .expect("the certificate is the credential");
+        assert_eq!(by_cert.username.as_deref(), Some("alice"));
+        // No usable common name: refused, never the CONNECT's `admin`, even where any user
+        // name would pass.
+        for policy in [&OPEN, &closed] {
+            assert_eq!(
+                check_connect(&c, &Identity::Unusable, &cfg, policy, &OPEN).err(),
+                Some(Refusal::Connack(ConnectReturnCode::NotAuthorized))
+            );
+        }
     }
 
     #[test]
@@ -244,7 +292,14 @@ mod tests {
             allow_zero_length_clientid: false,
             ..MqttConfig::default()
         };
-        assert!(check_connect(&connect("", true), None, &cfg, &OPEN, &OPEN).is_err());
+        assert!(check_connect(
+            &connect("", true),
+            &Identity::FromConnect,
+            &cfg,
+            &OPEN,
+            &OPEN
+        )
+        .is_err());
     }
 
     #[test]
@@ -253,7 +308,7 @@ mod tests {
         assert_eq!(
             check_connect(
                 &connect("c", true),
-                None,
+                &Identity::FromConnect,
                 &MqttConfig::default(),
                 &closed,
                 &OPEN

@@ -192,3 +192,27 @@ fn unreadable_tls_files_are_named() {
     assert_eq!(code, 2);
     assert!(err.contains("listener.certfile"), "{err}");
 }
+
+#[test]
+fn tls_only_options_without_a_certificate_are_refused() {
+    // Each of these would otherwise leave a plain TCP listener that authenticates nobody.
+    for (option, key) in [
+        ("cafile = \"ca.pem\"", "listener.cafile"),
+        (
+            "cafile = \"ca.pem\"\nrequire_certificate = true",
+            "listener.cafile",
+        ),
+        ("require_certificate = true", "listener.require_certificate"),
+        (
+            "use_identity_as_username = true",
+            "listener.use_identity_as_username",
+        ),
+    ] {
+        let (code, err, _) = check(&format!("[[listener]]\nbind = \"127.0.0.1:0\"\n{option}\n"));
+        assert_eq!(code, 2, "{option}");
+        assert!(
+            err.contains(key) && err.contains("certfile"),
+            "{option}: {err}"
+        );
+    }
+}

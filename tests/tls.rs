@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use common::{connect_packet, within, TestBroker, WAIT};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType,
+};
 use tern::codec::{self, ConnectReturnCode, Packet, SubAckCode, Subscribe};
 use tern::message::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,13 +19,20 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-/// A test CA, a server certificate for 127.0.0.1/localhost and a client certificate with
-/// common name "alice", written as PEM files.
+/// A client certificate and its key.
+struct ClientCert {
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+/// A test CA, a server certificate for 127.0.0.1/localhost, a client certificate with
+/// common name "alice" (written as PEM files) and one with no common name at all (a DNS name
+/// only, as many device certificates have).
 struct Pki {
     dir: tempfile::TempDir,
     ca: CertificateDer<'static>,
-    client_cert: CertificateDer<'static>,
-    client_key: Vec<u8>,
+    alice: ClientCert,
+    nameless: ClientCert,
 }
 
 impl Pki {
@@ -53,6 +62,14 @@ impl Pki {
         let client = client_params
             .signed_by(&client_key, &ca, &ca_key)
             .expect("client cert");
+        let nameless_key = KeyPair::generate().expect("key");
+        let mut nameless_params =
+            CertificateParams::new(vec!["device7.example".to_string()]).expect("params");
+        // rcgen fills in a common name unless told otherwise.
+        nameless_params.distinguished_name = DistinguishedName::new();
+        let nameless = nameless_params
+            .signed_by(&nameless_key, &ca, &ca_key)
+            .expect("client cert without CN");
         for (name, pem) in [
             ("ca.pem", ca.pem()),
             ("server.pem", server.pem()),
@@ -64,8 +81,14 @@ impl Pki {
         }
         Pki {
             ca: ca.der().clone(),
-            client_cert: client.der().clone(),
-            client_key: client_key.serialize_der(),
+            alice: ClientCert {
+                cert: client.der().clone(),
+                key: client_key.serialize_der(),
+            },
+            nameless: ClientCert {
+                cert: nameless.der().clone(),
+                key: nameless_key.serialize_der(),
+            },
             dir,
         }
     }
@@ -91,17 +114,18 @@ impl Pki {
         .await
     }
 
-    fn connector(&self, with_client_cert: bool) -> TlsConnector {
+    fn connector(&self, client: Option<&ClientCert>) -> TlsConnector {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).expect("root");
         let builder = ClientConfig::builder().with_root_certificates(roots);
-        let config = if with_client_cert {
-            let key = PrivateKeyDer::try_from(self.client_key.clone()).expect("key");
-            builder
-                .with_client_auth_cert(vec![self.client_cert.clone()], key)
-                .expect("client auth")
-        } else {
-            builder.with_no_client_auth()
+        let config = match client {
+            Some(c) => {
+                let key = PrivateKeyDer::try_from(c.key.clone()).expect("key");
+                builder
+                    .with_client_auth_cert(vec![c.cert.clone()], key)
+                    .expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
         };
         TlsConnector::from(Arc::new(config))
     }
@@ -129,9 +153,17 @@ async fn recv(stream: &mut Tls, buf: &mut BytesMut) -> Packet {
 }
 
 async fn tls_connect(pki: &Pki, b: &TestBroker, with_client_cert: bool) -> std::io::Result<Tls> {
+    tls_connect_as(pki, b, with_client_cert.then_some(&pki.alice)).await
+}
+
+async fn tls_connect_as(
+    pki: &Pki,
+    b: &TestBroker,
+    client: Option<&ClientCert>,
+) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(b.addr).await?;
     let name = ServerName::try_from("localhost").expect("name");
-    pki.connector(with_client_cert).connect(name, tcp).await
+    pki.connector(client).connect(name, tcp).await
 }
 
 /// A TLS connection with CONNECT accepted; returns it and its read buffer.
@@ -281,6 +313,31 @@ async fn client_certificate_required_and_used_as_user_name() {
         ),
         other => panic!("expected SUBACK, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_certificate_without_a_common_name_is_refused_not_replaced_by_the_user_name() {
+    // [MQTT-3.2.2-5] refused with 0x05 (not authorized), then closed.
+    let pki = Pki::new();
+    let b = pki.broker(true, None).await;
+    let mut s = tls_connect_as(&pki, &b, Some(&pki.nameless))
+        .await
+        .expect("the CA signed it: the handshake succeeds");
+    let mut connect = connect_packet("device7", true, 60);
+    if let Packet::Connect(c) = &mut connect {
+        c.username = Some("admin".into());
+    }
+    send(&mut s, &connect).await;
+    let mut buf = BytesMut::new();
+    match recv(&mut s, &mut buf).await {
+        Packet::ConnAck(a) => {
+            assert_eq!(a.code, ConnectReturnCode::NotAuthorized);
+            assert!(!a.session_present, "[MQTT-3.2.2-4]");
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let closed = within(WAIT, s.read_buf(&mut buf)).await;
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
 #[tokio::test]
