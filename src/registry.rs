@@ -32,10 +32,17 @@ pub enum Opened {
     Existing(SessionHandle, ConnLink),
 }
 
+/// A registered session and the user name it belongs to.
+struct Registered {
+    handle: SessionHandle,
+    /// The user name of the CONNECT that made the session; only the same user resumes it.
+    username: Option<Arc<str>>,
+}
+
 /// Every live session by client id.
 #[derive(Default)]
 pub struct Registry {
-    sessions: DashMap<ClientId, SessionHandle>,
+    sessions: DashMap<ClientId, Registered>,
 }
 
 impl Registry {
@@ -56,9 +63,11 @@ impl Registry {
 
     /// Finds or creates the session for a CONNECT.
     ///
-    /// A persistent session is resumed by a clean_session = 0 CONNECT [MQTT-3.1.2-4]: the link
-    /// is handed back for an `Attach`. In every other case an existing session is discarded and
-    /// a new one started already attached to `link` [MQTT-3.1.2-6]. Runs under the map's entry
+    /// A persistent session is resumed by a clean_session = 0 CONNECT of the same user name
+    /// [MQTT-3.1.2-4]: the link is handed back for an `Attach`. In every other case an existing
+    /// session is discarded and a new one started already attached to `link` [MQTT-3.1.2-6]:
+    /// another user taking the client id gets a fresh session (session present 0), never the
+    /// messages that were checked against the previous user's ACL. Runs under the map's entry
     /// lock, so two CONNECTs for one id cannot both create.
     pub fn open(
         &self,
@@ -67,20 +76,27 @@ impl Registry {
         clean: bool,
         link: ConnLink,
     ) -> Opened {
+        let username = link.username.clone();
+        let spawn = |link| Registered {
+            handle: Session::spawn(shared, client_id.clone(), !clean, link),
+            username: username.clone(),
+        };
         let handle = match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
-                if !clean && e.get().persistent && !e.get().mailbox.is_closed() {
-                    return Opened::Existing(e.get().clone(), link);
+                let old = e.get();
+                if !clean
+                    && old.handle.persistent
+                    && old.username == username
+                    && !old.handle.mailbox.is_closed()
+                {
+                    return Opened::Existing(old.handle.clone(), link);
                 }
-                let handle = Session::spawn(shared, client_id.clone(), !clean, link);
-                e.insert(handle.clone()).mailbox.discard(Kick::Discarded);
+                let new = spawn(link);
+                let handle = new.handle.clone();
+                e.insert(new).handle.mailbox.discard(Kick::Discarded);
                 handle
             }
-            Entry::Vacant(e) => {
-                let handle = Session::spawn(shared, client_id.clone(), !clean, link);
-                e.insert(handle.clone());
-                handle
-            }
+            Entry::Vacant(e) => e.insert(spawn(link)).handle.clone(),
         };
         // Shutdown cancels, then `discard_all` walks the map under its locks: either it saw
         // the entry just inserted, or the cancel came before it and is seen here.
@@ -92,13 +108,13 @@ impl Registry {
 
     /// Removes the entry for `client_id` only if it is still session `id`.
     pub fn remove_if(&self, client_id: &str, id: SessionId) {
-        self.sessions.remove_if(client_id, |_, h| h.id == id);
+        self.sessions.remove_if(client_id, |_, r| r.handle.id == id);
     }
 
     /// Discards every session (broker shutdown).
     pub fn discard_all(&self) {
         for entry in self.sessions.iter() {
-            entry.value().mailbox.discard(Kick::Shutdown);
+            entry.value().handle.mailbox.discard(Kick::Shutdown);
         }
         self.sessions.clear();
     }

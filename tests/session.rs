@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{within, Raw, TestBroker};
+use common::{connect_as, within, Raw, TestBroker};
 use tern::codec::Packet;
 use tern::message::QoS;
 
@@ -227,11 +227,50 @@ async fn idle_persistent_sessions_expire() {
     assert!(!present, "expired");
     publish(&b, "t", QoS::AtLeastOnce, &[b"x"]).await;
     raw.expect_silence(QUIET).await;
-    // A session that reconnects in time is kept.
+    // A session that reconnects in time is kept: "in time" is a minute here, so a slow
+    // machine cannot turn the reconnect itself into an expiry.
+    let b = TestBroker::start_with(|c| {
+        c.session.persistent_client_expiration = Some(Duration::from_secs(60))
+    })
+    .await;
+    let (mut raw, _) = persistent(&b, "exp").await;
     raw.subscribe(2, &[("t", QoS::AtLeastOnce)]).await;
     disconnect(raw).await;
     let (_raw, present) = persistent(&b, "exp").await;
     assert!(present);
+}
+
+#[tokio::test]
+async fn another_user_never_inherits_a_persistent_session() {
+    // [MQTT-3.1.2-4] resumes the session of the same client; a different user name taking
+    // the id gets a fresh one (session present 0), not what was checked for the first user.
+    let b = TestBroker::start().await;
+    let (mut alice, ack) = connect_as(b.addr, "shared-id", false, Some("alice"), None).await;
+    assert!(!ack.session_present);
+    alice.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    publish(&b, "t", QoS::AtLeastOnce, &[b"in flight"]).await;
+    let p = alice.recv_publish().await;
+    assert_eq!(&p.payload[..], b"in flight");
+    disconnect(alice).await;
+    publish(&b, "t", QoS::AtLeastOnce, &[b"queued"]).await;
+    // Mallory takes the id, offline and then live: nothing of alice's session reaches her.
+    let (mut mallory, ack) = connect_as(b.addr, "shared-id", false, Some("mallory"), None).await;
+    assert!(!ack.session_present, "a fresh session for another user");
+    mallory.expect_silence(QUIET).await;
+    let (_alice, ack) = connect_as(b.addr, "shared-id", false, Some("alice"), None).await;
+    assert!(
+        !ack.session_present,
+        "mallory's CONNECT discarded alice's session"
+    );
+    mallory.read_to_close().await;
+    // The same user resumes as before.
+    let (mut bob, _) = connect_as(b.addr, "bob-id", false, Some("bob"), None).await;
+    bob.subscribe(1, &[("b", QoS::AtLeastOnce)]).await;
+    disconnect(bob).await;
+    publish(&b, "b", QoS::AtLeastOnce, &[b"for bob"]).await;
+    let (mut bob, ack) = connect_as(b.addr, "bob-id", false, Some("bob"), None).await;
+    assert!(ack.session_present);
+    assert_eq!(&bob.recv_publish().await.payload[..], b"for bob");
 }
 
 #[tokio::test]

@@ -439,10 +439,22 @@ pub async fn login(
     user: Option<&str>,
     password: Option<&str>,
 ) -> (Raw, ConnectReturnCode) {
+    let (raw, ack) = connect_as(addr, id, true, user, password).await;
+    (raw, ack.code)
+}
+
+/// Connects with this clean-session flag, user name and password; returns the CONNACK.
+pub async fn connect_as(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> (Raw, ConnAck) {
     let mut raw = Raw::open(addr).await;
     raw.send_packet(&Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
-        clean_session: true,
+        clean_session: clean,
         keep_alive: 60,
         client_id: id.into(),
         will: None,
@@ -455,7 +467,7 @@ pub async fn login(
             if ack.code != ConnectReturnCode::Accepted {
                 assert!(!ack.session_present, "[MQTT-3.2.2-4]");
             }
-            (raw, ack.code)
+            (raw, ack)
         }
         other => panic!("expected CONNACK, got {other:?}"),
     }
