@@ -17,7 +17,7 @@ fn fanout(c: &mut Criterion) {
         let router = Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false);
         let mut mailboxes = Vec::with_capacity(n);
         for i in 0..n {
-            let mailbox = Arc::new(Mailbox::new(16, usize::MAX / 2));
+            let mailbox = Arc::new(Mailbox::new(16, usize::MAX / 2, 0));
             router.subscribe(
                 "sensors/kitchen/temperature",
                 Route {

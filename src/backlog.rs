@@ -5,9 +5,15 @@
 //! publishing connection stops reading its socket until the backlog falls below the low mark,
 //! so a slow subscriber slows its publishers (through TCP) instead of losing messages. A
 //! subscriber that makes no progress for `backpressure_timeout` is stuck: publishers stop
-//! waiting for it, and its queue overflows by the configured policy, counted.
+//! waiting for it, and its queue overflows by the configured policy, counted. A session with
+//! no connection cannot make progress at all, so it never makes a publisher wait: its queue
+//! fills and overflows by the same policy while it is offline.
+//!
+//! Invariant: `pending` counts the Delivers in the mailbox plus the messages in the mqueue.
+//! A publisher adds before it queues its Deliver (and takes it back if the mailbox refused
+//! it), so the session, which removes when it sends or drops one, can never remove first.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -22,6 +28,8 @@ pub struct Backlog {
     high: usize,
     low: usize,
     drained: Notify,
+    /// The session has a connection (see the module doc).
+    attached: AtomicBool,
 }
 
 impl Backlog {
@@ -35,6 +43,7 @@ impl Backlog {
             high,
             low: high / 2,
             drained: Notify::new(),
+            attached: AtomicBool::new(true),
         }
     }
 
@@ -43,11 +52,25 @@ impl Backlog {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// A publisher handed the session a message; true if the session is now congested (and
-    /// not known to be stuck), so the publisher should wait.
+    /// A publisher is about to hand the session a message; true if the session is now
+    /// congested (and connected, and not known to be stuck), so the publisher should wait.
     pub fn added(&self) -> bool {
         let now = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
-        now >= self.high && !self.is_stuck()
+        now >= self.high && self.attached.load(Ordering::Relaxed) && !self.is_stuck()
+    }
+
+    /// The message counted by `added` was not queued after all (a full or closed mailbox).
+    pub fn not_added(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The session got (true) or lost (false) its connection.
+    pub fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Relaxed);
+        if !attached {
+            // Publishers waiting for this session stop waiting.
+            self.drained.notify_waiters();
+        }
     }
 
     /// The session queued a message that did not come through the mailbox (retained).
@@ -69,9 +92,9 @@ impl Backlog {
         }
     }
 
-    /// True if the backlog is below the low mark.
+    /// True if the backlog is below the low mark, or the session has no connection.
     pub fn relieved(&self) -> bool {
-        self.pending() < self.low
+        self.pending() < self.low || !self.attached.load(Ordering::Relaxed)
     }
 
     /// Messages sent so far; a waiting publisher compares it to see progress.
@@ -90,12 +113,6 @@ impl Backlog {
         s != 0 && self.progress() == s - 1
     }
 
-    /// The notifier of relief. The session's mailbox also signals room on it (rarely needed,
-    /// so it shares this one rather than add a second to every session); waiters recheck.
-    pub fn notifier(&self) -> &Notify {
-        &self.drained
-    }
-
     /// Completes when the backlog falls below the low mark (call `relieved` first: a
     /// notification sent before this future exists is not seen).
     pub async fn wait_drained(&self) {
@@ -112,6 +129,7 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     #[test]
     fn congestion_relief_and_stuck() {
@@ -137,20 +155,48 @@ mod tests {
         assert_eq!(b.pending(), 4);
     }
 
-    #[tokio::test]
-    async fn wait_drained_wakes_on_relief() {
-        let b = std::sync::Arc::new(Backlog::new(2));
-        b.added();
-        b.added();
-        let waiter = tokio::spawn({
-            let b = b.clone();
-            async move { b.wait_drained().await }
-        });
-        tokio::task::yield_now().await;
-        b.removed(2, true);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .expect("task");
+    /// A waker that records being woken.
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wait_drained_is_woken_by_relief_and_by_detach() {
+        for detach in [false, true] {
+            let b = Backlog::new(2);
+            b.added();
+            b.added();
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = std::task::Waker::from(flag.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
+            let mut wait = Box::pin(b.wait_drained());
+            // Polled (and so waiting) before the relief: the wake-up itself is tested.
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            if detach {
+                b.set_attached(false);
+            } else {
+                b.removed(2, true);
+            }
+            assert!(flag.0.load(Ordering::SeqCst), "woken (detach: {detach})");
+            assert!(wait.as_mut().poll(&mut cx).is_ready());
+        }
+    }
+
+    #[test]
+    fn a_detached_session_never_congests() {
+        let b = Backlog::new(2);
+        b.set_attached(false);
+        for _ in 0..10 {
+            assert!(!b.added());
+        }
+        assert!(b.relieved());
+        b.set_attached(true);
+        assert!(b.added());
+        b.not_added();
+        assert_eq!(b.pending(), 10);
     }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, info, trace, Instrument};
 
 use crate::broker::Shared;
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
-use crate::mailbox::{Mailbox, TrySendError};
+use crate::mailbox::{Mailbox, SendError, TrySendError};
 use crate::message::{next_id, ConnId, Message, QoS};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Event, OutboundRx};
@@ -82,6 +82,18 @@ impl CloseReason {
     /// True if the will is published for this close [MQTT-3.1.2-8], [MQTT-3.14.4-3].
     fn publishes_will(&self) -> bool {
         !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
+    }
+
+    /// True if what is already written for the client is flushed before the socket closes:
+    /// the peer is still there and did nothing wrong.
+    fn flushes(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Disconnect
+                | CloseReason::Shutdown
+                | CloseReason::TakenOver
+                | CloseReason::Discarded
+        )
     }
 }
 
@@ -155,7 +167,9 @@ impl<S: Transport + 'static> Future for ConnTask<S> {
                 ConnTask::Connected(c) => {
                     let reason = ready!(c.poll_serve(cx));
                     if let ConnTask::Connected(c) = std::mem::replace(this, ConnTask::Done) {
-                        *this = ConnTask::Closing(Box::pin(c.close(reason)));
+                        if let Some(flush) = c.close(reason) {
+                            *this = ConnTask::Closing(flush);
+                        }
                     }
                 }
                 ConnTask::Closing(f) => {
@@ -200,7 +214,7 @@ struct Connected<S> {
     /// TCP slows this publisher down instead of the subscriber losing messages.
     relief: Option<Boxed<()>>,
     /// A command waiting for room in a full session mailbox; input waits with it.
-    sending: Option<Boxed<Result<(), crate::mailbox::Closed>>>,
+    sending: Option<Boxed<Result<(), SendError>>>,
     /// The PUBREC whose PUBREL goes out once the session has it (after `sending`, if full).
     pubrec: Option<u16>,
     /// Reading and writing take turns being looked at first, so neither starves the other.
@@ -387,11 +401,13 @@ impl<S: Transport> Connection<S> {
                 link,
                 reply: reply_tx,
             }));
-            if session.mailbox.send(attach).await.is_ok() {
-                if let Ok(Ok(())) = timeout(ATTACH_TIMEOUT, reply_rx).await {
-                    attached = Some((session, true, out_rx));
-                    break;
-                }
+            // A session whose mailbox stays full is as unavailable as one that never answers.
+            let answered = timeout(ATTACH_TIMEOUT, async {
+                session.mailbox.attach(self.conn_id, attach).await.is_ok() && reply_rx.await.is_ok()
+            });
+            if answered.await == Ok(true) {
+                attached = Some((session, true, out_rx));
+                break;
             }
         }
         let Some((session, present, outbound)) = attached else {
@@ -634,7 +650,7 @@ impl<S: Transport> Connection<S> {
 /// Iterations of the serving loop in one poll before the task yields to others.
 const TURNS_PER_POLL: usize = 32;
 
-impl<S: Transport> Connected<S> {
+impl<S: Transport + 'static> Connected<S> {
     /// The connected phase: until DISCONNECT, an error, a kick (takeover, discard, shutdown)
     /// or keepalive. Every source is polled directly and keeps our waker; nothing is stored
     /// between polls but this struct.
@@ -740,15 +756,22 @@ impl<S: Transport> Connected<S> {
         let max_packet = self.conn.shared.config.mqtt.max_packet_size;
         loop {
             if let Some(send) = &mut self.sending {
-                if ready!(send.as_mut().poll(cx)).is_err() {
-                    return Poll::Ready(Err(CloseReason::Discarded));
-                }
+                let sent = ready!(send.as_mut().poll(cx));
                 self.sending = None;
+                match sent {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return Poll::Ready(Err(CloseReason::Discarded)),
+                    Err(SendError::Superseded) => {
+                        self.pubrec = None;
+                        return Poll::Ready(Err(CloseReason::TakenOver));
+                    }
+                }
             }
-            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"
-            // (queued before any Detach, so a resend after a reconnect is the PUBREL, never
-            // the PUBLISH); we answer once it has the command, even for an id it no longer
-            // knows, so the client can finish its side.
+            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"; we
+            // answer once the mailbox has taken the command, even for an id the session no
+            // longer knows, so the client can finish its side. Taken means queued before any
+            // later Attach (the mailbox refuses a taken-over connection's commands), so a
+            // resend after a reconnect or a takeover is the PUBREL, never the PUBLISH.
             if let Some(id) = self.pubrec.take() {
                 codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
             }
@@ -767,12 +790,18 @@ impl<S: Transport> Connected<S> {
             if let SessionCmd::PubRec(id) = cmd {
                 self.pubrec = Some(id);
             }
-            match self.client.session.mailbox.try_send(cmd) {
+            let conn = self.conn.conn_id;
+            match self.client.session.mailbox.try_send_from(conn, cmd) {
                 Ok(()) => {}
                 Err(TrySendError::Closed(_)) => return Poll::Ready(Err(CloseReason::Discarded)),
+                Err(TrySendError::Superseded(_)) => {
+                    self.pubrec = None;
+                    return Poll::Ready(Err(CloseReason::TakenOver));
+                }
                 Err(TrySendError::Full(cmd)) => {
                     let mailbox = self.client.session.mailbox.clone();
-                    self.sending = Some(Box::pin(async move { mailbox.send(cmd).await }));
+                    self.sending =
+                        Some(Box::pin(async move { mailbox.send_from(conn, cmd).await }));
                 }
             }
         }
@@ -792,11 +821,14 @@ impl<S: Transport> Connected<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// After the connected phase: the will unless the client said goodbye, then the session
-    /// is told.
-    async fn close(self, reason: CloseReason) {
+    /// After the connected phase: the will unless the client said goodbye. Dropping the
+    /// client's link here is what tells the session (on every exit, a panic included). What
+    /// is left is the goodbye flush, if there is one.
+    fn close(self, reason: CloseReason) -> Option<Boxed<()>> {
         let Connected {
-            conn, mut client, ..
+            mut conn,
+            mut client,
+            ..
         } = self;
         let shared = &conn.shared;
         if reason.is_protocol_error() {
@@ -808,11 +840,6 @@ impl<S: Transport> Connected<S> {
                 shared.router.publish(will);
             }
         }
-        let _ = client
-            .session
-            .mailbox
-            .send(SessionCmd::Detach { conn: conn.conn_id })
-            .await;
         Metrics::decr(&shared.metrics.clients_connected);
         info!(
             conn_id = conn.conn_id,
@@ -820,6 +847,19 @@ impl<S: Transport> Connected<S> {
             %reason,
             "client disconnected"
         );
+        drop(client);
+        // Acks already encoded (a PUBACK before DISCONNECT or before shutdown) still go out,
+        // within the goodbye timeout; a broken or silent peer gets nothing more.
+        if !reason.flushes() || (conn.wbuf.is_empty() && !conn.flushing) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let goodbye = async {
+                conn.stream.write_all_buf(&mut conn.wbuf).await?;
+                conn.stream.flush().await
+            };
+            let _ = timeout(GOODBYE_TIMEOUT, goodbye).await;
+        }))
     }
 }
 

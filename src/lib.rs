@@ -16,6 +16,11 @@
 //!   and the router's deliveries (try_send, counted drops); session -> connection `outbound`
 //!   (the session checks for room and never awaits a push; it also carries the kick). No cycle
 //!   of awaited sends exists.
+//! - Lifecycle: a connection never says goodbye to its session; the session sees the
+//!   connection's end of `outbound` dropped (on every exit: a failed handshake, a reset, a
+//!   panic) and detaches. An Attach fences the mailbox against the connection it replaces, so
+//!   a taken-over connection's late commands are refused, not applied to the new one's
+//!   session. A session dropped without ending cleans up after itself (a drop guard).
 //! - Memory: both tasks are hand-written futures that wait by polling their sources directly,
 //!   so an idle client costs its two small tasks, its socket registration, its mailbox and its
 //!   link; anything rare (handshake, a full mailbox, a backpressure pause) is boxed while it

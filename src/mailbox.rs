@@ -4,6 +4,12 @@
 //! Publishers (through their routes), the session's connection and the registry put commands
 //! in; the session actor takes them out. Besides the queue it carries the discard flag, the
 //! backlog gauge publishers watch for backpressure, and the inbound QoS 2 ids awaiting PUBREL.
+//!
+//! It also fences connections: it knows the session's current connection, which an `Attach`
+//! changes at the moment it is queued. From then on a command from the old connection is
+//! refused (`Superseded`) instead of queued behind the Attach, so the session never acts on a
+//! taken-over connection's PUBREC or SUBSCRIBE after the new one attached, and everything the
+//! old one queued before is handled before the Attach.
 //! A channel crate would cost a separate allocation for each of those plus one per waiting
 //! receive; an idle client is the common case, so this keeps it to one small struct and no
 //! queue memory at all while nothing is queued.
@@ -12,8 +18,10 @@ use std::collections::{BTreeSet, VecDeque};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 use crate::backlog::Backlog;
+use crate::message::ConnId;
 use crate::session::{Kick, SessionCmd};
 
 /// Why a command was not queued; it is handed back.
@@ -23,11 +31,29 @@ pub enum TrySendError {
     Full(SessionCmd),
     /// The session has ended.
     Closed(SessionCmd),
+    /// The sending connection is no longer the session's: another one attached.
+    Superseded(SessionCmd),
 }
 
-/// The session has ended.
+/// Why a connection's command could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed;
+pub enum SendError {
+    /// The session has ended.
+    Closed,
+    /// Another connection attached to the session.
+    Superseded,
+}
+
+/// Who is sending a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// A publisher's delivery: never fenced.
+    Router,
+    /// A command of this connection: refused unless it is the current one.
+    Conn(ConnId),
+    /// This connection's Attach: it becomes the current one.
+    Attach(ConnId),
+}
 
 /// What the session finds in its mailbox.
 #[derive(Debug)]
@@ -43,8 +69,10 @@ pub enum Received {
 pub struct Mailbox {
     inner: Mutex<Inner>,
     cap: usize,
-    /// Its notifier also signals room when a command is taken while a sender waits for it.
     backlog: Backlog,
+    /// Signals room to connections waiting in `send` (rare: a full mailbox). Its own signal,
+    /// so taking a command wakes only those, never the publishers waiting for relief.
+    room: Notify,
     /// Inbound QoS 2 ids awaiting PUBREL (Method B, [MQTT-4.3.3-2]): session state that survives
     /// reconnects, checked by the connection directly under a short CPU-only lock.
     awaiting_rel: Mutex<BTreeSet<u16>>,
@@ -60,15 +88,22 @@ struct Inner {
     closed: bool,
     /// Senders waiting in `send` for room.
     waiting: u32,
+    /// The connection whose commands are accepted (see the module doc).
+    current: ConnId,
 }
 
 impl Mailbox {
-    /// A mailbox of `cap` commands (at least 1) whose backlog reports congestion at `high`.
-    pub fn new(cap: usize, high: usize) -> Self {
+    /// A mailbox of `cap` commands (at least 1) whose backlog reports congestion at `high`,
+    /// accepting commands from connection `current`.
+    pub fn new(cap: usize, high: usize, current: ConnId) -> Self {
         Mailbox {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                current,
+                ..Inner::default()
+            }),
             cap: cap.max(1),
             backlog: Backlog::new(high),
+            room: Notify::new(),
             awaiting_rel: Mutex::new(BTreeSet::new()),
         }
     }
@@ -78,22 +113,44 @@ impl Mailbox {
         &self.backlog
     }
 
-    /// Queues `cmd` unless the mailbox is full or the session has ended.
+    /// Queues a delivery unless the mailbox is full or the session has ended.
     pub fn try_send(&self, cmd: SessionCmd) -> Result<(), TrySendError> {
-        self.push(cmd, false)
+        self.push(cmd, From::Router, false)
     }
 
-    /// Queues `cmd`, waiting for room if the mailbox is full. Callers on a hot path try
-    /// `try_send` first and box this future, so its state costs nothing while unused.
-    pub async fn send(&self, mut cmd: SessionCmd) -> Result<(), Closed> {
+    /// Queues connection `conn`'s command unless the mailbox is full, the session has ended
+    /// or another connection attached.
+    pub fn try_send_from(&self, conn: ConnId, cmd: SessionCmd) -> Result<(), TrySendError> {
+        self.push(cmd, From::Conn(conn), false)
+    }
+
+    /// As `try_send_from`, waiting for room if the mailbox is full. Callers on a hot path try
+    /// `try_send_from` first and box this future, so its state costs nothing while unused.
+    pub async fn send_from(&self, conn: ConnId, cmd: SessionCmd) -> Result<(), SendError> {
+        self.send(cmd, From::Conn(conn)).await
+    }
+
+    /// Queues connection `conn`'s Attach, waiting for room, and makes `conn` the connection
+    /// whose commands are accepted.
+    pub async fn attach(&self, conn: ConnId, cmd: SessionCmd) -> Result<(), SendError> {
+        self.send(cmd, From::Attach(conn)).await
+    }
+
+    /// Accepts commands from `conn` again (an Attach that its connection gave up on).
+    pub fn fence(&self, conn: ConnId) {
+        self.inner.lock().current = conn;
+    }
+
+    async fn send(&self, mut cmd: SessionCmd, from: From) -> Result<(), SendError> {
         loop {
-            let notified = self.backlog.notifier().notified();
+            let notified = self.room.notified();
             tokio::pin!(notified);
             // Enabled before the check: a command taken after it wakes us.
             notified.as_mut().enable();
-            match self.push(cmd, true) {
+            match self.push(cmd, from, true) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(_)) => return Err(Closed),
+                Err(TrySendError::Closed(_)) => return Err(SendError::Closed),
+                Err(TrySendError::Superseded(_)) => return Err(SendError::Superseded),
                 Err(TrySendError::Full(c)) => cmd = c,
             }
             // Counted as waiting until woken, or until this future is dropped.
@@ -104,10 +161,15 @@ impl Mailbox {
 
     /// Queues `cmd` and wakes the session; when full, `wait` registers the caller as waiting
     /// for room under the same lock, so a command taken at once still wakes it.
-    fn push(&self, cmd: SessionCmd, wait: bool) -> Result<(), TrySendError> {
+    fn push(&self, cmd: SessionCmd, from: From, wait: bool) -> Result<(), TrySendError> {
         let mut inner = self.inner.lock();
         if inner.closed {
             return Err(TrySendError::Closed(cmd));
+        }
+        if let From::Conn(conn) = from {
+            if conn != inner.current {
+                return Err(TrySendError::Superseded(cmd));
+            }
         }
         if inner.queue.len() >= self.cap {
             if wait {
@@ -116,6 +178,9 @@ impl Mailbox {
             return Err(TrySendError::Full(cmd));
         }
         inner.queue.push_back(cmd);
+        if let From::Attach(conn) = from {
+            inner.current = conn;
+        }
         let waker = inner.waker.take();
         drop(inner);
         if let Some(w) = waker {
@@ -185,7 +250,7 @@ impl Mailbox {
         let notify = inner.waiting > 0;
         drop(inner);
         if notify {
-            self.backlog.notifier().notify_waiters();
+            self.room.notify_waiters();
         }
     }
 
@@ -198,7 +263,7 @@ impl Mailbox {
             std::mem::take(&mut inner.queue)
         };
         drop(queued);
-        self.backlog.notifier().notify_waiters();
+        self.room.notify_waiters();
     }
 }
 
@@ -237,7 +302,7 @@ mod tests {
 
     #[test]
     fn bounded_fifo_and_close() {
-        let mb = Mailbox::new(2, 10);
+        let mb = Mailbox::new(2, 10, 1);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(mb.try_send(ack(1)).is_ok());
         assert!(mb.try_send(ack(2)).is_ok());
@@ -253,7 +318,7 @@ mod tests {
 
     #[test]
     fn discard_is_seen_first() {
-        let mb = Mailbox::new(4, 10);
+        let mb = Mailbox::new(4, 10, 1);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(mb.try_send(ack(1)).is_ok());
         mb.discard(Kick::Shutdown);
@@ -263,9 +328,37 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn an_attach_fences_off_the_previous_connection() {
+        let mb = Mailbox::new(8, 10, 1);
+        assert!(mb.try_send_from(1, ack(1)).is_ok());
+        assert!(matches!(
+            mb.try_send_from(2, ack(2)),
+            Err(TrySendError::Superseded(_))
+        ));
+        assert_eq!(mb.attach(2, ack(3)).await, Ok(()));
+        // From the moment the Attach is queued, connection 1 is out and 2 is in.
+        assert!(matches!(
+            mb.try_send_from(1, ack(4)),
+            Err(TrySendError::Superseded(_))
+        ));
+        assert_eq!(mb.send_from(1, ack(4)).await, Err(SendError::Superseded));
+        assert!(mb.try_send_from(2, ack(5)).is_ok());
+        assert!(mb.try_send(ack(6)).is_ok(), "deliveries are never fenced");
+        let order: Vec<_> = std::iter::from_fn(|| match mb.try_recv() {
+            Some(SessionCmd::PubAck(id)) => Some(id),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(order, [1, 3, 5, 6]);
+        // An Attach its connection gave up on: the session lets the old one back in.
+        mb.fence(1);
+        assert!(mb.try_send_from(1, ack(7)).is_ok());
+    }
+
     #[test]
     fn qos2_ids() {
-        let mb = Mailbox::new(4, 10);
+        let mb = Mailbox::new(4, 10, 1);
         assert!(mb.receive_qos2(7));
         assert!(!mb.receive_qos2(7), "a resend of an id awaiting PUBREL");
         mb.release_qos2(7);
@@ -274,7 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn receiver_wakes_and_senders_wait_for_room() {
-        let mb = Arc::new(Mailbox::new(1, 10));
+        let mb = Arc::new(Mailbox::new(1, 10, 1));
         let reader = tokio::spawn({
             let mb = mb.clone();
             async move {
@@ -290,7 +383,7 @@ mod tests {
             }
         });
         for i in 1..=3 {
-            tokio::time::timeout(Duration::from_secs(5), mb.send(ack(i)))
+            tokio::time::timeout(Duration::from_secs(5), mb.send_from(1, ack(i)))
                 .await
                 .expect("room")
                 .expect("open");
@@ -301,6 +394,6 @@ mod tests {
             .expect("task");
         assert_eq!(got, [1, 2, 3]);
         mb.close();
-        assert_eq!(mb.send(ack(9)).await, Err(Closed));
+        assert_eq!(mb.send_from(1, ack(9)).await, Err(SendError::Closed));
     }
 }

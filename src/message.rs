@@ -36,7 +36,8 @@ pub type ClientId = Arc<str>;
 /// so a stale route or registry entry can be recognised.
 pub type SessionId = u64;
 
-/// Identifies one network connection; a stale `Detach` carries an old one and is ignored.
+/// Identifies one network connection; a session's mailbox accepts commands only from the
+/// current one.
 pub type ConnId = u64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

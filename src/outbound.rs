@@ -30,6 +30,9 @@ struct Inner {
     conn_waker: Option<Waker>,
     /// The session, waiting for room.
     room_waker: Option<Waker>,
+    /// The session, watching for the connection to go (its end dropped on any exit, a
+    /// failed handshake or a panic included), so it detaches without being told.
+    gone_waker: Option<Waker>,
     tx_alive: bool,
     rx_alive: bool,
 }
@@ -55,6 +58,7 @@ pub fn channel(cap: usize) -> (OutboundTx, OutboundRx) {
             kick: None,
             conn_waker: None,
             room_waker: None,
+            gone_waker: None,
             tx_alive: true,
             rx_alive: true,
         }),
@@ -73,6 +77,7 @@ impl Drop for OutboundTx {
             let mut inner = self.0.inner.lock();
             inner.tx_alive = false;
             inner.room_waker = None;
+            inner.gone_waker = None;
             inner.conn_waker.take()
         };
         if let Some(w) = waker {
@@ -121,6 +126,16 @@ impl OutboundTx {
         Poll::Pending
     }
 
+    /// Ready once the connection's end is dropped; otherwise the session is woken then.
+    pub fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.0.inner.lock();
+        if !inner.rx_alive {
+            return Poll::Ready(());
+        }
+        register(&mut inner.gone_waker, cx);
+        Poll::Pending
+    }
+
     /// Tells the connection to close, and drops the link.
     pub fn kick(self, kick: Kick) {
         let waker = {
@@ -140,14 +155,15 @@ pub struct OutboundRx(Arc<Shared>);
 
 impl Drop for OutboundRx {
     fn drop(&mut self) {
-        let (waker, queued) = {
+        let (wakers, queued) = {
             let mut inner = self.0.inner.lock();
             inner.rx_alive = false;
             inner.conn_waker = None;
-            (inner.room_waker.take(), std::mem::take(&mut inner.queue))
+            let wakers = [inner.room_waker.take(), inner.gone_waker.take()];
+            (wakers, std::mem::take(&mut inner.queue))
         };
         drop(queued);
-        if let Some(w) = waker {
+        for w in wakers.into_iter().flatten() {
             w.wake();
         }
     }
@@ -307,5 +323,26 @@ mod tests {
             .expect("woken")
             .expect("task");
         assert_eq!(got, ([1, 2, 3].to_vec(), Event::Gone));
+    }
+
+    /// A waker that records being woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_session_is_woken_when_the_connection_goes() {
+        let (tx, rx) = channel(1);
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        assert!(tx.poll_gone(&mut Context::from_waker(&waker)).is_pending());
+        assert!(!flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        drop(rx);
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(tx.poll_gone(&mut Context::from_waker(&waker)).is_ready());
     }
 }

@@ -234,20 +234,24 @@ impl Router {
             } else {
                 msg.qos.min(route.qos)
             };
+            // Counted before it is queued, so the session cannot take it off first (see
+            // `backlog.rs`), and whether or not anyone waits for it.
+            let backlog = route.mailbox.backlog();
+            let congested_now = backlog.added();
             match route.mailbox.try_send(SessionCmd::Deliver(Delivery {
                 msg: msg.clone(),
                 qos,
             })) {
                 Ok(()) => {
                     out.delivered += 1;
-                    // Counted whether or not anyone waits for it.
-                    if route.mailbox.backlog().added() {
+                    if congested_now {
                         if let Some(c) = congested.as_deref_mut() {
                             c.push(route.mailbox.clone());
                         }
                     }
                 }
                 Err(TrySendError::Full(_)) => {
+                    backlog.not_added();
                     out.dropped += 1;
                     self.metrics.dropped(
                         DropReason::MailboxFull,
@@ -256,7 +260,7 @@ impl Router {
                     );
                 }
                 // The session is ending; its routes are about to go.
-                Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Closed(_) | TrySendError::Superseded(_)) => backlog.not_added(),
             }
         }
     }
@@ -271,7 +275,7 @@ mod tests {
     }
 
     fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, Arc<Mailbox>) {
-        let mailbox = Arc::new(Mailbox::new(cap, 1000));
+        let mailbox = Arc::new(Mailbox::new(cap, 1000, 0));
         (
             Route {
                 session,

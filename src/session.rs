@@ -39,13 +39,9 @@ use crate::router::{Delivery, Route};
 #[derive(Debug)]
 pub enum SessionCmd {
     /// A connection takes the session over; any earlier connection is kicked. Boxed, like
-    /// the other large variants, to keep every mailbox slot small.
+    /// the other large variants, to keep every mailbox slot small. (There is no Detach: the
+    /// session sees its connection go when the connection's end of the link is dropped.)
     Attach(Box<Attach>),
-    /// The connection `conn` closed; ignored unless it is the current link.
-    Detach {
-        /// The connection that closed.
-        conn: ConnId,
-    },
     /// SUBSCRIBE, already checked: `None` marks a refused filter (SUBACK 0x80).
     Subscribe {
         /// SUBSCRIBE packet id.
@@ -86,7 +82,9 @@ pub enum Kick {
 pub struct Attach {
     /// How to reach the new connection.
     pub link: ConnLink,
-    /// Answered once the link is stored, before any resend is queued.
+    /// Answered just before the link is stored and the resends are queued in it; the
+    /// connection writes CONNACK first and only then takes from the link. Not answered if
+    /// the connection had given up waiting.
     pub reply: oneshot::Sender<()>,
 }
 
@@ -116,7 +114,7 @@ pub enum Outbound {
 /// A session's way to its current connection.
 #[derive(Debug)]
 pub struct ConnLink {
-    /// The connection's id, to recognise a stale `Detach`.
+    /// The connection's id, for the mailbox's fence (see `mailbox.rs`).
     pub conn: ConnId,
     /// The user name the connection authenticated as, for ACL checks on deliveries.
     pub username: Option<Arc<str>>,
@@ -180,6 +178,7 @@ impl Session {
         let mailbox = Arc::new(Mailbox::new(
             cfg.max_queued_messages.max(64) + 64,
             cfg.max_queued_messages / 2,
+            link.conn,
         ));
         let id = next_id();
         let (username, linked) = link.split();
@@ -216,6 +215,12 @@ impl Session {
                 return Poll::Ready(Event::Expired);
             }
         }
+        // Seen only once the mailbox is empty: whatever the connection queued comes first.
+        if let Some(link) = &self.link {
+            if link.outbound.poll_gone(cx).is_ready() {
+                return Poll::Ready(Event::LinkLost);
+            }
+        }
         // Room again (or the connection is gone: pump finds out).
         if self.blocked && self.has_work() {
             if let Some(link) = &self.link {
@@ -237,6 +242,7 @@ impl Session {
                 return Some(None);
             }
             Event::Room => self.blocked = false,
+            Event::LinkLost => self.unlink(None),
             Event::Cmd(cmd) => {
                 self.handle(cmd);
                 // Deliveries and acks come in bursts: take what is there, then pump once.
@@ -261,11 +267,6 @@ impl Session {
             SessionCmd::Attach(a) => {
                 let Attach { link, reply } = *a;
                 self.attach(link, reply);
-            }
-            SessionCmd::Detach { conn } => {
-                if self.link.as_ref().is_some_and(|l| l.conn == conn) {
-                    self.unlink(None);
-                }
             }
             SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
             SessionCmd::Unsubscribe { pkid, filters } => {
@@ -300,17 +301,25 @@ impl Session {
     }
 
     fn attach(&mut self, link: ConnLink, reply: oneshot::Sender<()>) {
+        if reply.is_closed() {
+            // The new connection gave up waiting (and answered its client 0x03): the current
+            // one, if any, stays, and its commands are let in again.
+            if let Some(current) = &self.link {
+                self.mailbox.fence(current.conn);
+            }
+            return;
+        }
         // Whatever was queued for the old connection is void; inflight is resent below.
         self.unlink(Some(Kick::TakenOver));
         if reply.send(()).is_err() {
-            // The connection gave up waiting; it will not send a Detach. The session stays
-            // detached, its expiry running.
+            // It gave up just now: the session stays detached, its expiry running.
             return;
         }
         let (username, linked) = link.split();
         self.username = username;
         self.link = Some(linked);
         self.expiry = None;
+        self.mailbox.backlog().set_attached(true);
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
         let Some(p) = &mut self.pending else {
             return;
@@ -447,6 +456,7 @@ impl Session {
     /// of the now detached session; what was queued for the connection is void.
     fn unlink(&mut self, kick: Option<Kick>) {
         if let Some(link) = self.link.take() {
+            self.mailbox.backlog().set_attached(false);
             let expiry = self.shared.config.session.persistent_client_expiration;
             self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
             if let Some(k) = kick {
@@ -544,6 +554,17 @@ impl Pending {
 /// `async fn` would add the state of its waits (and keep its argument twice).
 struct Actor(Option<Session>);
 
+/// The drop guard: a session dropped without ending (a panic while handling an event, or the
+/// runtime going away) still closes its mailbox, drops its routes and leaves the registry,
+/// so its client id stays usable.
+impl Drop for Actor {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.close(None);
+        }
+    }
+}
+
 /// Events handled in one poll before the task yields to others on its worker.
 const EVENTS_PER_POLL: usize = 32;
 
@@ -577,4 +598,6 @@ enum Event {
     Discarded(Kick),
     Expired,
     Room,
+    /// The connection's end of the link was dropped: it is gone.
+    LinkLost,
 }

@@ -5,23 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use common::{login, within, Raw, TestBroker, WAIT};
+use common::{login, pbkdf2_line, within, Raw, TestBroker, WAIT};
 use tern::codec::{ConnectReturnCode, Packet};
 use tern::message::QoS;
-
-/// A `$7$` line for `user` with `iterations` rounds, as `mosquitto_passwd` would write it.
-fn pbkdf2_line(user: &str, password: &str, iterations: u32) -> String {
-    let salt = b"0123456789ab";
-    let mut hash = [0u8; 64];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), salt, iterations, &mut hash);
-    format!(
-        "{user}:$7${iterations}${}${}\n",
-        B64.encode(salt),
-        B64.encode(hash)
-    )
-}
 
 /// How long a refused login takes, CONNECT to CONNACK.
 async fn refusal_time(addr: std::net::SocketAddr, user: &str) -> Duration {

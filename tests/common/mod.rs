@@ -473,6 +473,15 @@ pub async fn connect_as(
     }
 }
 
+/// A `$7$` line for `user` with `iterations` rounds, as `mosquitto_passwd` would write it.
+pub fn pbkdf2_line(user: &str, password: &str, iterations: u32) -> String {
+    let salt = b"0123456789ab";
+    let mut hash = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), salt, iterations, &mut hash);
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+    format!("{user}:$7${iterations}${}${}\n", b64(salt), b64(&hash))
+}
+
 /// A CONNECT packet for MQTT 3.1.1.
 pub fn connect_packet(id: &str, clean: bool, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
