@@ -115,6 +115,8 @@ pub struct SessionConfig {
     pub queue_overflow: QueueOverflow,
     /// Most subscriptions one client may hold; more get SUBACK 0x80. 0 = no limit.
     pub max_subscriptions: usize,
+    /// Inbound QoS 2 messages of one client awaiting PUBREL; one more closes the connection.
+    pub max_awaiting_rel: usize,
     /// How long a publisher waits for a congested subscriber that makes no progress before
     /// treating it as stuck; 0 never waits (messages beyond the queue are dropped at once).
     #[serde(deserialize_with = "duration")]
@@ -224,6 +226,7 @@ impl Default for SessionConfig {
             queue_qos0_messages: false,
             queue_overflow: QueueOverflow::DropNew,
             max_subscriptions: 10_000,
+            max_awaiting_rel: 100,
             backpressure_timeout: Duration::from_secs(1),
             persistent_client_expiration: None,
         }
@@ -409,6 +412,18 @@ impl Config {
             return Err((
                 "session.max_inflight_messages",
                 "must be between 1 and 65535 (an unlimited window is not allowed)".into(),
+            ));
+        }
+        if self.mqtt.max_topic_levels > crate::topic::MAX_LEVELS {
+            return Err((
+                "mqtt.max_topic_levels",
+                format!("must be at most {}", crate::topic::MAX_LEVELS),
+            ));
+        }
+        if !(1..=65_535).contains(&self.session.max_awaiting_rel) {
+            return Err((
+                "session.max_awaiting_rel",
+                "must be between 1 and 65535".into(),
             ));
         }
         if !(1..=10_000_000).contains(&self.session.max_queued_messages) {

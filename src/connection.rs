@@ -588,10 +588,15 @@ impl<S: Transport> Connection<S> {
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        if client.session.mailbox.receive_qos2(pkid) {
-                            if let Some(msg) = msg {
-                                self.route(msg);
+                        let max = self.shared.config.session.max_awaiting_rel;
+                        match client.session.mailbox.receive_qos2(pkid, max) {
+                            Some(true) => {
+                                if let Some(msg) = msg {
+                                    self.route(msg);
+                                }
                             }
+                            Some(false) => {}
+                            None => return Err(ProtocolError::TooManyAwaitingRel.into()),
                         }
                         codec::encode(&Packet::PubRec(pkid), &mut self.wbuf);
                     }

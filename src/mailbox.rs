@@ -206,10 +206,17 @@ impl Mailbox {
         self.inner.lock().closed
     }
 
-    /// Records an inbound QoS 2 `pkid`; true if it was not already awaiting PUBREL (the
-    /// message is new and must be routed).
-    pub fn receive_qos2(&self, pkid: u16) -> bool {
-        self.awaiting_rel.lock().insert(pkid)
+    /// Records an inbound QoS 2 `pkid`: `Some(true)` if it was not already awaiting PUBREL
+    /// (the message is new and must be routed), `None` if `max` ids already await theirs.
+    pub fn receive_qos2(&self, pkid: u16, max: usize) -> Option<bool> {
+        let mut awaiting = self.awaiting_rel.lock();
+        if awaiting.contains(&pkid) {
+            return Some(false);
+        }
+        if awaiting.len() >= max {
+            return None;
+        }
+        Some(awaiting.insert(pkid))
     }
 
     /// PUBREL: `pkid` is free again.
@@ -359,10 +366,21 @@ mod tests {
     #[test]
     fn qos2_ids() {
         let mb = Mailbox::new(4, 10, 1);
-        assert!(mb.receive_qos2(7));
-        assert!(!mb.receive_qos2(7), "a resend of an id awaiting PUBREL");
+        assert_eq!(mb.receive_qos2(7, 2), Some(true));
+        assert_eq!(
+            mb.receive_qos2(7, 2),
+            Some(false),
+            "a resend of an id awaiting PUBREL"
+        );
         mb.release_qos2(7);
-        assert!(mb.receive_qos2(7));
+        assert_eq!(mb.receive_qos2(7, 2), Some(true));
+        assert_eq!(mb.receive_qos2(8, 2), Some(true));
+        assert_eq!(mb.receive_qos2(9, 2), None, "the limit");
+        assert_eq!(
+            mb.receive_qos2(8, 2),
+            Some(false),
+            "a resend is still known"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use crate::auth::{Access, Acl, Authenticator, Credentials, Policy};
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
@@ -33,6 +35,9 @@ pub enum ProtocolError {
     /// A PUBLISH topic with more levels than `max_topic_levels`.
     #[error("topic has more levels than max_topic_levels")]
     TooManyTopicLevels,
+    /// A QoS 2 PUBLISH while `max_awaiting_rel` others wait for their PUBREL.
+    #[error("too many QoS 2 messages awaiting PUBREL")]
+    TooManyAwaitingRel,
     /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
     #[error("unexpected {0} from a client")]
     UnexpectedPacket(&'static str),
@@ -105,7 +110,7 @@ pub fn check_connect(
         return Err(reject());
     }
     let will = match &c.will {
-        Some(w) => Some(will_message(w, &client_id)?),
+        Some(w) => Some(will_message(w, &client_id, cfg)?),
         None => None,
     };
     let username = match identity {
@@ -139,13 +144,21 @@ pub fn checks_password(c: &Connect, identity: &Identity, policy: &Policy) -> boo
     *identity == Identity::FromConnect && c.username.is_some() && policy.passwords.is_some()
 }
 
-fn will_message(w: &LastWill, client_id: &str) -> Result<Arc<Message>, Refusal> {
+/// The will as a message, under the rules a PUBLISH of it would meet.
+fn will_message(w: &LastWill, client_id: &str, cfg: &MqttConfig) -> Result<Arc<Message>, Refusal> {
     if !topic::valid_name(&w.topic) {
         return Err(Refusal::Close(ProtocolError::InvalidWillTopic));
     }
+    if topic::too_deep(&w.topic, cfg.max_topic_levels) {
+        return Err(Refusal::Close(ProtocolError::TooManyTopicLevels));
+    }
+    if w.retain && !cfg.retain_available {
+        return Err(Refusal::Close(ProtocolError::RetainNotAvailable));
+    }
+    // Copied: a will lives as long as its connection and must not pin the CONNECT's buffer.
     Ok(Arc::new(Message {
-        topic: w.topic.clone(),
-        payload: w.payload.clone(),
+        topic: Bytes::copy_from_slice(&w.topic),
+        payload: Bytes::copy_from_slice(&w.payload),
         qos: w.qos,
         retain: w.retain,
         from: client_id.into(),
@@ -157,7 +170,7 @@ pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError>
     if !topic::valid_name(&p.topic) {
         return Err(ProtocolError::InvalidTopicName);
     }
-    if too_deep(&p.topic, cfg.max_topic_levels) {
+    if topic::too_deep(&p.topic, cfg.max_topic_levels) {
         return Err(ProtocolError::TooManyTopicLevels);
     }
     if p.retain && !cfg.retain_available {
@@ -188,16 +201,11 @@ pub fn grant(
         .into_iter()
         .map(|(f, q)| {
             let ok = topic::valid_filter(&f)
-                && !too_deep(f.as_bytes(), cfg.max_topic_levels)
+                && !topic::too_deep(f.as_bytes(), cfg.max_topic_levels)
                 && acl.allowed(client_id, username, Access::Read, &f);
             (f, ok.then_some(q))
         })
         .collect()
-}
-
-/// True if `topic` has more than `max` levels (0 = no limit).
-fn too_deep(topic: &[u8], max: usize) -> bool {
-    max > 0 && topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
 /// A new client id: the configured prefix, then a process-unique, time-seeded hex number.

@@ -18,7 +18,8 @@ pub enum RetainOutcome {
     Deleted,
     /// Not stored: the store holds `max_retained_messages` already.
     StoreFull,
-    /// Not stored: the payload is over `retained_payload_limit`.
+    /// Not stored: the payload is over `retained_payload_limit`; any older message of the
+    /// topic is deleted.
     PayloadTooLarge,
 }
 
@@ -82,6 +83,9 @@ impl RetainStore {
             return RetainOutcome::Deleted;
         }
         if self.payload_limit > 0 && msg.payload.len() > self.payload_limit {
+            // [MQTT-3.3.1-7] the older message is discarded all the same: a newer value was
+            // published, and serving the stale one would be worse than none.
+            self.delete(&msg.topic);
             return RetainOutcome::PayloadTooLarge;
         }
         // Copy out of the read buffer, so a small retained message does not pin a large frame.
@@ -247,6 +251,30 @@ mod tests {
         );
         assert_eq!(s.len(), 2);
         assert_eq!(topics(&s, "#"), ["a", "b"]);
+        // [MQTT-3.3.1-7] too large to keep, but newer: the old "a" goes.
+        assert_eq!(s.set(&msg("a", "12345")), RetainOutcome::PayloadTooLarge);
+        assert_eq!(topics(&s, "#"), ["b"]);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn the_deepest_topic_allowed_is_walked_and_dropped_on_a_worker_sized_stack() {
+        // The walks recurse once per level: `topic::MAX_LEVELS` keeps that well inside the
+        // 2 MiB of a tokio worker, even in a debug build (4,096 levels overflow it there).
+        let run = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let s = RetainStore::new(0, 0);
+                let topic = vec!["a"; crate::topic::MAX_LEVELS].join("/");
+                assert_eq!(s.set(&msg(&topic, "x")), RetainOutcome::Stored);
+                assert_eq!(s.matching("#").len(), 1);
+                assert_eq!(s.matching(&format!("{topic}/#")).len(), 1);
+                assert_eq!(s.set(&msg(&topic, "")), RetainOutcome::Deleted);
+                s.set(&msg(&topic, "x"));
+                drop(s);
+            })
+            .expect("thread");
+        assert!(run.join().is_ok());
     }
 
     #[test]

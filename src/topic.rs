@@ -3,6 +3,22 @@
 //! UTF-8 and U+0000 are checked by the codec; here are the structural rules. Matching is byte
 //! for byte with no normalisation [MQTT-4.7.3-4].
 
+/// Most levels in any topic name or filter the broker accepts, whatever `max_topic_levels`
+/// says: the retained tree and the subscription trie are walked (and dropped) by recursion,
+/// one call per level, and this keeps that far inside a worker thread's stack.
+pub const MAX_LEVELS: usize = 1024;
+
+/// True if `topic` has more than `max` levels; `max` 0 (no configured limit) and anything
+/// above `MAX_LEVELS` mean `MAX_LEVELS`.
+pub fn too_deep(topic: &[u8], max: usize) -> bool {
+    let max = if max == 0 {
+        MAX_LEVELS
+    } else {
+        max.min(MAX_LEVELS)
+    };
+    topic.iter().filter(|&&b| b == b'/').count() >= max
+}
+
 /// True if `name` may be published to: non-empty, no wildcards [MQTT-3.3.2-2, MQTT-4.7.1-1,
 /// MQTT-4.7.3-1].
 pub fn valid_name(name: &[u8]) -> bool {
@@ -74,6 +90,22 @@ mod tests {
         assert!(!valid_name(b"a/+")); // [MQTT-3.3.2-2]
         assert!(!valid_name(b"a/#"));
         assert!(!valid_name(b"a+b"));
+    }
+
+    #[test]
+    fn level_limits() {
+        assert!(!too_deep(b"a/b", 2));
+        assert!(too_deep(b"a/b/c", 2));
+        let deepest = vec!["x"; MAX_LEVELS].join("/");
+        let deeper = format!("{deepest}/x");
+        for max in [0, MAX_LEVELS, usize::MAX] {
+            assert!(!too_deep(deepest.as_bytes(), max), "{max}");
+            assert!(
+                too_deep(deeper.as_bytes(), max),
+                "{max}: no setting lifts the cap"
+            );
+        }
+        assert!(too_deep(&[b'/'; 65_535], 0));
     }
 
     #[test]

@@ -115,3 +115,41 @@ async fn rumqttc_qos2_round_trip() {
     }
     sub.expect_no_publish(QUIET).await;
 }
+
+#[tokio::test]
+async fn qos2_ids_awaiting_pubrel_are_capped() {
+    // A client that never sends PUBREL would otherwise keep up to 65,535 ids for the life of
+    // its session: it gets `max_awaiting_rel` of them, and the next one closes it.
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, "sub", true, 60).await;
+    sub.subscribe(1, &[("q2", QoS::AtMostOnce)]).await;
+    let (mut hog, _) = Raw::connect(b.addr, "hog", false, 60).await;
+    let mut all = bytes::BytesMut::new();
+    for id in 1..=u16::MAX {
+        tern::codec::encode(&publish2(id, false, b"x"), &mut all);
+    }
+    // Written whole while the broker reads: it closes part way, so the write may fail.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut hog.stream, &all).await;
+    // Closed: the PUBRECs that arrive come in order (a close with unread input is a reset, so
+    // some may be lost on the way); the subscriber's count is the exact one.
+    let mut recs = 0;
+    while let Some(p) = hog.read_to_close_or_packet().await {
+        assert_eq!(p, Packet::PubRec(recs + 1), "in order, then closed");
+        recs += 1;
+    }
+    assert!(recs <= 100, "{recs}");
+    for _ in 0..100 {
+        assert_eq!(&sub.recv_publish().await.payload[..], b"x");
+    }
+    sub.expect_silence(QUIET).await;
+    assert_eq!(b.metrics.snapshot().protocol_errors, 1);
+    // The session keeps its 100 ids; releasing one makes room for one more.
+    let (mut hog, ack) = Raw::connect(b.addr, "hog", false, 60).await;
+    assert!(ack.session_present);
+    hog.send_packet(&Packet::PubRel(1)).await;
+    assert_eq!(hog.recv().await, Packet::PubComp(1));
+    hog.send_packet(&publish2(1000, false, b"y")).await;
+    assert_eq!(hog.recv().await, Packet::PubRec(1000));
+    hog.send_packet(&publish2(1001, false, b"z")).await;
+    assert_eq!(hog.read_to_close_or_packet().await, None);
+}

@@ -153,11 +153,22 @@ async fn retained_store_limits_are_counted() {
     .await;
     retain(&b, "r/1", QoS::AtLeastOnce, b"1").await;
     retain(&b, "r/2", QoS::AtLeastOnce, b"2").await;
-    retain(&b, "r/1", QoS::AtLeastOnce, b"too long").await;
-    assert_eq!(b.metrics.snapshot().retained_refused, 2);
     let (mut sub, _) = Raw::connect(b.addr, "limits", true, 60).await;
     sub.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
     assert_eq!(&sub.recv_publish().await.payload[..], b"1");
+    sub.expect_silence(QUIET).await;
+    // [MQTT-3.3.1-7] a newer retained message replaces the old one even when it is too large
+    // to keep: the old one is discarded, never served in its place.
+    retain(&b, "r/1", QoS::AtLeastOnce, b"too long").await;
+    assert_eq!(b.metrics.snapshot().retained_refused, 2);
+    let (mut sub, _) = Raw::connect(b.addr, "limits2", true, 60).await;
+    sub.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    sub.expect_silence(QUIET).await;
+    // With the store's one place free again, a new topic fits.
+    retain(&b, "r/3", QoS::AtLeastOnce, b"3").await;
+    let (mut sub, _) = Raw::connect(b.addr, "limits3", true, 60).await;
+    sub.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    assert_eq!(&sub.recv_publish().await.payload[..], b"3");
     sub.expect_silence(QUIET).await;
 }
 
@@ -167,4 +178,25 @@ async fn retain_unavailable_closes_on_retained_publish() {
     let (mut p, _) = Raw::connect(b.addr, "noretain", true, 60).await;
     p.publish("r", QoS::AtMostOnce, None, true, b"x").await;
     p.expect_closed_silently().await;
+    // A retained will is refused the same way, at CONNECT (as Mosquitto does).
+    let mut w = Raw::open(b.addr).await;
+    w.send_packet(&will_connect("r/will", true)).await;
+    w.expect_closed_silently().await;
+    assert_eq!(b.metrics.snapshot().protocol_errors, 2);
+}
+
+/// A CONNECT with a QoS 0 will on `topic`.
+fn will_connect(topic: &str, retain: bool) -> Packet {
+    Packet::Connect(Box::new(tern::codec::Connect {
+        will: Some(tern::codec::LastWill {
+            topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain,
+        }),
+        ..match common::connect_packet("will-client", true, 60) {
+            Packet::Connect(c) => *c,
+            _ => unreachable!("connect_packet makes a CONNECT"),
+        }
+    }))
 }

@@ -95,7 +95,12 @@ fn value(p: &Publish) -> u32 {
 }
 
 async fn big_queue_broker() -> TestBroker {
-    TestBroker::start_with(|c| c.session.max_queued_messages = 4 * N as usize).await
+    TestBroker::start_with(|c| {
+        c.session.max_queued_messages = 4 * N as usize;
+        // The QoS 2 publisher below leaves up to N/2 flows waiting for PUBREL at once.
+        c.session.max_awaiting_rel = N as usize;
+    })
+    .await
 }
 
 #[tokio::test]

@@ -173,3 +173,44 @@ async fn no_will_flag_means_no_will() {
     drop(raw);
     w.expect_silence(QUIET).await;
 }
+
+/// A CONNECT whose retained QoS 0 will goes to `topic`.
+fn deep_will(id: &str, topic: String) -> Packet {
+    let mut p = connect_with_will(id, 60, QoS::AtMostOnce, true);
+    if let Packet::Connect(c) = &mut p {
+        if let Some(w) = &mut c.will {
+            w.topic = Bytes::from(topic);
+        }
+    }
+    p
+}
+
+#[tokio::test]
+async fn will_topics_obey_the_topic_level_limits() {
+    // `a/a/...` 65,535 bytes long: 32,768 levels, which a retained will would have built into
+    // the retained tree, to be walked by the next `#` subscriber's recursion.
+    let deep = vec!["a"; 32_768].join("/");
+    for max in [128, 0] {
+        let b = TestBroker::start_with(|c| c.mqtt.max_topic_levels = max).await;
+        let mut raw = Raw::open(b.addr).await;
+        raw.send_packet(&deep_will("deep", deep.clone())).await;
+        raw.expect_closed_silently().await;
+        assert_eq!(b.metrics.snapshot().protocol_errors, 1, "max {max}");
+        // Even with "no limit", 1,024 levels is the most any topic may have; that many is fine.
+        if max == 0 {
+            let cap = vec!["a"; tern::topic::MAX_LEVELS].join("/");
+            let (mut live, _) = Raw::connect(b.addr, "live", true, 60).await;
+            live.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+            let mut raw = Raw::open(b.addr).await;
+            raw.send_packet(&deep_will("cap", cap.clone())).await;
+            assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
+            drop(raw);
+            // Stored before it is routed: once it arrives live, it is retained.
+            assert_eq!(live.recv_publish().await.topic.len(), cap.len());
+            let (mut sub, _) = Raw::connect(b.addr, "sub", true, 60).await;
+            sub.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+            let p = sub.recv_publish().await;
+            assert_eq!((p.topic.len(), p.retain), (cap.len(), true));
+        }
+    }
+}
