@@ -26,6 +26,7 @@ fn fanout(c: &mut Criterion) {
                     qos: QoS::AtLeastOnce,
                     mailbox: mailbox.clone(),
                 },
+                0,
             );
             mailboxes.push(mailbox);
         }

@@ -63,6 +63,11 @@ impl MQueue {
         self.bytes
     }
 
+    /// How many more messages fit before the length limit.
+    pub fn room(&self) -> usize {
+        self.max_len.saturating_sub(self.items.len())
+    }
+
     /// The next message to send, without removing it.
     pub fn front(&self) -> Option<&Queued> {
         self.items.front()
@@ -99,12 +104,6 @@ impl MQueue {
         self.account_in(&item);
         self.items.push_back(item);
         dropped
-    }
-
-    /// Puts a message back at the head (a send that could not complete); never drops.
-    pub fn push_front(&mut self, item: Queued) {
-        self.account_in(&item);
-        self.items.push_front(item);
     }
 
     /// Removes and returns the oldest message.

@@ -34,11 +34,12 @@ impl Node {
         self.children.is_empty() && self.message.is_none()
     }
 
-    fn collect_all(&self, out: &mut Vec<Arc<Message>>) {
-        out.extend(self.message.iter().cloned());
+    fn collect_all(&self, out: &mut Vec<Arc<Message>>, limit: usize) -> Walk {
+        take(&self.message, out, limit)?;
         for child in self.children.values() {
-            child.collect_all(out);
+            child.collect_all(out, limit)?;
         }
+        Walk::Continue(())
     }
 }
 
@@ -78,33 +79,47 @@ impl RetainStore {
     /// Stores, replaces or (for an empty payload) deletes the topic's retained message
     /// [MQTT-3.3.1-5, MQTT-3.3.1-7, MQTT-3.3.1-10, MQTT-3.3.1-11].
     pub fn set(&self, msg: &Message) -> RetainOutcome {
-        if msg.payload.is_empty() {
-            self.delete(&msg.topic);
+        self.set_then(msg, || ()).0
+    }
+
+    /// As `set`, then runs `then` (the publisher matching its subscribers) under the same
+    /// lock as `subscribe_then` takes: a subscriber either finds the message stored and is
+    /// not matched, or is matched and does not find it, never both (one copy, not two).
+    pub fn set_then<R>(&self, msg: &Message, then: impl FnOnce() -> R) -> (RetainOutcome, R) {
+        // Copied out of the read buffer before the lock, so a small retained message does not
+        // pin a large frame.
+        let stored = (!msg.payload.is_empty()).then(|| {
+            Arc::new(Message {
+                topic: Bytes::copy_from_slice(&msg.topic),
+                payload: Bytes::copy_from_slice(&msg.payload),
+                ..msg.clone()
+            })
+        });
+        let mut tree = self.tree.write();
+        let outcome = self.store(&mut tree, &msg.topic, stored);
+        (outcome, then())
+    }
+
+    fn store(&self, tree: &mut Tree, topic: &[u8], stored: Option<Arc<Message>>) -> RetainOutcome {
+        let Some(stored) = stored else {
+            tree.delete(topic);
             return RetainOutcome::Deleted;
-        }
-        if self.payload_limit > 0 && msg.payload.len() > self.payload_limit {
+        };
+        if self.payload_limit > 0 && stored.payload.len() > self.payload_limit {
             // [MQTT-3.3.1-7] the older message is discarded all the same: a newer value was
             // published, and serving the stale one would be worse than none.
-            self.delete(&msg.topic);
+            tree.delete(topic);
             return RetainOutcome::PayloadTooLarge;
         }
-        // Copy out of the read buffer, so a small retained message does not pin a large frame.
-        let stored = Arc::new(Message {
-            topic: Bytes::copy_from_slice(&msg.topic),
-            payload: Bytes::copy_from_slice(&msg.payload),
-            ..msg.clone()
-        });
-        let mut guard = self.tree.write();
-        let tree = &mut *guard;
         let full = self.max_messages > 0 && tree.len >= self.max_messages;
         let mut node = &mut tree.root;
-        for level in msg.topic.split(|&b| b == b'/') {
+        for level in topic.split(|&b| b == b'/') {
             node = node.children.entry(level.into()).or_default();
         }
         if node.message.is_none() {
             if full {
                 // Undo the empty branch the walk may have created.
-                let levels: Vec<&[u8]> = msg.topic.split(|&b| b == b'/').collect();
+                let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
                 remove_at(&mut tree.root, &levels);
                 return RetainOutcome::StoreFull;
             }
@@ -114,21 +129,35 @@ impl RetainStore {
         RetainOutcome::Stored
     }
 
-    fn delete(&self, topic: &[u8]) {
-        let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
-        let mut tree = self.tree.write();
-        if remove_at(&mut tree.root, &levels) {
-            tree.len -= 1;
-        }
-    }
-
     /// Every retained message whose topic matches `filter` (assumed valid); wildcards at the
     /// first level skip `$` topics [MQTT-4.7.2-1].
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.subscribe_then(filter, usize::MAX, || ()).0
+    }
+
+    /// Runs `first` (installing a route), then collects at most `limit` retained messages
+    /// matching `filter`, under one lock (see `set_then`). True beside them if more matched.
+    pub fn subscribe_then(
+        &self,
+        filter: &str,
+        limit: usize,
+        first: impl FnOnce(),
+    ) -> (Vec<Arc<Message>>, bool) {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
-        collect(&self.tree.read().root, &levels, true, &mut out);
-        out
+        let tree = self.tree.read();
+        first();
+        let more = collect(&tree.root, &levels, true, &mut out, limit).is_break();
+        (out, more)
+    }
+}
+
+impl Tree {
+    fn delete(&mut self, topic: &[u8]) {
+        let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
+        if remove_at(&mut self.root, &levels) {
+            self.len -= 1;
+        }
     }
 }
 
@@ -147,37 +176,57 @@ fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
     removed
 }
 
-fn collect(node: &Node, levels: &[&str], root: bool, out: &mut Vec<Arc<Message>>) {
+/// Adds `message` to `out` unless it holds `limit` already: then stops the walk.
+fn take(message: &Option<Arc<Message>>, out: &mut Vec<Arc<Message>>, limit: usize) -> Walk {
+    if let Some(m) = message {
+        if out.len() >= limit {
+            return Walk::Break(());
+        }
+        out.push(m.clone());
+    }
+    Walk::Continue(())
+}
+
+/// Whether a walk goes on (`Break` once `limit` messages were found and one more matched).
+type Walk = std::ops::ControlFlow<()>;
+
+fn collect(
+    node: &Node,
+    levels: &[&str],
+    root: bool,
+    out: &mut Vec<Arc<Message>>,
+    limit: usize,
+) -> Walk {
     let Some((&level, rest)) = levels.split_first() else {
-        out.extend(node.message.iter().cloned());
-        return;
+        return take(&node.message, out, limit);
     };
     let visible = |name: &[u8]| !(root && name.first() == Some(&b'$'));
     match level {
         "#" => {
             // "a/#" matches "a" itself too.
             if !root {
-                out.extend(node.message.iter().cloned());
+                take(&node.message, out, limit)?;
             }
             for (name, child) in &node.children {
                 if visible(name) {
-                    child.collect_all(out);
+                    child.collect_all(out, limit)?;
                 }
             }
         }
         "+" => {
             for (name, child) in &node.children {
                 if visible(name) {
-                    collect(child, rest, false, out);
+                    collect(child, rest, false, out, limit)?;
                 }
             }
         }
         l => {
             if let Some(child) = node.children.get(l.as_bytes()) {
-                collect(child, rest, false, out);
+                collect(child, rest, false, out, limit)?;
             }
         }
     }
+    Walk::Continue(())
 }
 
 #[cfg(test)]
@@ -275,6 +324,21 @@ mod tests {
             })
             .expect("thread");
         assert!(run.join().is_ok());
+    }
+
+    #[test]
+    fn a_limited_walk_stops_and_says_so() {
+        let s = RetainStore::new(0, 0);
+        for t in ["a/1", "a/2", "a/3"] {
+            s.set(&msg(t, "p"));
+        }
+        let (got, more) = s.subscribe_then("a/#", 2, || ());
+        assert_eq!((got.len(), more), (2, true));
+        let (got, more) = s.subscribe_then("a/+", 3, || ());
+        assert_eq!((got.len(), more), (3, false));
+        let (got, more) = s.subscribe_then("a/1", 0, || ());
+        assert_eq!((got.len(), more), (0, true));
+        assert_eq!(s.subscribe_then("b/#", 0, || ()), (vec![], false));
     }
 
     #[test]

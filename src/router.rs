@@ -3,10 +3,15 @@
 //! A shared object, not a task (ARCHITECTURE.md section 4): the publisher's own task matches
 //! and fans out. Exact filters sit in a `DashMap`, wildcard filters in a trie behind a
 //! `parking_lot::RwLock` (CPU-only critical sections, never held across `.await`). Route lists
-//! are copy-on-write `Arc<[Route]>`, so readers clone an `Arc` under the lock and send unlocked.
+//! are `Arc<Vec<Route>>` sorted by session: readers clone the `Arc` under the lock and send
+//! unlocked; a subscribe edits the list in place (`Arc::make_mut`), copying it only while a
+//! publisher holds it, so n subscribers to one filter cost O(n log n), not O(n²) copies.
 //!
-//! Two ordering rules make this lossless without a router actor: subscribe inserts the route
-//! *then* reads retained messages; publish writes the retained store *then* matches.
+//! One rule makes retained messages exact without a router actor: a retained publish stores
+//! the message and matches its subscribers under the retained store's write lock, and a
+//! subscribe installs its route and reads the retained messages under its read lock. A new
+//! subscriber therefore gets a concurrent retained message once, either from the store or
+//! live, never both and never neither [MQTT-3.3.1-6]. Other publishes take no such lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,7 +50,7 @@ pub struct Route {
     pub mailbox: Arc<Mailbox>,
 }
 
-type Routes = Arc<[Route]>;
+type Routes = Arc<Vec<Route>>;
 
 /// What a publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,29 +72,40 @@ pub struct Router {
     upgrade_outgoing_qos: bool,
 }
 
-fn with_route(list: Option<&Routes>, route: Route) -> Routes {
-    let mut v: Vec<Route> = list
-        .map(|l| {
-            l.iter()
-                .filter(|r| r.session != route.session)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    v.push(route);
-    v.into()
+/// Adds `route` to `list`, or replaces the session's route there.
+fn add_route(list: &mut Routes, route: Route) {
+    let at = list.binary_search_by_key(&route.session, |r| r.session);
+    let list = Arc::make_mut(list);
+    match at {
+        Ok(i) => list[i] = route,
+        Err(i) => list.insert(i, route),
+    }
 }
 
-fn without(list: &Routes, session: SessionId) -> Option<Routes> {
-    if !list.iter().any(|r| r.session == session) {
-        return None;
+/// Removes `session`'s route from `list`; true if it had one.
+fn remove_route(list: &mut Routes, session: SessionId) -> bool {
+    match list.binary_search_by_key(&session, |r| r.session) {
+        Ok(i) => {
+            Arc::make_mut(list).remove(i);
+            true
+        }
+        Err(_) => false,
     }
-    Some(
-        list.iter()
-            .filter(|r| r.session != session)
-            .cloned()
-            .collect(),
-    )
+}
+
+/// What a topic matched: the exact filter's routes and each matching wildcard filter's.
+struct Matched {
+    exact: Option<Routes>,
+    wild: Vec<Routes>,
+}
+
+/// Retained messages a subscribe found, at most the limit it was given.
+#[derive(Debug, Default)]
+pub struct RetainedBatch {
+    /// The messages.
+    pub messages: Vec<Arc<Message>>,
+    /// True if more matched than the limit let through.
+    pub more: bool,
 }
 
 impl Router {
@@ -105,20 +121,26 @@ impl Router {
         }
     }
 
-    /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3].
-    pub fn subscribe(&self, filter: &str, route: Route) {
+    /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3],
+    /// then reads at most `retained_limit` retained messages matching it (see the module doc).
+    pub fn subscribe(&self, filter: &str, route: Route, retained_limit: usize) -> RetainedBatch {
+        let (messages, more) = self
+            .retain
+            .subscribe_then(filter, retained_limit, || self.add(filter, route));
+        RetainedBatch { messages, more }
+    }
+
+    fn add(&self, filter: &str, route: Route) {
         if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
-            let list = with_route(trie.get(filter), route);
-            trie.insert(filter, list);
+            add_route(trie.get_or_insert_with(filter, Routes::default), route);
             self.wild_count.store(trie.len(), Ordering::Release);
         } else {
             let mut entry = self
                 .exact
                 .entry(Bytes::copy_from_slice(filter.as_bytes()))
                 .or_default();
-            let list = with_route(Some(entry.value()), route);
-            *entry.value_mut() = list;
+            add_route(entry.value_mut(), route);
         }
     }
 
@@ -126,36 +148,24 @@ impl Router {
     pub fn unsubscribe(&self, filter: &str, session: SessionId) -> bool {
         if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
-            let Some(list) = trie.get(filter).and_then(|l| without(l, session)) else {
+            let Some(list) = trie.get_mut(filter) else {
                 return false;
             };
+            let removed = remove_route(list, session);
             if list.is_empty() {
                 trie.remove(filter);
-            } else {
-                trie.insert(filter, list);
             }
             self.wild_count.store(trie.len(), Ordering::Release);
-            true
+            removed
         } else {
             let key = filter.as_bytes();
-            let removed = match self.exact.get_mut(key) {
-                Some(mut entry) => match without(entry.value(), session) {
-                    Some(list) => {
-                        *entry.value_mut() = list;
-                        true
-                    }
-                    None => false,
-                },
-                None => false,
-            };
+            let removed = self
+                .exact
+                .get_mut(key)
+                .is_some_and(|mut entry| remove_route(entry.value_mut(), session));
             self.exact.remove_if(key, |_, list| list.is_empty());
             removed
         }
-    }
-
-    /// Retained messages matching `filter`, read after the route was inserted.
-    pub fn retained(&self, filter: &str) -> Vec<Arc<Message>> {
-        self.retain.matching(filter)
     }
 
     /// The retained store.
@@ -181,36 +191,31 @@ impl Router {
     }
 
     fn route(&self, msg: Arc<Message>, congested: Option<&mut Vec<Arc<Mailbox>>>) -> Published {
-        if msg.retain {
-            match self.retain.set(&msg) {
-                RetainOutcome::Stored | RetainOutcome::Deleted => {}
-                outcome => {
-                    Metrics::incr(&self.metrics.retained_refused);
-                    tracing::debug!(
-                        topic = msg.topic_str(),
-                        ?outcome,
-                        "retained message not stored"
-                    );
-                }
+        let matched = if msg.retain {
+            let (outcome, matched) = self.retain.set_then(&msg, || self.matched(&msg.topic));
+            if !matches!(outcome, RetainOutcome::Stored | RetainOutcome::Deleted) {
+                Metrics::incr(&self.metrics.retained_refused);
+                tracing::debug!(
+                    topic = msg.topic_str(),
+                    ?outcome,
+                    "retained message not stored"
+                );
             }
-        }
-        let exact = self.exact.get(&msg.topic[..]).map(|e| e.value().clone());
-        let mut lists: Vec<Routes> = Vec::new();
-        if self.wild_count.load(Ordering::Acquire) > 0 {
-            self.wild
-                .read()
-                .for_each_match(&msg.topic, |l| lists.push(l.clone()));
-        }
+            matched
+        } else {
+            self.matched(&msg.topic)
+        };
+        let Matched { exact, wild } = matched;
         let mut out = Published::default();
-        match (exact, lists.len()) {
+        match (exact, wild.len()) {
             (None, 0) => {}
             (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested),
-            (None, 1) => self.fan_out(&msg, lists[0].iter(), &mut out, congested),
+            (None, 1) => self.fan_out(&msg, wild[0].iter(), &mut out, congested),
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
                 let mut all: Vec<&Route> = exact
                     .iter()
-                    .chain(lists.iter())
+                    .chain(wild.iter())
                     .flat_map(|l| l.iter())
                     .collect();
                 all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
@@ -219,6 +224,17 @@ impl Router {
             }
         }
         out
+    }
+
+    fn matched(&self, topic: &[u8]) -> Matched {
+        let exact = self.exact.get(topic).map(|e| e.value().clone());
+        let mut wild = Vec::new();
+        if self.wild_count.load(Ordering::Acquire) > 0 {
+            self.wild
+                .read()
+                .for_each_match(topic, |l| wild.push(l.clone()));
+        }
+        Matched { exact, wild }
     }
 
     fn fan_out<'a>(
@@ -318,9 +334,9 @@ mod tests {
             qos: QoS::AtLeastOnce,
             ..a0.clone()
         };
-        r.subscribe("a/#", a0);
-        r.subscribe("a/b", a2);
-        r.subscribe("+/b", a1);
+        r.subscribe("a/#", a0, 0);
+        r.subscribe("a/b", a2, 0);
+        r.subscribe("+/b", a1, 0);
         let out = r.publish(msg("a/b", QoS::ExactlyOnce));
         assert_eq!(
             out,
@@ -339,7 +355,7 @@ mod tests {
         // [MQTT-3.8.4-6]
         let r = router();
         let (a, rx) = route(1, QoS::AtLeastOnce, 8);
-        r.subscribe("t", a);
+        r.subscribe("t", a, 0);
         r.publish(msg("t", QoS::ExactlyOnce));
         r.publish(msg("t", QoS::AtMostOnce));
         assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
@@ -351,15 +367,16 @@ mod tests {
         // [MQTT-3.8.4-3], [MQTT-3.10.4-1]
         let r = router();
         let (a, rx) = route(1, QoS::AtMostOnce, 8);
-        r.subscribe("a/+", a.clone());
+        r.subscribe("a/+", a.clone(), 0);
         r.subscribe(
             "a/+",
             Route {
                 qos: QoS::AtLeastOnce,
                 ..a.clone()
             },
+            0,
         );
-        r.subscribe("a/b", a);
+        r.subscribe("a/b", a, 0);
         assert_eq!(r.filter_count(), 2);
         assert!(!r.unsubscribe("a/#", 1));
         assert!(r.unsubscribe("a/b", 1));
@@ -378,8 +395,8 @@ mod tests {
         let r = Router::new(RetainStore::new(0, 0), metrics.clone(), false);
         let (a, _rx) = route(1, QoS::AtMostOnce, 1);
         let (b, rxb) = route(2, QoS::AtMostOnce, 8);
-        r.subscribe("t", a);
-        r.subscribe("t", b);
+        r.subscribe("t", a, 0);
+        r.subscribe("t", b, 0);
         for _ in 0..3 {
             r.publish(msg("t", QoS::AtMostOnce));
         }
@@ -396,7 +413,7 @@ mod tests {
         // [MQTT-4.7.2-1]
         let r = router();
         let (a, rx) = route(1, QoS::AtMostOnce, 8);
-        r.subscribe("#", a);
+        r.subscribe("#", a, 0);
         assert_eq!(r.publish(msg("$SYS/x", QoS::AtMostOnce)).delivered, 0);
         assert_eq!(r.publish(msg("x", QoS::AtMostOnce)).delivered, 1);
         assert!(next(&rx).is_some());

@@ -12,7 +12,7 @@
 //! holding a select of channel futures and a timer; what is pending is boxed only while
 //! something is.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -268,7 +268,7 @@ impl Session {
                 let Attach { link, reply } = *a;
                 self.attach(link, reply);
             }
-            SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
+            SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, &filters),
             SessionCmd::Unsubscribe { pkid, filters } => {
                 for f in filters.iter() {
                     if self.subscriptions.remove(f).is_some() {
@@ -341,35 +341,34 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: Box<[(String, Option<QoS>)]>) {
+    fn subscribe(&mut self, pkid: u16, filters: &[(String, Option<QoS>)]) {
+        let max = self.shared.config.session.max_subscriptions;
         let mut codes = Vec::with_capacity(filters.len());
-        let mut granted = Vec::new();
-        for (filter, qos) in filters.into_vec() {
-            let Some(qos) = qos else {
+        // Copies of one filter in one SUBSCRIBE are one subscription, at the QoS of the last
+        // copy (each replaces the one before [MQTT-3.8.4-3]); every copy gets its code.
+        let mut granted: Vec<(&str, QoS)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        // Filters this SUBSCRIBE adds to those the session holds, for `max_subscriptions`.
+        let mut added = 0;
+        for (filter, qos) in filters.iter() {
+            let Some(qos) = *qos else {
                 codes.push(SubAckCode::Failure);
                 continue;
             };
-            let max = self.shared.config.session.max_subscriptions;
-            if max > 0
-                && self.subscriptions.len() >= max
-                && !self.subscriptions.contains_key(&filter)
-            {
+            if let Some(&i) = index.get(filter.as_str()) {
+                granted[i].1 = qos;
+                codes.push(SubAckCode::Granted(qos));
+                continue;
+            }
+            let known = self.subscriptions.contains_key(filter);
+            if max > 0 && !known && self.subscriptions.len() + added >= max {
                 codes.push(SubAckCode::Failure);
                 continue;
             }
-            self.shared.router.subscribe(
-                &filter,
-                Route {
-                    session: self.id,
-                    client_id: self.client_id.clone(),
-                    qos,
-                    mailbox: self.mailbox.clone(),
-                },
-            );
-            tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
-            self.subscriptions.insert(filter.clone(), qos);
-            codes.push(SubAckCode::Granted(qos));
+            added += usize::from(!known);
+            index.insert(filter, granted.len());
             granted.push((filter, qos));
+            codes.push(SubAckCode::Granted(qos));
         }
         // [MQTT-3.8.4-1], [MQTT-3.8.4-4], [MQTT-3.8.4-5]: one SUBACK, codes in order, and it goes
         // out before the retained messages of these filters.
@@ -379,12 +378,31 @@ impl Session {
                 pkid,
                 codes,
             }))));
-        // The route is in place, so reading retained messages now cannot miss one [MQTT-3.3.1-6].
+        let upgrade = self.shared.config.mqtt.upgrade_outgoing_qos;
         for (filter, qos) in granted {
-            for msg in self.shared.router.retained(&filter) {
-                let q = msg.qos.min(qos);
+            // The retained messages owed are read with the route installed, so none is missed
+            // [MQTT-3.3.1-6]; no more than the queue has room for, so one SUBSCRIBE cannot
+            // make the session walk and drop the whole store.
+            let room = self.pending().mqueue.room();
+            let route = Route {
+                session: self.id,
+                client_id: self.client_id.clone(),
+                qos,
+                mailbox: self.mailbox.clone(),
+            };
+            let batch = self.shared.router.subscribe(filter, route, room);
+            tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
+            self.subscriptions.insert(filter.to_owned(), qos);
+            for msg in batch.messages {
+                // As a live delivery would be [MQTT-3.8.4-6], or upgraded if so configured.
+                let q = if upgrade { qos } else { msg.qos.min(qos) };
                 self.mailbox.backlog().added_directly();
                 self.deliver(msg, q, true);
+            }
+            if batch.more {
+                // At least one more retained message matched than the queue could take.
+                let metrics = &self.shared.metrics;
+                metrics.dropped(DropReason::QueueFull, &self.client_id, filter);
             }
         }
     }

@@ -82,8 +82,41 @@ impl<V> Trie<V> {
         node.value.as_ref()
     }
 
+    /// The value stored for exactly this filter, to change in place.
+    pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            match level {
+                "#" if levels.peek().is_none() => return node.hash.as_mut(),
+                "+" => node = node.plus.as_deref_mut()?,
+                l => node = node.children.get_mut(l.as_bytes())?,
+            }
+        }
+        node.value.as_mut()
+    }
+
     /// Stores `value` for `filter` (assumed valid), returning the value it replaces.
     pub fn insert(&mut self, filter: &str, value: V) -> Option<V> {
+        let (slot, len) = self.slot(filter);
+        let old = slot.replace(value);
+        if old.is_none() {
+            *len += 1;
+        }
+        old
+    }
+
+    /// The value for `filter` (assumed valid), made with `make` if there is none.
+    pub fn get_or_insert_with(&mut self, filter: &str, make: impl FnOnce() -> V) -> &mut V {
+        let (slot, len) = self.slot(filter);
+        if slot.is_none() {
+            *len += 1;
+        }
+        slot.get_or_insert_with(make)
+    }
+
+    /// The slot of `filter`, creating the nodes on its way, and the count to keep.
+    fn slot(&mut self, filter: &str) -> (&mut Option<V>, &mut usize) {
         let mut node = &mut self.root;
         let mut levels = filter.split('/').peekable();
         let slot = loop {
@@ -96,11 +129,7 @@ impl<V> Trie<V> {
                 l => node = node.children.entry(l.as_bytes().into()).or_default(),
             }
         };
-        let old = slot.replace(value);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
+        (slot, &mut self.len)
     }
 
     /// Removes the value for `filter`, pruning nodes left empty.

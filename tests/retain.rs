@@ -200,3 +200,27 @@ fn will_connect(topic: &str, retain: bool) -> Packet {
         }
     }))
 }
+
+#[tokio::test]
+async fn upgrade_outgoing_qos_applies_to_retained_and_live_messages_alike() {
+    // Non-standard (as Mosquitto's option): deliver at the subscription's QoS.
+    let b = TestBroker::start_with(|c| c.mqtt.upgrade_outgoing_qos = true).await;
+    retain(&b, "up/r", QoS::AtMostOnce, b"retained").await;
+    let (mut sub, _) = Raw::connect(b.addr, "upgraded", true, 60).await;
+    sub.subscribe(1, &[("up/#", QoS::AtLeastOnce)]).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (&p.payload[..], p.qos, p.retain),
+        (&b"retained"[..], QoS::AtLeastOnce, true)
+    );
+    sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "p0", true, 60).await;
+    publisher
+        .publish("up/live", QoS::AtMostOnce, None, false, b"live")
+        .await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (&p.payload[..], p.qos, p.retain),
+        (&b"live"[..], QoS::AtLeastOnce, false)
+    );
+}

@@ -216,3 +216,90 @@ async fn sys_topics_are_published_and_not_matched_by_leading_wildcards() {
     hash.expect_no_publish(QUIET).await;
     plus.expect_no_publish(QUIET).await;
 }
+
+/// One QoS 1 PUBLISH to the client's own topic: its PUBACK and the delivery, acknowledged.
+/// The topic starts with `$`, so a `#` subscriber does not see it [MQTT-4.7.2-1].
+async fn echo_round_trip(c: &mut Raw, id: u16) -> Duration {
+    let t = std::time::Instant::now();
+    c.publish("$echo", QoS::AtLeastOnce, Some(id), false, b"e")
+        .await;
+    let (mut acked, mut delivered) = (false, false);
+    while !(acked && delivered) {
+        match c.recv().await {
+            Packet::PubAck(i) if i == id => acked = true,
+            Packet::Publish(p) => {
+                c.send_packet(&Packet::PubAck(p.pkid.expect("QoS 1"))).await;
+                delivered = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    t.elapsed()
+}
+
+#[tokio::test]
+async fn a_subscribe_of_100000_copies_of_one_filter_is_one_subscription() {
+    // [MQTT-3.8.4-3], [MQTT-3.8.4-5]: each copy replaces the one before and gets its code; the
+    // retained messages are sent once, no more than the session's queue holds.
+    let b = TestBroker::start().await;
+    let (mut publisher, _) = Raw::connect(b.addr, "retainer", true, 60).await;
+    for i in 0..2_000 {
+        publisher
+            .publish(&format!("r/{i}"), QoS::AtMostOnce, None, true, b"v")
+            .await;
+    }
+    publisher.send(&[0xc0, 0]).await;
+    assert_eq!(publisher.recv().await, Packet::PingResp);
+    let (mut echo, _) = Raw::connect(b.addr, "echo", true, 60).await;
+    echo.subscribe(1, &[("$echo", QoS::AtLeastOnce)]).await;
+    let calm = echo_round_trip(&mut echo, 1).await;
+
+    let (mut hog, _) = Raw::connect(b.addr, "hog", true, 60).await;
+    let filters = vec![("#".to_string(), QoS::AtMostOnce); 100_000];
+    let packet = Packet::Subscribe(tern::codec::Subscribe { pkid: 7, filters });
+    let mut bytes = bytes::BytesMut::new();
+    tern::codec::encode(&packet, &mut bytes);
+    let hog_task = tokio::spawn(async move {
+        hog.send(&bytes).await;
+        match hog.recv().await {
+            Packet::SubAck(a) => {
+                assert_eq!(a.pkid, 7);
+                assert_eq!(a.codes.len(), 100_000);
+                assert!(a
+                    .codes
+                    .iter()
+                    .all(|c| *c == SubAckCode::Granted(QoS::AtMostOnce)));
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        let mut got = 0;
+        while tokio::time::timeout(QUIET, hog.recv_publish())
+            .await
+            .is_ok()
+        {
+            got += 1;
+        }
+        got
+    });
+    // Another client's round trips go on while the SUBSCRIBE is handled.
+    let mut worst = Duration::ZERO;
+    let mut id = 1u16;
+    while !hog_task.is_finished() {
+        id = id % 60_000 + 1;
+        worst = worst.max(echo_round_trip(&mut echo, id).await);
+    }
+    let got = common::within(common::WAIT, hog_task).await.expect("hog");
+    assert_eq!(
+        got, 1_000,
+        "max_queued_messages of the 2,000 retained, once each"
+    );
+    assert_eq!(
+        b.metrics.snapshot().dropped_queue_full,
+        1,
+        "the rest, counted"
+    );
+    assert!(
+        worst < Duration::from_secs(1) + calm * 10,
+        "a round trip took {worst:?} while the SUBSCRIBE was handled"
+    );
+}
