@@ -1,0 +1,220 @@
+//! The handshake: CONNECT read under `connect_timeout`, checked (the password off the async
+//! workers), the session found or made and attached, CONNACK written.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tracing::{debug, info, trace};
+
+use super::{
+    Client, CloseReason, Connected, Connection, Transport, ATTACH_TIMEOUT, GOODBYE_TIMEOUT,
+};
+use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
+use crate::metrics::Metrics;
+use crate::outbound;
+use crate::protocol::{self, Identity, ProtocolError, Refusal};
+use crate::registry::Opened;
+use crate::session::{Attach, ConnLink, SessionCmd};
+
+impl<S: Transport + 'static> Connection<S> {
+    /// The handshake, boxed by the task; the connected state if it succeeded.
+    pub(super) async fn handshake_phase(
+        mut self,
+        identity: Identity,
+        peer: SocketAddr,
+    ) -> Option<Connected<S>> {
+        let client = match self.handshake(identity, peer).await {
+            Ok(c) => c,
+            Err(reason) => {
+                if reason.is_protocol_error() {
+                    Metrics::incr(&self.shared.metrics.protocol_errors);
+                }
+                debug!(%reason, "connection closed before CONNECT completed");
+                return None;
+            }
+        };
+        Metrics::incr(&self.shared.metrics.clients_connected);
+        Some(Connected::new(self, client))
+    }
+
+    /// Reads CONNECT, applies the rules, attaches the session and writes CONNACK.
+    async fn handshake(
+        &mut self,
+        identity: Identity,
+        peer: SocketAddr,
+    ) -> Result<Client, CloseReason> {
+        let deadline = self.shared.config.mqtt.connect_timeout;
+        let first = match timeout(deadline, self.read_packet()).await {
+            Err(_) => return Err(CloseReason::ConnectTimeout),
+            Ok(Err(CloseReason::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+                // [MQTT-3.1.2-2]
+                self.refuse(ConnectReturnCode::UnacceptableProtocolVersion)
+                    .await;
+                return Err(DecodeError::UnsupportedProtocolLevel(level).into());
+            }
+            Ok(r) => r?,
+        };
+        let connect = match first {
+            Packet::Connect(c) => c,
+            // [MQTT-3.1.0-1]
+            other => return Err(ProtocolError::FirstPacketNotConnect(other.name()).into()),
+        };
+        let shared = self.shared.clone();
+        let policy = shared.policy.load_full();
+        // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
+        // runs on the blocking pool, so a burst of logins cannot stall the async workers.
+        let hashes = protocol::checks_password(&connect, &identity, &policy);
+        let check = {
+            let shared = shared.clone();
+            move || {
+                protocol::check_connect(
+                    &connect,
+                    &identity,
+                    &shared.config.mqtt,
+                    policy.as_ref(),
+                    policy.as_ref(),
+                )
+            }
+        };
+        let checked = if hashes {
+            match tokio::task::spawn_blocking(check).await {
+                Ok(r) => r,
+                Err(_) => return Err(CloseReason::SessionUnavailable),
+            }
+        } else {
+            check()
+        };
+        let accepted = match checked {
+            Ok(a) => a,
+            Err(Refusal::Connack(code)) => {
+                // [MQTT-3.2.2-4], [MQTT-3.2.2-5], [MQTT-3.1.4-5]: answer, close, read no more.
+                self.refuse(code).await;
+                return Err(CloseReason::Refused(code));
+            }
+            Err(Refusal::Close(e)) => return Err(e.into()),
+        };
+        tracing::Span::current().record("client_id", &*accepted.client_id);
+
+        let capacity = shared.config.session.max_inflight_messages + 64;
+        let mut attached = None;
+        // If the session ended between lookup and attach, or never answered, look again once,
+        // with a new link (the old one went with the command).
+        for _ in 0..2 {
+            let (out_tx, out_rx) = outbound::channel(capacity);
+            let link = ConnLink {
+                conn: self.conn_id,
+                username: accepted.username.as_deref().map(Arc::from),
+                outbound: out_tx,
+            };
+            let opened =
+                shared
+                    .registry
+                    .open(&shared, &accepted.client_id, accepted.clean_session, link);
+            let (session, link) = match opened {
+                // A new session starts attached to us: no round trip.
+                Opened::Fresh(session) => {
+                    attached = Some((session, false, out_rx));
+                    break;
+                }
+                Opened::Existing(session, link) => (session, link),
+            };
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let attach = SessionCmd::Attach(Box::new(Attach {
+                link,
+                reply: reply_tx,
+            }));
+            // A session whose mailbox stays full is as unavailable as one that never answers.
+            let answered = timeout(ATTACH_TIMEOUT, async {
+                session.mailbox.attach(self.conn_id, attach).await.is_ok() && reply_rx.await.is_ok()
+            });
+            if answered.await == Ok(true) {
+                attached = Some((session, true, out_rx));
+                break;
+            }
+        }
+        let Some((session, present, outbound)) = attached else {
+            self.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Err(CloseReason::SessionUnavailable);
+        };
+        // [MQTT-3.2.0-1] CONNACK is written before anything from the session.
+        // [MQTT-3.2.2-1], [MQTT-3.2.2-2], [MQTT-3.2.2-3]
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: present,
+                code: ConnectReturnCode::Accepted,
+            }),
+            &mut self.wbuf,
+        );
+        self.stream.write_all_buf(&mut self.wbuf).await?;
+        self.stream.flush().await?;
+        self.wbuf = BytesMut::new();
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        info!(
+            %peer,
+            conn_id = self.conn_id,
+            client_id = &*accepted.client_id,
+            clean_session = accepted.clean_session,
+            keep_alive = ?accepted.keep_alive.grace(),
+            session_present = present,
+            "client connected"
+        );
+        Ok(Client {
+            accepted,
+            session,
+            outbound,
+        })
+    }
+
+    /// Writes a refusing CONNACK (session present 0) and gives up on the socket.
+    async fn refuse(&mut self, code: ConnectReturnCode) {
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+            }),
+            &mut self.wbuf,
+        );
+        let goodbye = async {
+            self.stream.write_all_buf(&mut self.wbuf).await?;
+            self.stream.flush().await
+        };
+        let _ = timeout(GOODBYE_TIMEOUT, goodbye).await;
+        let _ = timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
+    }
+
+    /// Reads until one whole packet is decoded (used before CONNECT).
+    async fn read_packet(&mut self) -> Result<Packet, CloseReason> {
+        loop {
+            // [MQTT-3.1.0-1] known from the first byte; no need to wait for the rest.
+            if let Some(&first) = self.rbuf.first() {
+                if first >> 4 != 1 {
+                    return Err(ProtocolError::FirstPacketNotConnect(
+                        "a packet other than CONNECT",
+                    )
+                    .into());
+                }
+            }
+            let max_packet = self.shared.config.mqtt.max_packet_size;
+            if let Some(p) = codec::decode(&mut self.rbuf, max_packet)? {
+                Metrics::incr(&self.shared.metrics.packets_received);
+                trace!(packet = p.name(), "received");
+                return Ok(p);
+            }
+            self.rbuf.reserve(4096);
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                n = self.stream.read_buf(&mut self.rbuf) => {
+                    if n? == 0 {
+                        return Err(CloseReason::PeerClosed);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! One packet from a connected client: protocol checks, routing of PUBLISH, the acks the
+//! connection answers itself, and the commands that go to the session.
+
+use std::sync::Arc;
+
+use tracing::{debug, trace};
+
+use super::{Client, CloseReason, Connection, Flow, Transport};
+use crate::codec::{self, Packet};
+use crate::message::{Message, QoS};
+use crate::metrics::Metrics;
+use crate::protocol::{self, ProtocolError};
+use crate::session::{Outbound, SessionCmd};
+
+impl<S: Transport> Connection<S> {
+    /// Publishes through the router, noting congested subscribers when backpressure is on.
+    fn route(&mut self, msg: Arc<Message>) {
+        if self.shared.config.session.backpressure_timeout.is_zero() {
+            self.shared.router.publish(msg);
+        } else {
+            self.shared.router.publish_with(msg, &mut self.congested);
+        }
+    }
+
+    pub(super) fn encode_outbound(&mut self, out: Outbound) {
+        match out {
+            Outbound::PubRel(id) => {
+                trace!(packet = "PUBREL", id, "sending");
+                codec::encode(&Packet::PubRel(id), &mut self.wbuf);
+            }
+            Outbound::Packet(p) => {
+                trace!(packet = p.name(), "sending");
+                codec::encode(&p, &mut self.wbuf);
+            }
+            Outbound::Publish {
+                msg,
+                qos,
+                pkid,
+                dup,
+                retain,
+            } => {
+                trace!(
+                    topic = msg.topic_str(),
+                    ?qos,
+                    ?pkid,
+                    dup,
+                    retain,
+                    "sending PUBLISH"
+                );
+                codec::encode_publish(
+                    &msg.topic,
+                    &msg.payload,
+                    qos,
+                    pkid,
+                    dup,
+                    retain,
+                    &mut self.wbuf,
+                );
+            }
+        }
+    }
+
+    /// Handles one packet from the client; what the session must know is returned for the
+    /// caller to send (the only step that may wait).
+    pub(super) fn on_packet(
+        &mut self,
+        packet: Packet,
+        client: &mut Client,
+    ) -> Result<Flow, CloseReason> {
+        let metrics = &self.shared.metrics;
+        Metrics::incr(&metrics.packets_received);
+        trace!(packet = packet.name(), "received");
+        let cmd = match packet {
+            Packet::Publish(p) => {
+                Metrics::incr(&metrics.messages_received);
+                protocol::check_publish(&p, &self.shared.config.mqtt)?;
+                let acc = &client.accepted;
+                let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+                let allowed = protocol::may_publish(
+                    self.shared.policy.load().as_ref(),
+                    &acc.client_id,
+                    acc.username.as_deref(),
+                    topic,
+                );
+                if !allowed {
+                    // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
+                    Metrics::incr(&metrics.acl_denied);
+                    debug!(topic, "publish denied; acknowledged and dropped");
+                }
+                let msg = allowed.then(|| {
+                    Arc::new(Message {
+                        topic: p.topic,
+                        payload: p.payload,
+                        qos: p.qos,
+                        retain: p.retain,
+                        from: acc.client_id.clone(),
+                    })
+                });
+                // [MQTT-3.3.4-1], [MQTT-2.3.1-6]
+                match (p.qos, p.pkid) {
+                    (QoS::AtMostOnce, _) => {
+                        if let Some(msg) = msg {
+                            self.route(msg);
+                        }
+                    }
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        // PUBACK only after routing: the message is now owed to every subscriber.
+                        if let Some(msg) = msg {
+                            self.route(msg);
+                        }
+                        codec::encode(&Packet::PubAck(id), &mut self.wbuf);
+                    }
+                    (_, pkid) => {
+                        let pkid = pkid.unwrap_or(0);
+                        // [MQTT-4.3.3-2] route once; PUBREC for every copy.
+                        let max = self.shared.config.session.max_awaiting_rel;
+                        match client.session.mailbox.receive_qos2(pkid, max) {
+                            Some(true) => {
+                                if let Some(msg) = msg {
+                                    self.route(msg);
+                                }
+                            }
+                            Some(false) => {}
+                            None => return Err(ProtocolError::TooManyAwaitingRel.into()),
+                        }
+                        codec::encode(&Packet::PubRec(pkid), &mut self.wbuf);
+                    }
+                }
+                return Ok(Flow::Continue);
+            }
+            Packet::PubAck(id) => SessionCmd::PubAck(id),
+            // The caller answers with PUBREL once the session has it.
+            Packet::PubRec(id) => SessionCmd::PubRec(id),
+            Packet::PubRel(id) => {
+                // [MQTT-4.3.3-2] the id is free again; answer with PUBCOMP.
+                client.session.mailbox.release_qos2(id);
+                codec::encode(&Packet::PubComp(id), &mut self.wbuf);
+                return Ok(Flow::Continue);
+            }
+            Packet::PubComp(id) => SessionCmd::PubComp(id),
+            Packet::Subscribe(s) => {
+                let acc = &client.accepted;
+                let filters = protocol::grant(
+                    s.filters,
+                    &self.shared.config.mqtt,
+                    self.shared.policy.load().as_ref(),
+                    &acc.client_id,
+                    acc.username.as_deref(),
+                );
+                SessionCmd::Subscribe {
+                    pkid: s.pkid,
+                    filters: filters.into(),
+                }
+            }
+            Packet::Unsubscribe(u) => SessionCmd::Unsubscribe {
+                pkid: u.pkid,
+                filters: u.filters.into(),
+            },
+            Packet::PingReq => {
+                // [MQTT-3.12.4-1]
+                codec::encode(&Packet::PingResp, &mut self.wbuf);
+                return Ok(Flow::Continue);
+            }
+            Packet::Disconnect => {
+                // [MQTT-3.14.4-3] the will is discarded.
+                client.accepted.will = None;
+                return Ok(Flow::Disconnect);
+            }
+            // [MQTT-3.1.0-2]
+            Packet::Connect(_) => return Err(ProtocolError::SecondConnect.into()),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => return Err(ProtocolError::UnexpectedPacket(other.name()).into()),
+        };
+        Ok(Flow::ToSession(cmd))
+    }
+}

@@ -1,0 +1,268 @@
+//! The connection task: one per socket. It owns the socket (its only reader and writer),
+//! decodes frames, applies protocol checks, publishes through the router, hands session work
+//! to the session actor, keeps the will, and enforces keepalive.
+//!
+//! Once connected, the task (`ConnTask`, a hand-written future) polls the socket, the link
+//! from the session and the keepalive timer directly; everything rare (the handshake, a wait
+//! for room in a full mailbox, a backpressure pause) runs in a boxed future that exists only
+//! while it is needed. An idle client's task is therefore a few hundred bytes.
+//!
+//! - `handshake`: CONNECT to CONNACK.
+//! - `inbound`: one packet from the client.
+//! - `serving`: the connected loop: which source is polled when, keepalive, backpressure.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+mod handshake;
+mod inbound;
+mod serving;
+
+use serving::Connected;
+
+use crate::broker::Shared;
+use crate::codec::{ConnectReturnCode, DecodeError};
+use crate::mailbox::Mailbox;
+use crate::message::{next_id, ConnId};
+use crate::outbound::OutboundRx;
+use crate::protocol::{Accepted, Identity, ProtocolError};
+use crate::registry::SessionHandle;
+use crate::session::SessionCmd;
+
+/// Why a connection ended; logged once per connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    #[error("client disconnected")]
+    Disconnect,
+    /// The socket reached EOF without DISCONNECT.
+    #[error("connection closed by peer")]
+    PeerClosed,
+    /// A socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be decoded.
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol rule was broken.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// No CONNECT within `connect_timeout`.
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    /// Nothing received for 1.5 x keepalive [MQTT-3.1.2-24].
+    #[error("keepalive timeout")]
+    KeepaliveTimeout,
+    /// CONNECT refused with this CONNACK code.
+    #[error("connection refused: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The session could not be reached to attach.
+    #[error("session unavailable")]
+    SessionUnavailable,
+    /// A new connection with the same client id took over [MQTT-3.1.4-2].
+    #[error("session taken over by a new connection")]
+    TakenOver,
+    /// The session was discarded.
+    #[error("session discarded")]
+    Discarded,
+    /// The broker is shutting down.
+    #[error("broker shutting down")]
+    Shutdown,
+}
+
+impl CloseReason {
+    /// True if the client broke the protocol (counted in `protocol_errors`).
+    fn is_protocol_error(&self) -> bool {
+        matches!(self, CloseReason::Decode(_) | CloseReason::Protocol(_))
+    }
+
+    /// True if the will is published for this close [MQTT-3.1.2-8], [MQTT-3.14.4-3].
+    fn publishes_will(&self) -> bool {
+        !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
+    }
+
+    /// True if what is already written for the client is flushed before the socket closes:
+    /// the peer is still there and did nothing wrong.
+    fn flushes(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Disconnect
+                | CloseReason::Shutdown
+                | CloseReason::TakenOver
+                | CloseReason::Discarded
+        )
+    }
+}
+
+/// Bytes of encoded outbound packets gathered before one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Outbound packets gathered before one write.
+const WRITE_BATCH_PACKETS: usize = 256;
+/// How long a connection waits for its session to accept it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long goodbye bytes (a refusing CONNACK) may take to write.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one accepted socket to completion; `permit` (the listener's `max_connections`
+/// slot) is held until then.
+///
+/// `identity` says where the user name comes from: the CONNECT, or the TLS client
+/// certificate on a `use_identity_as_username` listener.
+///
+/// Not an `async fn`: its arguments would stay in the task's future beside the connection
+/// they were moved into.
+pub fn serve<S: Transport + 'static>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    identity: Identity,
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = ()> + Send {
+    let conn_id = next_id();
+    // A debug-level span: at info, the connect and disconnect lines carry these fields
+    // themselves, and an enabled span would cost every connection its stored fields.
+    let span = tracing::debug_span!("conn", %peer, conn_id, client_id = tracing::field::Empty);
+    let conn = Connection {
+        stream,
+        congested: Vec::new(),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        flushing: false,
+        shared,
+        conn_id,
+        _permit: permit,
+    };
+    ConnTask::Handshake(Box::pin(conn.handshake_phase(identity, peer))).instrument(span)
+}
+
+/// A boxed future the task holds only while it runs.
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The connection's task, a hand-written future: an `async fn` would keep the state of every
+/// wait it has, the rare ones included, for the task's whole life. The handshake and the
+/// closing steps are boxed futures that exist only while they run.
+// Not boxed: the connected state is the one the task is in for its whole life.
+#[allow(clippy::large_enum_variant)]
+enum ConnTask<S> {
+    Handshake(Boxed<Option<Connected<S>>>),
+    Connected(Connected<S>),
+    Closing(Boxed<()>),
+    Done,
+}
+
+impl<S: Transport + 'static> Future for ConnTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                ConnTask::Handshake(f) => match ready!(f.as_mut().poll(cx)) {
+                    Some(c) => *this = ConnTask::Connected(c),
+                    None => *this = ConnTask::Done,
+                },
+                ConnTask::Connected(c) => {
+                    let reason = ready!(c.poll_serve(cx));
+                    if let ConnTask::Connected(c) = std::mem::replace(this, ConnTask::Done) {
+                        if let Some(flush) = c.close(reason) {
+                            *this = ConnTask::Closing(flush);
+                        }
+                    }
+                }
+                ConnTask::Closing(f) => {
+                    ready!(f.as_mut().poll(cx));
+                    *this = ConnTask::Done;
+                }
+                ConnTask::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+struct Connection<S> {
+    stream: S,
+    /// Subscribers the last PUBLISH took past their high mark; the input after it waits until
+    /// they drain (see `backlog.rs` and `serving`).
+    congested: Vec<Arc<Mailbox>>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Bytes were written and not yet flushed (TLS keeps them in its own buffer until then).
+    flushing: bool,
+    shared: Arc<Shared>,
+    conn_id: ConnId,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The state of a connected client.
+struct Client {
+    accepted: Accepted,
+    session: SessionHandle,
+    outbound: OutboundRx,
+}
+
+enum Flow {
+    Continue,
+    Disconnect,
+    /// Hand this command to the session.
+    ToSession(SessionCmd),
+}
+
+/// A byte stream the connection reads from. TCP waits for readability before it reserves a
+/// read buffer, so an idle client costs no buffer memory; TLS (which buffers inside rustls)
+/// reads into a reserved buffer.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Reads what is available into `buf`; `Ok(0)` is EOF. When nothing is, registers the
+    /// task's waker and returns `Pending`, keeping no state between calls.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A false readiness: hold no buffer while waiting again.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+}
+
+/// Bytes reserved for each read; the buffer is released again once it holds no partial frame.
+const READ_CHUNK: usize = 16 * 1024;

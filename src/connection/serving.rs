@@ -1,0 +1,489 @@
+//! The connected phase: one hand-written poll loop over the connection's sources.
+//!
+//! | source | polled | what it does |
+//! |---|---|---|
+//! | kick (`outbound`) | every turn | takeover, discard or shutdown: close |
+//! | keepalive timer | every turn | 1.5 x keepalive without a whole packet: close |
+//! | write (`wbuf`) | while it holds bytes | a pending write never stops reading (below) |
+//! | fill (`outbound`) | when `wbuf` is empty | the session's next batch into `wbuf` |
+//! | read | unless a command waits for room in the mailbox, or reading would grow an unread `wbuf` past `ACKS_WHILE_WRITING`, or a pause holds `PAUSE_LIMIT` | packets in, one at a time |
+//!
+//! Fill and read take turns going first, so neither starves the other.
+//!
+//! Keepalive is judged by what the client sent [MQTT-3.1.2-24]: input is read while a slow
+//! downlink drains a backlog, so its PINGREQs are seen. Reading stops only when the acks it
+//! produces would pile up unwritten, which is TCP flow control for a client that sends but
+//! does not read.
+//!
+//! Backpressure (see `backlog.rs`) is checked after every PUBLISH: the first one that
+//! congests a subscriber starts a pause, and the rest of the input waits. During the pause
+//! acks of this client's own deliveries (PUBACK, PUBREC, PUBCOMP) and PINGREQ are still
+//! handled as they arrive; everything else is held, in order, up to `PAUSE_LIMIT`. So a
+//! client subscribed to its own topics, or two clients subscribed to each other's, are never
+//! paused waiting for acks that sit behind the pause itself.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
+use tracing::{debug, info};
+
+use super::{
+    Boxed, CloseReason, Connection, Flow, Transport, GOODBYE_TIMEOUT, WRITE_BATCH_BYTES,
+    WRITE_BATCH_PACKETS,
+};
+use crate::codec::{self, Packet};
+use crate::mailbox::{Mailbox, SendError, TrySendError};
+use crate::metrics::Metrics;
+use crate::outbound::Event;
+use crate::session::{Kick, SessionCmd};
+
+use super::Client;
+
+/// Iterations of the serving loop in one poll before the task yields to others.
+const TURNS_PER_POLL: usize = 32;
+/// Bytes of acks reading may add to an unflushed `wbuf` before reading waits for the write.
+const ACKS_WHILE_WRITING: usize = 64 * 1024;
+/// Frame bytes (or packets) a pause holds before reading stops altogether.
+const PAUSE_LIMIT: usize = 64 * 1024;
+const PAUSE_PACKETS: usize = 1024;
+
+/// A connected client's connection: what the task holds while it serves one.
+pub(super) struct Connected<S> {
+    conn: Connection<S>,
+    client: Client,
+    /// Fires at the keepalive deadline; none without keepalive.
+    timer: Option<Pin<Box<Sleep>>>,
+    last_packet: Instant,
+    /// Input held back by a backpressure pause; boxed, and only while there is one.
+    pause: Option<Box<Pause>>,
+    /// A command waiting for room in a full session mailbox; input waits with it.
+    sending: Option<Boxed<Result<(), SendError>>>,
+    /// The PUBREC whose PUBREL goes out once the session has it (after `sending`, if full).
+    pubrec: Option<u16>,
+    /// Bytes reading added to `wbuf` since it was last written out whole.
+    acked: usize,
+    /// Reading and filling take turns being looked at first.
+    read_first: bool,
+    got_packet: bool,
+}
+
+/// A backpressure pause: while a subscriber this client fed is congested, its further input
+/// waits, so TCP slows the publisher down instead of the subscriber losing messages.
+struct Pause {
+    /// Completes when the congested subscribers drained (or were found stuck); `None` once
+    /// it has, while the held packets are handled.
+    relief: Option<Boxed<()>>,
+    /// Packets read during the pause that must keep their order: all but acks and PINGREQ.
+    held: VecDeque<Packet>,
+    /// Frame bytes in `held`.
+    held_bytes: usize,
+}
+
+/// What one look at the sources found.
+enum Step {
+    /// Something moved: look again.
+    Progress,
+    /// Every source is waiting, with the task's waker.
+    Idle,
+    /// The connection ends.
+    Close(CloseReason),
+}
+
+impl<S: Transport + 'static> Connected<S> {
+    /// The serving state of a client that has just been sent its CONNACK.
+    pub(super) fn new(conn: Connection<S>, client: Client) -> Self {
+        let last_packet = Instant::now();
+        let timer = client
+            .accepted
+            .keep_alive
+            .deadline(last_packet.into_std())
+            .map(|d| Box::pin(sleep_until(Instant::from_std(d))));
+        Connected {
+            conn,
+            client,
+            timer,
+            last_packet,
+            pause: None,
+            sending: None,
+            pubrec: None,
+            acked: 0,
+            read_first: true,
+            got_packet: false,
+        }
+    }
+
+    /// The connected phase: until DISCONNECT, an error, a kick (takeover, discard, shutdown)
+    /// or keepalive. Every source is polled directly and keeps our waker; nothing is stored
+    /// between polls but this struct.
+    pub(super) fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        for _ in 0..TURNS_PER_POLL {
+            match self.poll_once(cx) {
+                Step::Progress => {}
+                Step::Idle => return Poll::Pending,
+                Step::Close(reason) => return Poll::Ready(reason),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One look at every source, in the order of the module doc's table.
+    fn poll_once(&mut self, cx: &mut Context<'_>) -> Step {
+        match self.client.outbound.poll_kick(cx) {
+            Poll::Ready(Event::Kick(k)) => return Step::Close(kicked(k)),
+            Poll::Ready(Event::Gone) => return Step::Close(CloseReason::Discarded),
+            Poll::Pending => {}
+        }
+        if let Some(step) = self.poll_keepalive(cx) {
+            return step;
+        }
+        let writing = match self.poll_flush(cx) {
+            Err(e) => return Step::Close(e.into()),
+            Ok(Poll::Ready(true)) => return Step::Progress,
+            Ok(Poll::Ready(false)) => false,
+            Ok(Poll::Pending) => true,
+        };
+        self.read_first = !self.read_first;
+        if !writing && !self.read_first && self.poll_fill(cx).is_ready() {
+            return Step::Progress;
+        }
+        match self.poll_read(cx) {
+            Step::Idle => {}
+            step => return step,
+        }
+        if !writing && self.read_first && self.poll_fill(cx).is_ready() {
+            return Step::Progress;
+        }
+        Step::Idle
+    }
+
+    /// A client that neither reads nor sends must still time out.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Option<Step> {
+        let timer = self.timer.as_mut()?;
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let keep_alive = self.client.accepted.keep_alive;
+        let last = self.last_packet.into_std();
+        if keep_alive.expired(last, Instant::now().into_std()) {
+            return Some(Step::Close(CloseReason::KeepaliveTimeout));
+        }
+        if let Some(d) = keep_alive.deadline(last) {
+            timer.as_mut().reset(Instant::from_std(d));
+        }
+        Some(Step::Progress)
+    }
+
+    /// Writes `wbuf` out: `Ready(true)` when it just emptied, `Ready(false)` when there was
+    /// nothing to write, `Pending` while the socket takes no more.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<Poll<bool>> {
+        let conn = &mut self.conn;
+        if conn.wbuf.is_empty() && !conn.flushing {
+            return Ok(Poll::Ready(false));
+        }
+        match poll_write_out(&mut conn.stream, cx, &mut conn.wbuf, &mut conn.flushing) {
+            Poll::Pending => Ok(Poll::Pending),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) => {
+                self.acked = 0;
+                // Hold no buffer while idle; keep it while more is queued.
+                if self.client.outbound.release_if_idle() {
+                    conn.wbuf = BytesMut::new();
+                }
+                Ok(Poll::Ready(true))
+            }
+        }
+    }
+
+    /// Takes a batch of packets from the session into the (empty) write buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let out = ready!(self.client.outbound.poll_recv(cx));
+        self.conn.encode_outbound(out);
+        let mut n = 1;
+        while n < WRITE_BATCH_PACKETS && self.conn.wbuf.len() < WRITE_BATCH_BYTES {
+            match self.client.outbound.try_recv() {
+                Some(out) => self.conn.encode_outbound(out),
+                None => break,
+            }
+            n += 1;
+        }
+        Poll::Ready(())
+    }
+
+    /// Input: a command waiting for room first, then the end of a pause, then the socket.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Step {
+        if self.sending.is_none() {
+            if let Some(relief) = self.pause.as_mut().and_then(|p| p.relief.as_mut()) {
+                if relief.as_mut().poll(cx).is_ready() {
+                    if let Some(p) = &mut self.pause {
+                        p.relief = None;
+                    }
+                    return self.input_step(cx);
+                }
+            }
+            if !self.may_read() {
+                return Step::Idle;
+            }
+            match self.conn.stream.poll_read_some(cx, &mut self.conn.rbuf) {
+                Poll::Pending => return Step::Idle,
+                Poll::Ready(Ok(0)) => return Step::Close(CloseReason::PeerClosed),
+                Poll::Ready(Err(e)) => return Step::Close(e.into()),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        self.input_step(cx)
+    }
+
+    /// True if more input may be read now (see the module doc).
+    fn may_read(&self) -> bool {
+        if self.acked >= ACKS_WHILE_WRITING {
+            return false;
+        }
+        self.pause.as_ref().is_none_or(|p| {
+            p.held_bytes + self.conn.rbuf.len() < PAUSE_LIMIT && p.held.len() < PAUSE_PACKETS
+        })
+    }
+
+    fn input_step(&mut self, cx: &mut Context<'_>) -> Step {
+        let before = self.conn.wbuf.len();
+        let handled = self.poll_input(cx);
+        self.acked += self.conn.wbuf.len().saturating_sub(before);
+        match handled {
+            Poll::Pending => Step::Idle,
+            Poll::Ready(Ok(())) => Step::Progress,
+            Poll::Ready(Err(reason)) => Step::Close(reason),
+        }
+    }
+
+    /// Handles the input there is: held packets once their pause is over, then the read
+    /// buffer. `Pending` only while a command waits for room in the session's mailbox; the
+    /// rest of the input waits with it.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
+        let max_packet = self.conn.shared.config.mqtt.max_packet_size;
+        loop {
+            if let Some(send) = &mut self.sending {
+                let sent = ready!(send.as_mut().poll(cx));
+                self.sending = None;
+                match sent {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return Poll::Ready(Err(CloseReason::Discarded)),
+                    Err(SendError::Superseded) => {
+                        self.pubrec = None;
+                        return Poll::Ready(Err(CloseReason::TakenOver));
+                    }
+                }
+            }
+            // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"; we
+            // answer once the mailbox has taken the command, even for an id the session no
+            // longer knows, so the client can finish its side. Taken means queued before any
+            // later Attach (the mailbox refuses a taken-over connection's commands), so a
+            // resend after a reconnect or a takeover is the PUBREL, never the PUBLISH.
+            if let Some(id) = self.pubrec.take() {
+                codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
+            }
+            let paused = self.pause.as_ref().is_some_and(|p| p.relief.is_some());
+            let held = match &mut self.pause {
+                Some(p) if !paused => p.held.pop_front(),
+                _ => None,
+            };
+            let packet = match held {
+                Some(p) => p,
+                None => {
+                    let len = self.conn.rbuf.len();
+                    match codec::decode(&mut self.conn.rbuf, max_packet) {
+                        Ok(Some(p)) if paused && !is_ack(&p) => {
+                            let size = len - self.conn.rbuf.len();
+                            if let Some(pause) = &mut self.pause {
+                                pause.held_bytes += size;
+                                pause.held.push_back(p);
+                            }
+                            continue;
+                        }
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                }
+            };
+            self.got_packet = true;
+            let cmd = match self.conn.on_packet(packet, &mut self.client) {
+                Ok(Flow::Continue) => None,
+                Ok(Flow::Disconnect) => return Poll::Ready(Err(CloseReason::Disconnect)),
+                Ok(Flow::ToSession(cmd)) => Some(cmd),
+                Err(reason) => return Poll::Ready(Err(reason)),
+            };
+            if let Some(cmd) = cmd {
+                if let Err(reason) = self.hand_to_session(cmd) {
+                    return Poll::Ready(Err(reason));
+                }
+            }
+            // Backpressure is judged per packet: the PUBLISH that congested a subscriber
+            // was routed (and acknowledged); the input after it waits.
+            if !self.conn.congested.is_empty() {
+                self.start_pause();
+            }
+        }
+        if let Some(p) = &self.pause {
+            if p.relief.is_none() && p.held.is_empty() {
+                self.pause = None;
+            }
+        }
+        // Hold no buffer while idle; a partial frame keeps it.
+        if self.conn.rbuf.is_empty() {
+            self.conn.rbuf = BytesMut::new();
+        }
+        // Reset on whole packets, not bytes: a dribbled frame still times out.
+        if std::mem::take(&mut self.got_packet) {
+            self.last_packet = Instant::now();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands `cmd` to the session, or parks it until the mailbox has room.
+    fn hand_to_session(&mut self, cmd: SessionCmd) -> Result<(), CloseReason> {
+        if let SessionCmd::PubRec(id) = cmd {
+            self.pubrec = Some(id);
+        }
+        let conn = self.conn.conn_id;
+        match self.client.session.mailbox.try_send_from(conn, cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(CloseReason::Discarded),
+            Err(TrySendError::Superseded(_)) => {
+                self.pubrec = None;
+                Err(CloseReason::TakenOver)
+            }
+            Err(TrySendError::Full(cmd)) => {
+                let mailbox = self.client.session.mailbox.clone();
+                self.sending = Some(Box::pin(async move { mailbox.send_from(conn, cmd).await }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts (or renews) a pause for the subscribers the last PUBLISH congested.
+    fn start_pause(&mut self) {
+        let patience = self.conn.shared.config.session.backpressure_timeout;
+        let congested = std::mem::take(&mut self.conn.congested);
+        let relief: Boxed<()> = Box::pin(relieve(congested, Instant::now() + patience));
+        match &mut self.pause {
+            Some(p) => p.relief = Some(relief),
+            None => {
+                self.pause = Some(Box::new(Pause {
+                    relief: Some(relief),
+                    held: VecDeque::new(),
+                    held_bytes: 0,
+                }))
+            }
+        }
+    }
+
+    /// After the connected phase: the will unless the client said goodbye. Dropping the
+    /// client's link here is what tells the session (on every exit, a panic included). What
+    /// is left is the goodbye flush, if there is one.
+    pub(super) fn close(self, reason: CloseReason) -> Option<Boxed<()>> {
+        let Connected {
+            mut conn,
+            mut client,
+            ..
+        } = self;
+        let shared = &conn.shared;
+        if reason.is_protocol_error() {
+            Metrics::incr(&shared.metrics.protocol_errors);
+        }
+        if reason.publishes_will() {
+            if let Some(will) = client.accepted.will.take() {
+                debug!(topic = will.topic_str(), "publishing will");
+                shared.router.publish(will);
+            }
+        }
+        Metrics::decr(&shared.metrics.clients_connected);
+        info!(
+            conn_id = conn.conn_id,
+            client_id = &*client.accepted.client_id,
+            %reason,
+            "client disconnected"
+        );
+        drop(client);
+        // Acks already encoded (a PUBACK before DISCONNECT or before shutdown) still go out,
+        // within the goodbye timeout; a broken or silent peer gets nothing more.
+        if !reason.flushes() || (conn.wbuf.is_empty() && !conn.flushing) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let goodbye = async {
+                conn.stream.write_all_buf(&mut conn.wbuf).await?;
+                conn.stream.flush().await
+            };
+            let _ = timeout(GOODBYE_TIMEOUT, goodbye).await;
+        }))
+    }
+}
+
+/// True for the packets a pause does not hold back: acks of this client's deliveries, which
+/// free the session it may be waiting for, and PINGREQ, which keeps it alive.
+fn is_ack(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
+    )
+}
+
+/// Writes the whole buffer, then flushes; progress is kept in `wbuf` and `flushing`, so this
+/// can be polled again from scratch after any `Pending`.
+fn poll_write_out<S: Transport>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    wbuf: &mut BytesMut,
+    flushing: &mut bool,
+) -> Poll<io::Result<()>> {
+    while !wbuf.is_empty() {
+        let n = ready!(Pin::new(&mut *stream).poll_write(cx, wbuf))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        wbuf.advance(n);
+        *flushing = true;
+    }
+    if *flushing {
+        ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+        *flushing = false;
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
+/// progress by then is marked stuck, so publishers stop waiting for it.
+async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
+    congested.sort_unstable_by_key(|m| Arc::as_ptr(m) as usize);
+    congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let seen: Vec<u64> = congested.iter().map(|m| m.backlog().progress()).collect();
+    for (mailbox, before) in congested.iter().zip(seen) {
+        let backlog = mailbox.backlog();
+        while !backlog.relieved() && !backlog.is_stuck() {
+            if tokio::time::timeout_at(deadline, backlog.wait_drained())
+                .await
+                .is_err()
+            {
+                if backlog.progress() == before {
+                    backlog.mark_stuck(before);
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn kicked(k: Kick) -> CloseReason {
+    match k {
+        Kick::TakenOver => CloseReason::TakenOver,
+        Kick::Discarded => CloseReason::Discarded,
+        Kick::Shutdown => CloseReason::Shutdown,
+    }
+}
