@@ -30,6 +30,81 @@ async fn silent_client_is_closed_after_one_and_a_half_keepalives() {
         waited >= Duration::from_millis(1400),
         "closed too early: {waited:?}"
     );
+    // 1.5 s, checked on a timer: well before a second one would have passed.
+    assert!(
+        waited < Duration::from_secs(3),
+        "closed too late: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_on_a_slow_downlink_is_kept_alive_by_its_pingreqs() {
+    // [MQTT-3.1.2-24] is about what the client sent: while a backlog drains to it for far
+    // longer than 1.5 x keepalive, the PINGREQs it keeps sending are read and answered.
+    const MESSAGES: u16 = 12;
+    let payload = vec![7u8; 1_000_000];
+    let b = TestBroker::start().await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small window, so the broker's writes block on this client's pace once the kernel's
+    // send buffer (a few MB at most) is full; the backlog is larger than that.
+    socket.set_recv_buffer_size(8 * 1024).expect("rcvbuf");
+    let stream = within(WAIT, socket.connect(b.addr)).await.expect("connect");
+    let mut sub = Raw::from_stream(stream);
+    sub.send_packet(&common::connect_packet("slow-link", true, 1))
+        .await;
+    assert!(matches!(sub.recv().await, Packet::ConnAck(_)));
+    sub.subscribe(1, &[("bulk", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "bulk-pub", true, 60).await;
+    for i in 1..=MESSAGES {
+        publisher
+            .publish("bulk", QoS::AtLeastOnce, Some(i), false, &payload)
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(i));
+    }
+    // About 1 MB/s for 4 s, a PINGREQ every 300 ms: a broker that stops reading while its
+    // write is blocked drops this client at 1.5 s.
+    let started = Instant::now();
+    let mut last_ping = Instant::now();
+    let (mut bytes, mut pongs, mut pending) = (0, 0, bytes::BytesMut::new());
+    let mut chunk = vec![0u8; 8 * 1024];
+    while started.elapsed() < Duration::from_secs(4) {
+        if last_ping.elapsed() >= Duration::from_millis(300) {
+            sub.stream.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+            last_ping = Instant::now();
+        }
+        let n = within(WAIT, sub.stream.read(&mut chunk))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed after {bytes} bytes, {:?}", started.elapsed());
+        bytes += n;
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(p) = tern::codec::decode(&mut pending, usize::MAX).expect("valid") {
+            match p {
+                Packet::Publish(p) => assert_eq!(p.payload.len(), payload.len()),
+                Packet::PingResp => pongs += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The subject of the test is this client's slow pace.
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    assert!(
+        bytes > 2_000_000,
+        "the backlog was moving: {bytes} bytes in 4 s"
+    );
+    // Each PINGRESP waits behind what was already written (megabytes, here); read at full
+    // speed now, they arrive.
+    within(WAIT, async {
+        while pongs == 0 {
+            let n = sub.stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed");
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(p) = tern::codec::decode(&mut pending, usize::MAX).expect("valid") {
+                pongs += usize::from(p == Packet::PingResp);
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

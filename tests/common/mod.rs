@@ -283,6 +283,14 @@ impl Raw {
         }
     }
 
+    /// Wraps a connected stream (one set up by hand, e.g. with a small receive buffer).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Opens a connection, sends CONNECT and returns the CONNACK.
     pub async fn connect(
         addr: SocketAddr,

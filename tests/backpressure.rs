@@ -1,0 +1,179 @@
+//! Publisher backpressure: a slow subscriber slows its publishers down instead of losing
+//! messages, a stuck one does not, and clients whose own acks sit behind a pause are never
+//! paused by it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{within, Client, Raw, TestBroker, WAIT};
+use tern::codec::Packet;
+use tern::message::QoS;
+
+/// No message was dropped anywhere in the broker.
+fn assert_no_drops(b: &TestBroker) {
+    let m = b.metrics.snapshot();
+    assert_eq!(
+        (m.dropped_queue_full, m.dropped_mailbox_full),
+        (0, 0),
+        "dropped"
+    );
+}
+
+/// Receives `n` publishes on `c`, checking they carry 0, 1, 2, ... in order.
+async fn receive_numbered(c: &mut Client, n: u32) {
+    within(Duration::from_secs(60), async {
+        for i in 0..n {
+            let p = c.next_publish().await;
+            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
+        }
+    })
+    .await;
+}
+
+/// Publishes `n` numbered QoS 1 messages to `topic` as fast as the client's window allows.
+fn publish_numbered(c: &Client, topic: &'static str, n: u32) -> tokio::task::JoinHandle<()> {
+    let client = c.client.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(
+                    topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    i.to_be_bytes().to_vec(),
+                )
+                .await
+                .expect("queued");
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_self_subscribed_qos1_publisher_at_full_speed_is_not_paused_by_its_own_acks() {
+    // [MQTT-4.3.2-1]: its session waits for the PUBACKs of its deliveries, which come on the
+    // socket a pause would stop reading; they are read during the pause.
+    const N: u32 = 10_000;
+    let b = TestBroker::start().await;
+    let mut c = Client::connect(b.addr, "narcissus").await;
+    c.subscribe("self/t", rumqttc::QoS::AtLeastOnce).await;
+    let started = Instant::now();
+    let publisher = publish_numbered(&c, "self/t", N);
+    receive_numbered(&mut c, N).await;
+    within(WAIT, publisher).await.expect("publisher");
+    assert_no_drops(&b);
+    // Stalled on its own acks, each burst past the high mark waited backpressure_timeout
+    // (1 s) for about one inflight window (20): that would be minutes here.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{N} messages took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn two_clients_subscribed_to_each_other_are_not_paused_by_their_acks() {
+    const N: u32 = 10_000;
+    let b = TestBroker::start().await;
+    let mut alice = Client::connect(b.addr, "alice").await;
+    let mut bob = Client::connect(b.addr, "bob").await;
+    alice.subscribe("to/alice", rumqttc::QoS::AtLeastOnce).await;
+    bob.subscribe("to/bob", rumqttc::QoS::AtLeastOnce).await;
+    let started = Instant::now();
+    let a = publish_numbered(&alice, "to/bob", N);
+    let b2 = publish_numbered(&bob, "to/alice", N);
+    tokio::join!(
+        receive_numbered(&mut alice, N),
+        receive_numbered(&mut bob, N)
+    );
+    within(WAIT, a).await.expect("alice publishes");
+    within(WAIT, b2).await.expect("bob publishes");
+    assert_no_drops(&b);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_moving_subscriber_loses_nothing_to_a_bursty_publisher() {
+    // The whole burst arrives in a few reads of the publisher's socket: backpressure must
+    // act per PUBLISH, not per read, for the default queue (1,000) to suffice.
+    const N: u16 = 5_000;
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, "slow", true, 60).await;
+    sub.subscribe(1, &[("burst", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "bursty", true, 60).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=N {
+        tern::codec::encode_publish(
+            b"burst",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            Some(i),
+            false,
+            false,
+            &mut burst,
+        );
+    }
+    let acks = tokio::spawn(async move {
+        publisher.send(&burst).await;
+        for i in 1..=N {
+            assert_eq!(publisher.recv().await, Packet::PubAck(i));
+        }
+    });
+    within(Duration::from_secs(60), async {
+        for i in 1..=N {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
+            sub.send_packet(&Packet::PubAck(p.pkid.expect("QoS 1")))
+                .await;
+            if i % 100 == 0 {
+                // Slow, but moving: the subject of the test is the subscriber's pace.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    })
+    .await;
+    within(WAIT, acks).await.expect("publisher");
+    assert_no_drops(&b);
+}
+
+#[tokio::test]
+async fn backpressure_timeout_0s_never_makes_a_publisher_wait() {
+    // Mosquitto's behaviour: a subscriber that does not read loses what its queue cannot
+    // hold, counted, and its publishers go on at full speed.
+    const N: u16 = 3_000;
+    let b = TestBroker::start_with(|c| c.session.backpressure_timeout = Duration::ZERO).await;
+    let (mut stuck, _) = Raw::connect(b.addr, "stuck", true, 60).await;
+    stuck.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "fast", true, 60).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=N {
+        tern::codec::encode_publish(
+            b"t",
+            b"x",
+            QoS::AtLeastOnce,
+            Some(i),
+            false,
+            false,
+            &mut burst,
+        );
+    }
+    let started = Instant::now();
+    publisher.send(&burst).await;
+    for i in 1..=N {
+        assert_eq!(publisher.recv().await, Packet::PubAck(i));
+    }
+    let waited = started.elapsed();
+    // Held by the stuck session: its inflight window (20) and its queue (1,000).
+    let m = b.metrics.snapshot();
+    assert_eq!(
+        m.dropped_queue_full + m.dropped_mailbox_full,
+        u64::from(N) - 1_020
+    );
+    // With backpressure on, the publisher would wait backpressure_timeout for the stuck
+    // subscriber before going on; here it never waits.
+    assert!(waited < Duration::from_millis(900), "waited {waited:?}");
+}
