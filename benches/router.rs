@@ -35,7 +35,6 @@ fn fanout(c: &mut Criterion) {
             payload: Bytes::from_static(&[0u8; 64]),
             qos: QoS::AtLeastOnce,
             retain: false,
-            from: "pub".into(),
         });
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {

@@ -128,7 +128,6 @@ mod tests {
                 payload: Bytes::new(),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                from: "c".into(),
             }),
             qos: QoS::AtLeastOnce,
             retain: false,

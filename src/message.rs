@@ -59,8 +59,6 @@ pub struct Message {
     pub qos: QoS,
     /// RETAIN flag as published.
     pub retain: bool,
-    /// The publishing client, for logs and later for no-local style rules.
-    pub from: ClientId,
 }
 
 impl Message {

@@ -152,7 +152,6 @@ mod tests {
                 payload: Bytes::copy_from_slice(payload.as_bytes()),
                 qos,
                 retain: false,
-                from: "c".into(),
             }),
             qos,
             retain: false,

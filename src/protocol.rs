@@ -110,7 +110,7 @@ pub fn check_connect(
         return Err(reject());
     }
     let will = match &c.will {
-        Some(w) => Some(will_message(w, &client_id, cfg)?),
+        Some(w) => Some(will_message(w, cfg)?),
         None => None,
     };
     let username = match identity {
@@ -145,7 +145,7 @@ pub fn checks_password(c: &Connect, identity: &Identity, policy: &Policy) -> boo
 }
 
 /// The will as a message, under the rules a PUBLISH of it would meet.
-fn will_message(w: &LastWill, client_id: &str, cfg: &MqttConfig) -> Result<Arc<Message>, Refusal> {
+fn will_message(w: &LastWill, cfg: &MqttConfig) -> Result<Arc<Message>, Refusal> {
     if !topic::valid_name(&w.topic) {
         return Err(Refusal::Close(ProtocolError::InvalidWillTopic));
     }
@@ -161,7 +161,6 @@ fn will_message(w: &LastWill, client_id: &str, cfg: &MqttConfig) -> Result<Arc<M
         payload: Bytes::copy_from_slice(&w.payload),
         qos: w.qos,
         retain: w.retain,
-        from: client_id.into(),
     }))
 }
 

@@ -240,7 +240,6 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             qos: QoS::AtLeastOnce,
             retain: true,
-            from: "c".into(),
         }
     }
 

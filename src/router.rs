@@ -317,7 +317,6 @@ mod tests {
             payload: Bytes::from_static(b"p"),
             qos,
             retain: false,
-            from: "pub".into(),
         })
     }
 

@@ -60,6 +60,5 @@ fn publish(shared: &Shared, topic: &str, value: String) {
         payload: Bytes::from(value),
         qos: QoS::AtMostOnce,
         retain: true,
-        from: "$SYS".into(),
     }));
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{login, within, BinaryBroker, TestBroker, WAIT};
+use common::{login, BinaryBroker, TestBroker};
 use tern::codec::{ConnectReturnCode, Packet, SubAckCode};
 use tern::message::QoS;
 
@@ -87,34 +87,15 @@ async fn tern_passwd_files_work_with_mosquitto_and_tern() {
         .status
         .success());
     // The real Mosquitto accepts the file tern wrote.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        // `user root`: run as root, Mosquitto would switch to its own user, which may not read
-        // a file tern wrote with owner-only permissions.
-        format!(
-            "listener {port} 127.0.0.1\nuser root\nallow_anonymous false\npassword_file {}\n",
+    // `user root`: run as root, Mosquitto would switch to its own user, which may not read a
+    // file tern wrote with owner-only permissions.
+    let (mut mosquitto, addr) = common::start_mosquitto(
+        &format!(
+            "listener {{port}} 127.0.0.1\nuser root\nallow_anonymous false\npassword_file {}\n",
             file.display()
         ),
+        dir.path(),
     )
-    .expect("write conf");
-    let mut mosquitto = tokio::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto is installed (apt-get install mosquitto)");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    within(WAIT, async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
     .await;
     assert_eq!(
         login(addr, "m", Some("carol"), Some("pw1")).await.1,

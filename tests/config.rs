@@ -141,10 +141,11 @@ fn empty_file_is_the_defaults() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// Starts the binary on a free port with `-p` and connects to it.
+/// Starts the binary with `-p 0` and connects to the port it reports.
 #[tokio::test]
 async fn port_flag_overrides_the_listener() {
-    // The file says port 1; -p wins (BinaryBroker passes a free port with -p).
+    // The file says port 1 (which needs root to bind and is never free here); -p wins
+    // (BinaryBroker passes `-p 0` and reads the bound address from the log).
     let mut broker = common::BinaryBroker::start("[[listener]]\nbind = \"127.0.0.1:1\"\n").await;
     let (_raw, ack) = Raw::connect(broker.addr, "cli", true, 60).await;
     assert_eq!(ack.code, tern::codec::ConnectReturnCode::Accepted);

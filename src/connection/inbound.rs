@@ -93,7 +93,6 @@ impl<S: Transport> Connection<S> {
                         payload: p.payload,
                         qos: p.qos,
                         retain: p.retain,
-                        from: acc.client_id.clone(),
                     })
                 });
                 // [MQTT-3.3.4-1], [MQTT-2.3.1-6]

@@ -510,6 +510,49 @@ pub fn connect_bytes(id: &str) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// A real Mosquitto broker on 127.0.0.1, started from `config`, in which `{port}` stands for
+/// the port. It is waited for until it says it runs, so the port is known to be its own; if
+/// another process took the port first, Mosquitto exits and another port is tried.
+pub async fn start_mosquitto(
+    config: &str,
+    dir: &std::path::Path,
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        let text = config.replace("{port}", &port.to_string());
+        std::fs::write(&conf, format!("log_dest stderr\n{text}")).expect("write conf");
+        let mut child = tokio::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto)");
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let running = within(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(" running") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if running {
+            // Keep reading its log, so a full pipe never blocks it.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    panic!("mosquitto did not start on any of 5 ports");
+}
+
 /// The real `tern` binary running as its own process, for tests that watch the process
 /// (resident memory, signals, command-line flags).
 pub struct BinaryBroker {
@@ -521,8 +564,9 @@ pub struct BinaryBroker {
 }
 
 impl BinaryBroker {
-    /// Starts `tern -c <config> -p <free port>`, with `config` as the file's text, and waits
-    /// until it accepts connections.
+    /// Starts `tern -c <config> -p 0`, with `config` as the file's text, and waits until it
+    /// logs the address it listens on. The broker picks its own port: a port found free here
+    /// and handed over could be taken by another test in between.
     pub async fn start(config: &str) -> BinaryBroker {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
@@ -530,25 +574,31 @@ impl BinaryBroker {
             .tempfile()
             .expect("temp file");
         file.write_all(config.as_bytes()).expect("write config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let log_out = log.reopen().expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("-c")
             .arg(file.path())
-            .args(["-p", &port.to_string()])
+            .args(["-p", "0"])
             .stdout(std::process::Stdio::from(log_out))
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn tern");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // Retry connecting until the listener is up; bounded by WAIT.
-        within(WAIT, async {
-            while TcpStream::connect(addr).await.is_err() {
+        let addr = within(WAIT, async {
+            loop {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let bound = text
+                    .lines()
+                    .find_map(|l| l.split("listening addr=").nth(1))
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+                if let Some(addr) = bound {
+                    return addr;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tern exited ({status}) before listening: {text}");
+                }
+                // The log is a file: there is no event to await, so look again shortly.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
