@@ -344,3 +344,58 @@ async fn sighup_reloads_the_password_file_without_dropping_clients() {
     kept.send(&[0xc0, 0]).await;
     assert_eq!(kept.recv().await, Packet::PingResp);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_acl_file_for_new_and_existing_subscriptions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read open/#\n").expect("write");
+    let broker = BinaryBroker::start(&format!("[auth]\nacl_file = \"{}\"\n", acl.display())).await;
+    let (mut reader, _) = login(broker.addr, "reader", None, None).await;
+    assert_eq!(
+        reader
+            .subscribe(
+                1,
+                &[("open/#", QoS::AtMostOnce), ("news/#", QoS::AtMostOnce)]
+            )
+            .await,
+        [SubAckCode::Granted(QoS::AtMostOnce), SubAckCode::Failure]
+    );
+    // The new file grants news/# and takes open/# away; anonymous clients may also write.
+    std::fs::write(&acl, "topic readwrite news/#\ntopic write open/#\n").expect("write");
+    let status = Command::new("kill")
+        .args(["-HUP", &broker.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    broker.wait_for_log("files reloaded", 1).await;
+    assert_eq!(
+        reader.subscribe(2, &[("news/#", QoS::AtMostOnce)]).await,
+        [SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+    let (mut writer, _) = login(broker.addr, "writer", None, None).await;
+    // Every delivery is checked against the rules in force: open/# is no longer readable,
+    // though the subscription was granted under the old file.
+    writer
+        .publish("open/x", QoS::AtMostOnce, None, false, b"old")
+        .await;
+    writer
+        .publish("news/x", QoS::AtMostOnce, None, false, b"new")
+        .await;
+    let p = reader.recv_publish().await;
+    assert_eq!(&p.topic[..], b"news/x");
+    reader.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn assigned_client_ids_use_the_configured_prefix() {
+    // [MQTT-3.1.3-6] an empty id with clean session 1 gets one made up, here "edge-...".
+    let broker = BinaryBroker::start("[mqtt]\nauto_id_prefix = \"edge-\"\n").await;
+    let (_raw, code) = login(broker.addr, "", None, None).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    broker
+        .wait_for_log_lines(1, |l| {
+            l.contains("client connected") && l.contains("client_id=\"edge-")
+        })
+        .await;
+}

@@ -110,6 +110,21 @@ async fn oversized_packet_is_refused() {
     raw.expect_closed_silently().await;
 }
 
+/// 40 connections each holding a 600 KB part of a frame that claims 900 KB (ids `hog-ROUND-i`).
+async fn hogs(addr: std::net::SocketAddr, round: usize) -> Vec<Raw> {
+    let mut hogs = Vec::new();
+    for i in 0..40 {
+        let mut raw = Raw::open(addr).await;
+        raw.send(&connect_bytes(&format!("hog-{round}-{i}"))).await;
+        assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
+        let mut frame = vec![0x30, 0x80, 0xf8, 0x36, 0x00, 0x01, b't'];
+        frame.resize(600_000, b'x');
+        raw.send(&frame).await;
+        hogs.push(raw);
+    }
+    hogs
+}
+
 /// Hostile connections (issue #5's list), each on its own socket while a well-behaved pair
 /// keeps exchanging messages; the broker (its own process) must close each and return to its
 /// memory baseline.
@@ -127,16 +142,7 @@ async fn hostile_connections_leave_others_and_memory_untouched() {
     let baseline_kib = broker.rss_kib();
 
     // Half-sent frames that claim 900 KB each: the broker buffers what arrives, nothing more.
-    let mut hogs = Vec::new();
-    for i in 0..40 {
-        let mut raw = Raw::open(addr).await;
-        raw.send(&connect_bytes(&format!("hog-{i}"))).await;
-        assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
-        let mut frame = vec![0x30, 0x80, 0xf8, 0x36, 0x00, 0x01, b't'];
-        frame.resize(600_000, b'x');
-        raw.send(&frame).await;
-        hogs.push(raw);
-    }
+    let mut hogs = hogs(addr, 0).await;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("CONNECT never sent", vec![]),
         ("PUBLISH before CONNECT", vec![0x30, 0x03, 0x00, 0x01, b't']),
@@ -188,20 +194,26 @@ async fn hostile_connections_leave_others_and_memory_untouched() {
     })
     .await;
     let peak_kib = broker.rss_kib();
+    assert!(
+        peak_kib < baseline_kib + 40 * 1024 + 16 * 1024,
+        "40 hogs of 600 KB took {} KiB",
+        peak_kib - baseline_kib
+    );
+    // Freed when they go: whether the allocator gives the pages back to the OS is its own
+    // choice, so what is checked is that a second round of hogs reuses them.
+    hogs.clear();
+    broker
+        .wait_for_log_lines(40, |l| {
+            l.contains("client disconnected") && l.contains("hog-0-")
+        })
+        .await;
+    hogs = self::hogs(addr, 1).await;
+    let second_kib = broker.rss_kib();
+    assert!(
+        second_kib < peak_kib + 8 * 1024,
+        "a second round of hogs grew the broker from {peak_kib} to {second_kib} KiB"
+    );
     drop(hogs);
-    // Closing is asynchronous on the broker's side: poll its memory until it is back near the
-    // baseline (bounded); 16 MiB is well below what the hogs held (40 x 600 KB).
-    let after_kib = common::within(Duration::from_secs(10), async {
-        loop {
-            let now = broker.rss_kib();
-            if now < baseline_kib + 16 * 1024 {
-                break now;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    eprintln!("baseline {baseline_kib} KiB, with hogs {peak_kib} KiB, after {after_kib} KiB");
     publisher
         .publish("good", QoS::AtLeastOnce, Some(99), false, b"still")
         .await;

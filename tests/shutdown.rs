@@ -43,3 +43,45 @@ async fn max_connections_refuses_extra_sockets_and_counts_them() {
     .await;
     assert_eq!(ok.code, tern::codec::ConnectReturnCode::Accepted);
 }
+
+/// A client whose retained will ("gone", on `wills/ID`) is too large to store with
+/// `retained_payload_limit = 1`: each will published is counted in `retained_refused`.
+async fn mortal(b: &TestBroker, id: &str) -> Raw {
+    let mut raw = Raw::open(b.addr).await;
+    let mut connect = common::connect_packet(id, true, 60);
+    if let Packet::Connect(c) = &mut connect {
+        c.will = Some(tern::codec::LastWill {
+            topic: bytes::Bytes::from(format!("wills/{id}")),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: tern::message::QoS::AtMostOnce,
+            retain: true,
+        });
+    }
+    raw.send_packet(&connect).await;
+    assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
+    raw
+}
+
+#[tokio::test]
+async fn the_will_is_not_published_on_shutdown() {
+    // The broker going away is not the client's failure (Mosquitto does the same).
+    let b = TestBroker::start_with(|c| c.retain.retained_payload_limit = 1).await;
+    let metrics = b.metrics.clone();
+    // The control: a client that dies before shutdown has its will published.
+    let dies = mortal(&b, "dies").await;
+    drop(dies);
+    within(WAIT, async {
+        while metrics.snapshot().retained_refused == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut stays = mortal(&b, "stays").await;
+    within(WAIT, b.stop()).await;
+    stays.read_to_close().await;
+    assert_eq!(
+        metrics.snapshot().retained_refused,
+        1,
+        "only the control's will"
+    );
+}

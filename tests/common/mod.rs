@@ -613,10 +613,15 @@ impl BinaryBroker {
 
     /// Waits (bounded by WAIT) until the broker's log has `n` lines containing `text`.
     pub async fn wait_for_log(&self, text: &str, n: usize) {
+        self.wait_for_log_lines(n, |l| l.contains(text)).await
+    }
+
+    /// Waits (bounded by WAIT) until the broker's log has `n` lines for which `matches` holds.
+    pub async fn wait_for_log_lines(&self, n: usize, matches: impl Fn(&str) -> bool) {
         within(WAIT, async {
             loop {
                 let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-                if log.lines().filter(|l| l.contains(text)).count() >= n {
+                if log.lines().filter(|l| matches(l)).count() >= n {
                     return;
                 }
                 // The log is a file: there is no event to await, so look again shortly.
