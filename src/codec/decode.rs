@@ -8,7 +8,7 @@ use crate::message::QoS;
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)` while the frame is incomplete, leaving `buf` untouched, so the caller can
-/// read more and retry. Small frames are copied out of `buf` (see `COPY_FRAMES_UP_TO`). A frame larger than `max_packet_size` is refused as soon as its length
+/// read more and retry. A frame larger than `max_packet_size` is refused as soon as its length
 /// is known, before its bytes arrive, so a peer cannot make us buffer what it claims.
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
     // Judge the first byte as soon as it arrives: a bad one need not wait for its body.
@@ -29,24 +29,10 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
         return Ok(None);
     }
     let first = buf[0];
-    let mut frame = if total <= COPY_FRAMES_UP_TO {
-        let frame = Bytes::copy_from_slice(&buf[..total]);
-        buf.advance(total);
-        frame
-    } else {
-        buf.split_to(total).freeze()
-    };
+    let mut frame = buf.split_to(total).freeze();
     frame.advance(header_len);
     parse(first, frame).map(Some)
 }
-
-/// Frames up to this size are copied out of the read buffer; larger ones are shared with it
-/// (zero-copy). A shared frame keeps the whole buffer it was read into alive for as long as
-/// its message lives: one small message waiting in an offline session's queue would hold a
-/// 16 KiB read buffer, so small frames, which cost little to copy, get their own allocation
-/// (and the read buffer, no longer shared, is reused for the next read). A frame above this
-/// size is at least a sixteenth of the buffer it shares.
-pub const COPY_FRAMES_UP_TO: usize = 1024;
 
 /// Parses the fixed header: `(header length, remaining length)`, `None` if incomplete.
 fn frame_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {

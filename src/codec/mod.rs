@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::message::QoS;
 
-pub use decode::{decode, COPY_FRAMES_UP_TO};
+pub use decode::decode;
 pub use encode::{encode, encode_publish, encoded_len};
 
 /// The protocol a client connected with.

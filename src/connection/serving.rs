@@ -50,6 +50,12 @@ use super::Client;
 const TURNS_PER_POLL: usize = 32;
 /// Bytes of acks reading may add to an unflushed `wbuf` before reading waits for the write.
 const ACKS_WHILE_WRITING: usize = 64 * 1024;
+/// A read of at most this many bytes into an empty buffer is copied into one of its own size.
+/// Decoded messages share the buffer they were read into, and each read reserves a fresh one
+/// (an idle connection holds none): a sensor's one small message per read, queued for an
+/// offline session, would keep a whole 16 KiB buffer alive. A larger read stays zero-copy;
+/// its buffer is shared by the many frames (or the large payload) that came in it.
+const COPY_READS_UP_TO: usize = 4 * 1024;
 /// Frame bytes (or packets) a pause holds before reading stops altogether.
 const PAUSE_LIMIT: usize = 64 * 1024;
 const PAUSE_PACKETS: usize = 1024;
@@ -235,7 +241,11 @@ impl<S: Transport + 'static> Connected<S> {
                 Poll::Pending => return Step::Idle,
                 Poll::Ready(Ok(0)) => return Step::Close(CloseReason::PeerClosed),
                 Poll::Ready(Err(e)) => return Step::Close(e.into()),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n <= COPY_READS_UP_TO && self.conn.rbuf.len() == n {
+                        self.conn.rbuf = BytesMut::from(&self.conn.rbuf[..]);
+                    }
+                }
             }
         }
         self.input_step(cx)
