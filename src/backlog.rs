@@ -1,9 +1,10 @@
 //! A session's backlog gauge, shared with the publishers that feed it: how many messages wait
 //! for the session (mailbox + mqueue), and whether it is still making progress.
 //!
-//! Publishers use it for backpressure: when a subscriber's backlog passes the high mark, the
-//! publishing connection stops reading its socket until the backlog falls below the low mark,
-//! so a slow subscriber slows its publishers (through TCP) instead of losing messages. A
+//! Publishers use it for backpressure: when a PUBLISH takes a subscriber's backlog to the high
+//! mark, the publishing connection holds its further PUBLISHes (it still reads the client's
+//! acks, see `connection::serving`) until the backlog falls below the low mark, so a slow
+//! subscriber slows its publishers (through TCP) instead of losing messages. A
 //! subscriber that makes no progress for `backpressure_timeout` is stuck: publishers stop
 //! waiting for it, and its queue overflows by the configured policy, counted. A session with
 //! no connection cannot make progress at all, so it never makes a publisher wait: its queue

@@ -10,8 +10,10 @@
 //! - `router` is a shared object, not a task: exact filters in a map, wildcard filters in the
 //!   `trie`, retained messages in `retain`. The publisher's own task matches and hands each
 //!   matching session one `Delivery` with `try_send`, so it never blocks on a subscriber; a
-//!   congested subscriber (`backlog`) makes the publisher's connection pause reading instead,
-//!   unless that subscriber is stuck.
+//!   connected subscriber congested by a PUBLISH (`backlog`) makes the publisher's connection
+//!   hold its next PUBLISHes instead (its acks are still read), unless that subscriber is
+//!   stuck. A retained publish and a subscribe's retained read are made atomic under the
+//!   retained store's lock, so a new subscriber gets a concurrent retained message once.
 //! - Channels: one session `mailbox` for the connection's commands (awaited, always drained)
 //!   and the router's deliveries (try_send, counted drops); session -> connection `outbound`
 //!   (the session checks for room and never awaits a push; it also carries the kick). No cycle

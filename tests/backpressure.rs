@@ -177,3 +177,40 @@ async fn backpressure_timeout_0s_never_makes_a_publisher_wait() {
     // subscriber before going on; here it never waits.
     assert!(waited < Duration::from_millis(900), "waited {waited:?}");
 }
+
+#[tokio::test]
+async fn what_a_paused_publisher_sent_before_closing_is_still_delivered() {
+    // A QoS 0 publisher writes its burst and closes the socket at once. Its PUBLISHes wait
+    // behind a pause while the slow subscriber drains; the close must not drop them.
+    const N: u16 = 5_000;
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, "slow0", true, 60).await;
+    sub.subscribe(1, &[("burst0", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Raw::connect(b.addr, "fire-and-forget", true, 60).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=N {
+        tern::codec::encode_publish(
+            b"burst0",
+            &i.to_be_bytes(),
+            QoS::AtMostOnce,
+            None,
+            false,
+            false,
+            &mut burst,
+        );
+    }
+    publisher.send(&burst).await;
+    drop(publisher);
+    within(Duration::from_secs(60), async {
+        for i in 1..=N {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
+            if i % 100 == 0 {
+                // Slow, but moving: the subject of the test is the subscriber's pace.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    })
+    .await;
+    assert_no_drops(&b);
+}

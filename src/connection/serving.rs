@@ -20,7 +20,9 @@
 //! acks of this client's own deliveries (PUBACK, PUBREC, PUBCOMP) and PINGREQ are still
 //! handled as they arrive; everything else is held, in order, up to `PAUSE_LIMIT`. So a
 //! client subscribed to its own topics, or two clients subscribed to each other's, are never
-//! paused waiting for acks that sit behind the pause itself.
+//! paused waiting for acks that sit behind the pause itself. A client that closes its socket
+//! while input is held still has that input handled (a QoS 0 publisher often writes its
+//! burst and closes at once); the connection closes after it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -78,6 +80,9 @@ pub(super) struct Connected<S> {
     /// Reading and filling take turns being looked at first.
     read_first: bool,
     got_packet: bool,
+    /// The client closed its side while input was held: what it sent before is handled
+    /// first, then the connection closes.
+    peer_closed: bool,
 }
 
 /// A backpressure pause: while a subscriber this client fed is congested, its further input
@@ -122,6 +127,7 @@ impl<S: Transport + 'static> Connected<S> {
             acked: 0,
             read_first: true,
             got_packet: false,
+            peer_closed: false,
         }
     }
 
@@ -239,7 +245,14 @@ impl<S: Transport + 'static> Connected<S> {
             }
             match self.conn.stream.poll_read_some(cx, &mut self.conn.rbuf) {
                 Poll::Pending => return Step::Idle,
-                Poll::Ready(Ok(0)) => return Step::Close(CloseReason::PeerClosed),
+                Poll::Ready(Ok(0)) if self.pause.is_none() => {
+                    return Step::Close(CloseReason::PeerClosed)
+                }
+                Poll::Ready(Ok(0)) => {
+                    // Everything it sent before the FIN is still owed its handling.
+                    self.peer_closed = true;
+                    return Step::Progress;
+                }
                 Poll::Ready(Err(e)) => return Step::Close(e.into()),
                 Poll::Ready(Ok(n)) => {
                     if n <= COPY_READS_UP_TO && self.conn.rbuf.len() == n {
@@ -253,7 +266,7 @@ impl<S: Transport + 'static> Connected<S> {
 
     /// True if more input may be read now (see the module doc).
     fn may_read(&self) -> bool {
-        if self.acked >= ACKS_WHILE_WRITING {
+        if self.acked >= ACKS_WHILE_WRITING || self.peer_closed {
             return false;
         }
         self.pause.as_ref().is_none_or(|p| {
@@ -267,6 +280,9 @@ impl<S: Transport + 'static> Connected<S> {
         self.acked += self.conn.wbuf.len().saturating_sub(before);
         match handled {
             Poll::Pending => Step::Idle,
+            Poll::Ready(Ok(())) if self.peer_closed && self.pause.is_none() => {
+                Step::Close(CloseReason::PeerClosed)
+            }
             Poll::Ready(Ok(())) => Step::Progress,
             Poll::Ready(Err(reason)) => Step::Close(reason),
         }
