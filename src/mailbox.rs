@@ -210,10 +210,8 @@ impl Mailbox {
     /// (the message is new and must be routed), `None` if `max` ids already await theirs.
     pub fn receive_qos2(&self, pkid: u16, max: usize) -> Option<bool> {
         let mut awaiting = self.awaiting_rel.lock();
-        if awaiting.contains(&pkid) {
-            return Some(false);
-        }
-        if awaiting.len() >= max {
+        // One search on the common path; the second only at the limit.
+        if awaiting.len() >= max && !awaiting.contains(&pkid) {
             return None;
         }
         Some(awaiting.insert(pkid))

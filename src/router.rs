@@ -226,6 +226,7 @@ impl Router {
         out
     }
 
+    #[inline]
     fn matched(&self, topic: &[u8]) -> Matched {
         let exact = self.exact.get(topic).map(|e| e.value().clone());
         let mut wild = Vec::new();

@@ -22,6 +22,7 @@ impl<S: Transport> Connection<S> {
         }
     }
 
+    #[inline]
     pub(super) fn encode_outbound(&mut self, out: Outbound) {
         match out {
             Outbound::PubRel(id) => {
@@ -62,6 +63,7 @@ impl<S: Transport> Connection<S> {
 
     /// Handles one packet from the client; what the session must know is returned for the
     /// caller to send (the only step that may wait).
+    #[inline]
     pub(super) fn on_packet(
         &mut self,
         packet: Packet,
