@@ -57,8 +57,6 @@ pub enum Refusal {
 pub struct Accepted {
     /// The client id, assigned if the client sent an empty one.
     pub client_id: ClientId,
-    /// True if the broker made the id up.
-    pub assigned: bool,
     /// Clean-session flag.
     pub clean_session: bool,
     /// The keepalive rule.
@@ -92,19 +90,19 @@ pub fn check_connect(
     acl: &dyn Acl,
 ) -> Result<Accepted, Refusal> {
     let reject = || Refusal::Connack(ConnectReturnCode::IdentifierRejected);
-    let (client_id, assigned) = if c.client_id.is_empty() {
+    let client_id = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: an empty id needs clean session 1.
         if !c.clean_session || !cfg.allow_zero_length_clientid || c.protocol == Protocol::V31 {
             return Err(reject());
         }
-        (assign_client_id(&cfg.auto_id_prefix), true)
+        assign_client_id(&cfg.auto_id_prefix)
     } else {
         // MQTT 3.1 limited ids to 23 characters; 3.1.1 lets the server accept longer
         // [MQTT-3.1.3-5], and we do.
         if c.protocol == Protocol::V31 && c.client_id.len() > 23 {
             return Err(reject());
         }
-        (c.client_id.clone(), false)
+        c.client_id.clone()
     };
     if c.keep_alive > cfg.max_keepalive {
         return Err(reject());
@@ -131,7 +129,6 @@ pub fn check_connect(
     let will = will.filter(|w| may_publish(acl, &client_id, username.as_deref(), w.topic_str()));
     Ok(Accepted {
         client_id,
-        assigned,
         clean_session: c.clean_session,
         keep_alive: KeepAlive::new(c.keep_alive),
         will,
@@ -281,7 +278,7 @@ mod tests {
     fn client_id_rules() {
         // [MQTT-3.1.3-6]
         let a = check(&connect("", true)).expect("accepted");
-        assert!(a.assigned && a.client_id.starts_with("auto-"));
+        assert!(a.client_id.starts_with("auto-"));
         let b = check(&connect("", true)).expect("accepted");
         assert_ne!(a.client_id, b.client_id);
         // [MQTT-3.1.3-8]

@@ -75,17 +75,6 @@ pub fn encode_publish(
     buf.put_slice(payload);
 }
 
-/// The encoded size of a packet with this remaining length.
-pub fn encoded_len(remaining: usize) -> usize {
-    let header = match remaining {
-        0..=127 => 2,
-        128..=16_383 => 3,
-        16_384..=2_097_151 => 4,
-        _ => 5,
-    };
-    header + remaining
-}
-
 fn encode_connect(c: &Connect, buf: &mut BytesMut) {
     let (name, level): (&[u8], u8) = match c.protocol {
         Protocol::V311 => (b"MQTT", 4),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::message::QoS;
 
 pub use decode::decode;
-pub use encode::{encode, encode_publish, encoded_len};
+pub use encode::{encode, encode_publish};
 
 /// The protocol a client connected with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
