@@ -21,11 +21,7 @@ pattern read inbox/%u/#
 ";
 
 async fn acl_broker() -> (TestBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).expect("write acl");
-    let b = TestBroker::start_with(|c| c.auth.acl_file = Some(acl.clone())).await;
-    (b, dir)
+    common::acl_broker(ACL).await
 }
 
 #[tokio::test]

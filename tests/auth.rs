@@ -142,11 +142,7 @@ topic readwrite #
 ";
 
 async fn acl_broker() -> (TestBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).expect("write acl");
-    let b = TestBroker::start_with(|c| c.auth.acl_file = Some(acl.clone())).await;
-    (b, dir)
+    common::acl_broker(ACL).await
 }
 
 #[tokio::test]
@@ -252,40 +248,35 @@ async fn denied_publish_is_acknowledged_and_dropped() {
     assert_eq!(b.metrics.snapshot().acl_denied, 3);
 }
 
-#[tokio::test]
-async fn bad_files_stop_the_broker_with_the_file_and_line_named() {
+/// Runs `tern --check-config` on a config whose `[auth] KEY` names a file holding `text`;
+/// checks it fails with status 2 and one line naming `file:line`, and returns that line.
+fn check_auth_file(key: &str, text: &str, line: usize) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, "topic read ok/#\nallow everything\n").expect("write");
+    let file = dir.path().join("auth-file");
+    std::fs::write(&file, text).expect("write");
     let conf = dir.path().join("tern.toml");
-    std::fs::write(&conf, "[auth]\nacl_file = \"acl\"\n").expect("write");
+    std::fs::write(&conf, format!("[auth]\n{key} = \"auth-file\"\n")).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["--check-config", "-c"])
         .arg(&conf)
         .output()
         .expect("run tern");
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:2", acl.display())), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(&format!("{}:{line}", file.display())), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    err
 }
 
-#[tokio::test]
-async fn a_password_line_with_an_empty_hash_is_a_load_error() {
+#[test]
+fn bad_files_stop_the_broker_with_the_file_and_line_named() {
+    check_auth_file("acl_file", "topic read ok/#\nallow everything\n", 2);
+}
+
+#[test]
+fn a_password_line_with_an_empty_hash_is_a_load_error() {
     // Accepted as is, `admin:$7$101$c2FsdA==$` would let any password in.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("passwd");
-    std::fs::write(&file, "# users\nadmin:$7$101$c2FsdA==$\n").expect("write");
-    let conf = dir.path().join("tern.toml");
-    std::fs::write(&conf, "[auth]\npassword_file = \"passwd\"\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["--check-config", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("run tern");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:2", file.display())), "{err}");
+    let err = check_auth_file("password_file", "# users\nadmin:$7$101$c2FsdA==$\n", 2);
     assert!(err.contains("hash is 0 bytes"), "{err}");
 }
 

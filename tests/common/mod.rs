@@ -490,6 +490,15 @@ pub fn pbkdf2_line(user: &str, password: &str, iterations: u32) -> String {
     format!("{user}:$7${iterations}${}${}\n", b64(salt), b64(&hash))
 }
 
+/// A broker whose `acl_file` holds `acl`; the directory holding it lives as long as the guard.
+pub async fn acl_broker(acl: &str) -> (TestBroker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("acl");
+    std::fs::write(&path, acl).expect("write acl");
+    let b = TestBroker::start_with(|c| c.auth.acl_file = Some(path.clone())).await;
+    (b, dir)
+}
+
 /// A CONNECT packet for MQTT 3.1.1.
 pub fn connect_packet(id: &str, clean: bool, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
