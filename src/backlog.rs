@@ -26,8 +26,9 @@ pub struct Backlog {
     progress: AtomicU64,
     /// `progress + 1` when a publisher gave up waiting for this session; 0 otherwise.
     stuck_at: AtomicU64,
-    high: usize,
-    low: usize,
+    /// The marks, in messages (a queue holds at most 10^7).
+    high: u32,
+    low: u32,
     drained: Notify,
     /// The session has a connection (see the module doc).
     attached: AtomicBool,
@@ -36,7 +37,7 @@ pub struct Backlog {
 impl Backlog {
     /// A gauge that reports congestion at `high` pending messages and relief below `high / 2`.
     pub fn new(high: usize) -> Self {
-        let high = high.max(1);
+        let high = u32::try_from(high.max(1)).unwrap_or(u32::MAX);
         Backlog {
             pending: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
@@ -57,7 +58,7 @@ impl Backlog {
     /// congested (and connected, and not known to be stuck), so the publisher should wait.
     pub fn added(&self) -> bool {
         let now = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
-        now >= self.high && self.attached.load(Ordering::Relaxed) && !self.is_stuck()
+        now >= self.high as usize && self.attached.load(Ordering::Relaxed) && !self.is_stuck()
     }
 
     /// The message counted by `added` was not queued after all (a full or closed mailbox).
@@ -88,14 +89,15 @@ impl Backlog {
         if sent {
             self.progress.fetch_add(n as u64, Ordering::Relaxed);
         }
-        if before >= self.low && before - n < self.low {
+        let low = self.low as usize;
+        if before >= low && before - n < low {
             self.drained.notify_waiters();
         }
     }
 
     /// True if the backlog is below the low mark, or the session has no connection.
     pub fn relieved(&self) -> bool {
-        self.pending() < self.low || !self.attached.load(Ordering::Relaxed)
+        self.pending() < self.low as usize || !self.attached.load(Ordering::Relaxed)
     }
 
     /// Messages sent so far; a waiting publisher compares it to see progress.

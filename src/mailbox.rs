@@ -15,6 +15,7 @@
 //! queue memory at all while nothing is queued.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -70,9 +71,6 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
     cap: usize,
     backlog: Backlog,
-    /// Signals room to connections waiting in `send` (rare: a full mailbox). Its own signal,
-    /// so taking a command wakes only those, never the publishers waiting for relief.
-    room: Notify,
     /// Inbound QoS 2 ids awaiting PUBREL (Method B, [MQTT-4.3.3-2]): session state that survives
     /// reconnects, checked by the connection directly under a short CPU-only lock.
     awaiting_rel: Mutex<BTreeSet<u16>>,
@@ -88,6 +86,10 @@ struct Inner {
     closed: bool,
     /// Senders waiting in `send` for room.
     waiting: u32,
+    /// Signals room to the connections waiting in `send` (rare: a full mailbox), made when
+    /// the first one waits. Its own signal, so taking a command wakes only those, never the
+    /// publishers waiting for relief; made on demand, as most sessions never need it.
+    room: Option<Arc<Notify>>,
     /// The connection whose commands are accepted (see the module doc).
     current: ConnId,
 }
@@ -103,7 +105,6 @@ impl Mailbox {
             }),
             cap: cap.max(1),
             backlog: Backlog::new(high),
-            room: Notify::new(),
             awaiting_rel: Mutex::new(BTreeSet::new()),
         }
     }
@@ -142,8 +143,14 @@ impl Mailbox {
     }
 
     async fn send(&self, mut cmd: SessionCmd, from: From) -> Result<(), SendError> {
+        let room = self
+            .inner
+            .lock()
+            .room
+            .get_or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
         loop {
-            let notified = self.room.notified();
+            let notified = room.notified();
             tokio::pin!(notified);
             // Enabled before the check: a command taken after it wakes us.
             notified.as_mut().enable();
@@ -252,23 +259,25 @@ impl Mailbox {
 
     /// A command was taken: tells senders waiting for room, outside the lock.
     fn taken(&self, inner: MutexGuard<'_, Inner>) {
-        let notify = inner.waiting > 0;
+        let room = (inner.waiting > 0).then(|| inner.room.clone()).flatten();
         drop(inner);
-        if notify {
-            self.room.notify_waiters();
+        if let Some(room) = room {
+            room.notify_waiters();
         }
     }
 
     /// The session has ended: drops what is queued and refuses everything from now on.
     pub fn close(&self) {
-        let queued = {
+        let (queued, room) = {
             let mut inner = self.inner.lock();
             inner.closed = true;
             inner.waker = None;
-            std::mem::take(&mut inner.queue)
+            (std::mem::take(&mut inner.queue), inner.room.clone())
         };
         drop(queued);
-        self.room.notify_waiters();
+        if let Some(room) = room {
+            room.notify_waiters();
+        }
     }
 }
 

@@ -28,11 +28,11 @@ struct Inner {
     kick: Option<Kick>,
     /// The connection, waiting for a packet or a kick.
     conn_waker: Option<Waker>,
-    /// The session, waiting for room.
-    room_waker: Option<Waker>,
     /// The session, watching for the connection to go (its end dropped on any exit, a
-    /// failed handshake or a panic included), so it detaches without being told.
-    gone_waker: Option<Waker>,
+    /// failed handshake or a panic included, so it detaches without being told) and, when
+    /// `room_wanted`, waiting for room.
+    session_waker: Option<Waker>,
+    room_wanted: bool,
     tx_alive: bool,
     rx_alive: bool,
 }
@@ -57,8 +57,8 @@ pub fn channel(cap: usize) -> (OutboundTx, OutboundRx) {
             queue: VecDeque::new(),
             kick: None,
             conn_waker: None,
-            room_waker: None,
-            gone_waker: None,
+            session_waker: None,
+            room_wanted: false,
             tx_alive: true,
             rx_alive: true,
         }),
@@ -76,8 +76,7 @@ impl Drop for OutboundTx {
         let waker = {
             let mut inner = self.0.inner.lock();
             inner.tx_alive = false;
-            inner.room_waker = None;
-            inner.gone_waker = None;
+            inner.session_waker = None;
             inner.conn_waker.take()
         };
         if let Some(w) = waker {
@@ -122,7 +121,8 @@ impl OutboundTx {
         if !inner.rx_alive || inner.queue.len() < self.0.cap {
             return Poll::Ready(());
         }
-        register(&mut inner.room_waker, cx);
+        register(&mut inner.session_waker, cx);
+        inner.room_wanted = true;
         Poll::Pending
     }
 
@@ -132,7 +132,7 @@ impl OutboundTx {
         if !inner.rx_alive {
             return Poll::Ready(());
         }
-        register(&mut inner.gone_waker, cx);
+        register(&mut inner.session_waker, cx);
         Poll::Pending
     }
 
@@ -159,11 +159,10 @@ impl Drop for OutboundRx {
             let mut inner = self.0.inner.lock();
             inner.rx_alive = false;
             inner.conn_waker = None;
-            let wakers = [inner.room_waker.take(), inner.gone_waker.take()];
-            (wakers, std::mem::take(&mut inner.queue))
+            (inner.session_waker.take(), std::mem::take(&mut inner.queue))
         };
         drop(queued);
-        for w in wakers.into_iter().flatten() {
+        if let Some(w) = wakers {
             w.wake();
         }
     }
@@ -205,7 +204,14 @@ impl OutboundRx {
                 }
                 return None;
             };
-            (item, inner.room_waker.take())
+            // Only a session waiting for room is woken (it registers again when it next
+            // waits, for room or for the connection to go).
+            let waker = if std::mem::take(&mut inner.room_wanted) {
+                inner.session_waker.take()
+            } else {
+                None
+            };
+            (item, waker)
         };
         if let Some(w) = waker {
             w.wake();
