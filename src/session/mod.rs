@@ -9,10 +9,10 @@
 //!
 //! An idle session is a parked task that is just this struct (`Actor`, a hand-written
 //! future): it waits by polling its mailbox and link directly, which keep its waker, instead of
-//! holding a select of channel futures and a timer; what is pending is boxed only while
-//! something is.
+//! holding a select of channel futures and a timer; what is pending (`pending`) is boxed only
+//! while something is.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,18 +22,20 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Access, Acl};
-use crate::backlog::Backlog;
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
-use crate::config::SessionConfig;
-use crate::inflight::{Flight, Inflight};
+use crate::inflight::Flight;
 use crate::mailbox::{Mailbox, Received};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
-use crate::mqueue::{MQueue, Queued};
+use crate::mqueue::Queued;
 use crate::outbound::{Closed, OutboundTx};
 use crate::registry::SessionHandle;
 use crate::router::{Delivery, Route};
+
+mod pending;
+
+use pending::Pending;
 
 /// Commands from a connection to its session.
 #[derive(Debug)]
@@ -502,69 +504,6 @@ impl Session {
             self.shared.registry.remove_if(&self.client_id, self.id);
         }
         tracing::debug!(client_id = &*self.client_id, ?discarded, "session ended");
-    }
-}
-
-/// Everything waiting to be sent to the connection, or for its acknowledgement.
-struct Pending {
-    inflight: Inflight,
-    mqueue: MQueue,
-    /// Packets that go before any queued PUBLISH: acks and resends.
-    control: VecDeque<Outbound>,
-}
-
-impl Pending {
-    /// The pending state in `slot`, made when first needed.
-    fn made<'a>(slot: &'a mut Option<Box<Pending>>, cfg: &SessionConfig) -> &'a mut Pending {
-        slot.get_or_insert_with(|| {
-            Box::new(Pending {
-                inflight: Inflight::new(cfg.max_inflight_messages),
-                mqueue: MQueue::new(
-                    cfg.max_queued_messages,
-                    cfg.max_queued_bytes,
-                    cfg.queue_overflow,
-                ),
-                control: VecDeque::new(),
-            })
-        })
-    }
-
-    /// True if nothing is queued or in flight.
-    fn is_empty(&self) -> bool {
-        self.control.is_empty() && self.mqueue.is_empty() && self.inflight.is_empty()
-    }
-
-    /// True if `next` would produce a packet now.
-    fn has_work(&self) -> bool {
-        !self.control.is_empty()
-            || self
-                .mqueue
-                .front()
-                .is_some_and(|q| q.qos == QoS::AtMostOnce || self.inflight.has_room())
-    }
-
-    /// The next packet for the connection: control first, then the queue head if the
-    /// inflight window lets it go.
-    fn next(&mut self, metrics: &Metrics, backlog: &Backlog) -> Option<Outbound> {
-        if let Some(out) = self.control.pop_front() {
-            return Some(out);
-        }
-        let front = self.mqueue.front()?;
-        let pkid = if front.qos == QoS::AtMostOnce {
-            None
-        } else {
-            Some(self.inflight.insert(front.clone())?)
-        };
-        let q = self.mqueue.pop()?;
-        backlog.removed(1, true);
-        Metrics::incr(&metrics.messages_sent);
-        Some(Outbound::Publish {
-            msg: q.msg,
-            qos: q.qos,
-            pkid,
-            dup: false,
-            retain: q.retain,
-        })
     }
 }
 
