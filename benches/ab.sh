@@ -32,7 +32,8 @@ if [ -z "${BEFORE:-}" ]; then
   BEFORE=$OUT/before-target/release/tern
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 : > "$OUT/results"
 for round in $(seq 1 "$ROUNDS"); do
@@ -40,20 +41,10 @@ for round in $(seq 1 "$ROUNDS"); do
     for side in before after; do
       if [ $side = before ]; then bin=$BEFORE; else bin=$AFTER; fi
       port=$(free_port)
-      cat > "$OUT/$side.toml" <<EOF
-[[listener]]
-bind = "127.0.0.1:$port"
-[session]
-max_inflight_messages = 100
-max_queued_messages = 10000
-[sys]
-sys_interval = "0s"
-[log]
-level = "error"
-EOF
+      tern_config "$port" "$OUT/$side.toml"
       taskset -c 0 "$bin" -c "$OUT/$side.toml" > /dev/null 2>&1 &
       pid=$!
-      for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+      wait_port "$port"
       if [ "$scenario" = fanin ]; then args=(fanin --publishers 4); else args=(pairs --pairs 4); fi
       line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$pid" --timeout 30 \
         "${args[@]}" --count $((COUNT / 4)) --qos "$qos" --payload "$payload" 2>/dev/null || echo failed=1)

@@ -35,32 +35,15 @@ for b in "$MOSQUITTO" "$RUMQTTD"; do
   [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "broker did not listen on $1" >&2; return 1
-}
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 start_broker() { # name port -> sets PID
   local name=$1 port=$2 conf
   case $name in
     tern)
       conf=$OUT/tern.toml
-      cat > "$conf" <<EOF
-[[listener]]
-bind = "127.0.0.1:$port"
-[session]
-max_inflight_messages = 100
-max_queued_messages = 10000
-[sys]
-sys_interval = "0s"
-[log]
-level = "error"
-EOF
+      tern_config "$port" "$conf"
       taskset -c 0 "$TERN" -c "$conf" > "$OUT/tern.out" 2>&1 &
       ;;
     mosquitto)
