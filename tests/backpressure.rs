@@ -214,3 +214,40 @@ async fn what_a_paused_publisher_sent_before_closing_is_still_delivered() {
     .await;
     assert_no_drops(&b);
 }
+
+#[tokio::test]
+async fn a_publisher_held_by_a_long_pause_is_not_dropped_for_keepalive() {
+    // [MQTT-3.1.2-24]: its PUBLISHes wait unhandled behind the pause, but they were sent.
+    let b = TestBroker::start_with(|c| {
+        c.session.max_inflight_messages = 1;
+        c.session.max_queued_messages = 4;
+        c.session.backpressure_timeout = Duration::from_secs(4);
+    })
+    .await;
+    // Never acknowledges: after one in flight and two queued, its backlog is congested.
+    let (mut stuck, _) = Raw::connect(b.addr, "stuck", true, 60).await;
+    stuck.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    // Keepalive 1 s: closed after 1.5 s without a packet.
+    let (mut publisher, _) = Raw::connect(b.addr, "patient", true, 1).await;
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        id += 1;
+        publisher
+            .publish("t", QoS::AtLeastOnce, Some(id), false, b"x")
+            .await;
+        // Time is the subject: a steady publisher, slower than its keepalive needs.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publisher.send(&[0xc0, 0]).await;
+    within(WAIT, async {
+        loop {
+            match publisher.recv().await {
+                Packet::PubAck(_) => {}
+                Packet::PingResp => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+}

@@ -378,6 +378,8 @@ impl<S: Transport + 'static> Connected<S> {
                 Some(p) if !is_ack(&p) => {
                     pause.held_bytes += len - self.conn.rbuf.len();
                     pause.held.push_back(p);
+                    // Received, if not yet handled: keepalive counts what the client sent.
+                    self.got_packet = true;
                 }
                 next => return Ok(next),
             }
