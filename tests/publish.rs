@@ -248,3 +248,32 @@ async fn a_client_receives_its_own_publish() {
         .await;
     assert_eq!(&raw.recv_publish().await.payload[..], b"echo");
 }
+
+#[tokio::test]
+async fn acks_already_due_are_sent_before_the_close_after_disconnect() {
+    // [MQTT-3.3.4-1] the PUBACK is owed for a PUBLISH that arrived before the DISCONNECT;
+    // written in one go, both are handled in one pass, and the goodbye flush sends the
+    // PUBACK before the socket closes (the same flush serves a broker shutdown).
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, "listener", true, 60).await;
+    sub.subscribe(1, &[("last/words", QoS::AtLeastOnce)]).await;
+    let (mut raw, _) = Raw::connect(b.addr, "leaving", true, 60).await;
+    let mut bytes = bytes::BytesMut::new();
+    tern::codec::encode_publish(
+        b"last/words",
+        b"bye",
+        QoS::AtLeastOnce,
+        Some(9),
+        false,
+        false,
+        &mut bytes,
+    );
+    bytes.extend_from_slice(&[0xe0, 0x00]);
+    raw.send(&bytes).await;
+    assert_eq!(
+        raw.read_to_close().await,
+        [0x40, 0x02, 0x00, 0x09],
+        "PUBACK, then closed"
+    );
+    assert_eq!(&sub.recv_publish().await.payload[..], b"bye");
+}
