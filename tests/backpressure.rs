@@ -251,3 +251,57 @@ async fn a_publisher_held_by_a_long_pause_is_not_dropped_for_keepalive() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_offline_session_never_makes_its_publishers_wait() {
+    // It cannot make progress, so waiting for it would only stall the publisher; its queue
+    // fills and overflows by the policy instead, counted.
+    const N: u16 = 100;
+    let b = TestBroker::start_with(|c| {
+        c.session.max_queued_messages = 10;
+        c.session.backpressure_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let (mut away, _) = Raw::connect(b.addr, "away", false, 60).await;
+    away.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    away.send(&[0xe0, 0]).await;
+    away.read_to_close().await;
+    let (mut publisher, _) = Raw::connect(b.addr, "busy", true, 60).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=N {
+        tern::codec::encode_publish(
+            b"t",
+            b"x",
+            QoS::AtLeastOnce,
+            Some(i),
+            false,
+            false,
+            &mut burst,
+        );
+    }
+    // Two bursts: a pause would start after the first and hold the second.
+    let started = Instant::now();
+    for _ in 0..2 {
+        publisher.send(&burst).await;
+        for i in 1..=N {
+            assert_eq!(publisher.recv().await, Packet::PubAck(i));
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited {waited:?} for an offline session"
+    );
+    let m = b.metrics.snapshot();
+    assert_eq!(
+        m.dropped_queue_full,
+        2 * u64::from(N) - 10,
+        "all but the queue's 10, counted"
+    );
+    let (mut back, ack) = Raw::connect(b.addr, "away", false, 60).await;
+    assert!(ack.session_present);
+    for _ in 0..10 {
+        let p = back.recv_publish().await;
+        back.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    }
+}
