@@ -298,13 +298,8 @@ impl<S: Transport + 'static> Connected<S> {
             if let Some(send) = &mut self.sending {
                 let sent = ready!(send.as_mut().poll(cx));
                 self.sending = None;
-                match sent {
-                    Ok(()) => {}
-                    Err(SendError::Closed) => return Poll::Ready(Err(CloseReason::Discarded)),
-                    Err(SendError::Superseded) => {
-                        self.pubrec = None;
-                        return Poll::Ready(Err(CloseReason::TakenOver));
-                    }
+                if let Err(e) = sent {
+                    return Poll::Ready(Err(self.refused(e)));
                 }
             }
             // [MQTT-4.3.3-1] for a PUBREC, the session moves the flow to "PUBREL sent"; we
@@ -394,16 +389,23 @@ impl<S: Transport + 'static> Connected<S> {
         let conn = self.conn.conn_id;
         match self.client.session.mailbox.try_send_from(conn, cmd) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(CloseReason::Discarded),
-            Err(TrySendError::Superseded(_)) => {
-                self.pubrec = None;
-                Err(CloseReason::TakenOver)
-            }
+            Err(TrySendError::Closed(_)) => Err(self.refused(SendError::Closed)),
+            Err(TrySendError::Superseded(_)) => Err(self.refused(SendError::Superseded)),
             Err(TrySendError::Full(cmd)) => {
                 let mailbox = self.client.session.mailbox.clone();
                 self.sending = Some(Box::pin(async move { mailbox.send_from(conn, cmd).await }));
                 Ok(())
             }
+        }
+    }
+
+    /// Why the connection closes when the mailbox refused its command. A PUBREC the session
+    /// never got is not answered with PUBREL: the PUBLISH is resent instead.
+    fn refused(&mut self, e: SendError) -> CloseReason {
+        self.pubrec = None;
+        match e {
+            SendError::Closed => CloseReason::Discarded,
+            SendError::Superseded => CloseReason::TakenOver,
         }
     }
 
