@@ -23,6 +23,14 @@ pub enum RetainOutcome {
     PayloadTooLarge,
 }
 
+/// What a retained PUBLISH does to its topic, decided before the store is locked.
+enum Change {
+    /// Remove the topic's message, with this outcome (an empty payload, or one too large).
+    Delete(RetainOutcome),
+    /// Store this copy.
+    Store(Arc<Message>),
+}
+
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<[u8]>, Node>,
@@ -86,31 +94,34 @@ impl RetainStore {
     /// lock as `subscribe_then` takes: a subscriber either finds the message stored and is
     /// not matched, or is matched and does not find it, never both (one copy, not two).
     pub fn set_then<R>(&self, msg: &Message, then: impl FnOnce() -> R) -> (RetainOutcome, R) {
-        // Copied out of the read buffer before the lock, so a small retained message does not
-        // pin a large frame.
-        let stored = (!msg.payload.is_empty()).then(|| {
-            Arc::new(Message {
+        let change = if msg.payload.is_empty() {
+            Change::Delete(RetainOutcome::Deleted)
+        } else if self.payload_limit > 0 && msg.payload.len() > self.payload_limit {
+            // [MQTT-3.3.1-7] the older message is discarded all the same: a newer value was
+            // published, and serving the stale one would be worse than none.
+            Change::Delete(RetainOutcome::PayloadTooLarge)
+        } else {
+            // Copied out of the read buffer (before the lock), so a small retained message
+            // does not pin a large frame.
+            Change::Store(Arc::new(Message {
                 topic: Bytes::copy_from_slice(&msg.topic),
                 payload: Bytes::copy_from_slice(&msg.payload),
                 ..msg.clone()
-            })
-        });
+            }))
+        };
         let mut tree = self.tree.write();
-        let outcome = self.store(&mut tree, &msg.topic, stored);
+        let outcome = self.apply(&mut tree, &msg.topic, change);
         (outcome, then())
     }
 
-    fn store(&self, tree: &mut Tree, topic: &[u8], stored: Option<Arc<Message>>) -> RetainOutcome {
-        let Some(stored) = stored else {
-            tree.delete(topic);
-            return RetainOutcome::Deleted;
+    fn apply(&self, tree: &mut Tree, topic: &[u8], change: Change) -> RetainOutcome {
+        let stored = match change {
+            Change::Delete(outcome) => {
+                tree.delete(topic);
+                return outcome;
+            }
+            Change::Store(stored) => stored,
         };
-        if self.payload_limit > 0 && stored.payload.len() > self.payload_limit {
-            // [MQTT-3.3.1-7] the older message is discarded all the same: a newer value was
-            // published, and serving the stale one would be worse than none.
-            tree.delete(topic);
-            return RetainOutcome::PayloadTooLarge;
-        }
         let full = self.max_messages > 0 && tree.len >= self.max_messages;
         let mut node = &mut tree.root;
         for level in topic.split(|&b| b == b'/') {
