@@ -142,7 +142,14 @@ impl Mailbox {
         self.inner.lock().current = conn;
     }
 
-    async fn send(&self, mut cmd: SessionCmd, from: From) -> Result<(), SendError> {
+    async fn send(&self, cmd: SessionCmd, from: From) -> Result<(), SendError> {
+        // Most sends find room (every Attach goes through here): no signal is made for them.
+        let mut cmd = match self.push(cmd, from, false) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(SendError::Closed),
+            Err(TrySendError::Superseded(_)) => return Err(SendError::Superseded),
+            Err(TrySendError::Full(c)) => c,
+        };
         let room = self
             .inner
             .lock()
@@ -368,6 +375,17 @@ mod tests {
         // An Attach its connection gave up on: the session lets the old one back in.
         mb.fence(1);
         assert!(mb.try_send_from(1, ack(7)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_send_that_finds_room_makes_no_room_signal() {
+        let mb = Mailbox::new(2, 10, 1);
+        assert_eq!(mb.attach(1, ack(1)).await, Ok(()));
+        assert_eq!(mb.send_from(1, ack(2)).await, Ok(()));
+        assert!(
+            mb.inner.lock().room.is_none(),
+            "made only for a full mailbox"
+        );
     }
 
     #[test]
