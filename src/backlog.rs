@@ -158,23 +158,13 @@ mod tests {
         assert_eq!(b.pending(), 4);
     }
 
-    /// A waker that records being woken.
-    struct Flag(AtomicBool);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn wait_drained_is_woken_by_relief_and_by_detach() {
         for detach in [false, true] {
             let b = Backlog::new(2);
             b.added();
             b.added();
-            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
-            let waker = std::task::Waker::from(flag.clone());
+            let (waker, woken) = crate::mailbox::flag_waker();
             let mut cx = std::task::Context::from_waker(&waker);
             let mut wait = Box::pin(b.wait_drained());
             // Polled (and so waiting) before the relief: the wake-up itself is tested.
@@ -184,7 +174,7 @@ mod tests {
             } else {
                 b.removed(2, true);
             }
-            assert!(flag.0.load(Ordering::SeqCst), "woken (detach: {detach})");
+            assert!(woken.load(Ordering::SeqCst), "woken (detach: {detach})");
             assert!(wait.as_mut().poll(&mut cx).is_ready());
         }
     }

@@ -295,6 +295,20 @@ pub(crate) fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
+/// A waker that records being woken, and the flag it sets: for tests of who wakes whom that
+/// poll by hand instead of hoping a spawned task got there first.
+#[cfg(test)]
+pub(crate) fn flag_waker() -> (Waker, Arc<std::sync::atomic::AtomicBool>) {
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (Waker::from(Arc::new(Flag(woken.clone()))), woken)
+}
+
 /// A sender registered in `Inner::waiting`; unregisters on drop.
 struct Waiting<'a>(&'a Mailbox);
 

@@ -331,24 +331,14 @@ mod tests {
         assert_eq!(got, ([1, 2, 3].to_vec(), Event::Gone));
     }
 
-    /// A waker that records being woken.
-    struct Flag(std::sync::atomic::AtomicBool);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn the_session_is_woken_when_the_connection_goes() {
         let (tx, rx) = channel(1);
-        let flag = Arc::new(Flag(false.into()));
-        let waker = Waker::from(flag.clone());
+        let (waker, woken) = crate::mailbox::flag_waker();
         assert!(tx.poll_gone(&mut Context::from_waker(&waker)).is_pending());
-        assert!(!flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!woken.load(std::sync::atomic::Ordering::SeqCst));
         drop(rx);
-        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(woken.load(std::sync::atomic::Ordering::SeqCst), "woken");
         assert!(tx.poll_gone(&mut Context::from_waker(&waker)).is_ready());
     }
 }
