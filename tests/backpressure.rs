@@ -49,6 +49,40 @@ fn publish_numbered(c: &Client, topic: &'static str, n: u32) -> tokio::task::Joi
     })
 }
 
+/// `n` PUBLISH packets to `topic` in one buffer: ids 1..=n (QoS 1 and 2), and as payload
+/// `payload` or, without one, the id as two big-endian bytes.
+fn burst(topic: &[u8], qos: QoS, n: u16, payload: Option<&[u8]>) -> bytes::BytesMut {
+    let mut buf = bytes::BytesMut::new();
+    for i in 1..=n {
+        let pkid = (qos != QoS::AtMostOnce).then_some(i);
+        let numbered = i.to_be_bytes();
+        let body = payload.unwrap_or(&numbered);
+        tern::codec::encode_publish(topic, body, qos, pkid, false, false, &mut buf);
+    }
+    buf
+}
+
+/// Receives the `n` numbered publishes of a `burst` in order at `qos` (0 or 1), acknowledging
+/// them at QoS 1, slow but moving: 10 ms of rest every 100 messages.
+async fn receive_slowly(sub: &mut Raw, n: u16, qos: QoS) {
+    within(Duration::from_secs(60), async {
+        for i in 1..=n {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
+            assert_eq!(p.qos, qos);
+            if qos == QoS::AtLeastOnce {
+                sub.send_packet(&Packet::PubAck(p.pkid.expect("QoS 1")))
+                    .await;
+            }
+            if i % 100 == 0 {
+                // The subject of the test is the subscriber's pace.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_self_subscribed_qos1_publisher_at_full_speed_is_not_paused_by_its_own_acks() {
     // [MQTT-4.3.2-1]: its session waits for the PUBACKs of its deliveries, which come on the
@@ -105,37 +139,14 @@ async fn a_slow_but_moving_subscriber_loses_nothing_to_a_bursty_publisher() {
     let (mut sub, _) = Raw::connect(b.addr, "slow", true, 60).await;
     sub.subscribe(1, &[("burst", QoS::AtLeastOnce)]).await;
     let (mut publisher, _) = Raw::connect(b.addr, "bursty", true, 60).await;
-    let mut burst = bytes::BytesMut::new();
-    for i in 1..=N {
-        tern::codec::encode_publish(
-            b"burst",
-            &i.to_be_bytes(),
-            QoS::AtLeastOnce,
-            Some(i),
-            false,
-            false,
-            &mut burst,
-        );
-    }
+    let burst = burst(b"burst", QoS::AtLeastOnce, N, None);
     let acks = tokio::spawn(async move {
         publisher.send(&burst).await;
         for i in 1..=N {
             assert_eq!(publisher.recv().await, Packet::PubAck(i));
         }
     });
-    within(Duration::from_secs(60), async {
-        for i in 1..=N {
-            let p = sub.recv_publish().await;
-            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
-            sub.send_packet(&Packet::PubAck(p.pkid.expect("QoS 1")))
-                .await;
-            if i % 100 == 0 {
-                // Slow, but moving: the subject of the test is the subscriber's pace.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    })
-    .await;
+    receive_slowly(&mut sub, N, QoS::AtLeastOnce).await;
     within(WAIT, acks).await.expect("publisher");
     assert_no_drops(&b);
 }
@@ -149,18 +160,7 @@ async fn backpressure_timeout_0s_never_makes_a_publisher_wait() {
     let (mut stuck, _) = Raw::connect(b.addr, "stuck", true, 60).await;
     stuck.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
     let (mut publisher, _) = Raw::connect(b.addr, "fast", true, 60).await;
-    let mut burst = bytes::BytesMut::new();
-    for i in 1..=N {
-        tern::codec::encode_publish(
-            b"t",
-            b"x",
-            QoS::AtLeastOnce,
-            Some(i),
-            false,
-            false,
-            &mut burst,
-        );
-    }
+    let burst = burst(b"t", QoS::AtLeastOnce, N, Some(b"x"));
     let started = Instant::now();
     publisher.send(&burst).await;
     for i in 1..=N {
@@ -187,31 +187,10 @@ async fn what_a_paused_publisher_sent_before_closing_is_still_delivered() {
     let (mut sub, _) = Raw::connect(b.addr, "slow0", true, 60).await;
     sub.subscribe(1, &[("burst0", QoS::AtMostOnce)]).await;
     let (mut publisher, _) = Raw::connect(b.addr, "fire-and-forget", true, 60).await;
-    let mut burst = bytes::BytesMut::new();
-    for i in 1..=N {
-        tern::codec::encode_publish(
-            b"burst0",
-            &i.to_be_bytes(),
-            QoS::AtMostOnce,
-            None,
-            false,
-            false,
-            &mut burst,
-        );
-    }
+    let burst = burst(b"burst0", QoS::AtMostOnce, N, None);
     publisher.send(&burst).await;
     drop(publisher);
-    within(Duration::from_secs(60), async {
-        for i in 1..=N {
-            let p = sub.recv_publish().await;
-            assert_eq!(&p.payload[..], i.to_be_bytes(), "in order, none lost");
-            if i % 100 == 0 {
-                // Slow, but moving: the subject of the test is the subscriber's pace.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    })
-    .await;
+    receive_slowly(&mut sub, N, QoS::AtMostOnce).await;
     assert_no_drops(&b);
 }
 
@@ -264,21 +243,9 @@ async fn an_offline_session_never_makes_its_publishers_wait() {
     .await;
     let (mut away, _) = Raw::connect(b.addr, "away", false, 60).await;
     away.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
-    away.send(&[0xe0, 0]).await;
-    away.read_to_close().await;
+    away.disconnect().await;
     let (mut publisher, _) = Raw::connect(b.addr, "busy", true, 60).await;
-    let mut burst = bytes::BytesMut::new();
-    for i in 1..=N {
-        tern::codec::encode_publish(
-            b"t",
-            b"x",
-            QoS::AtLeastOnce,
-            Some(i),
-            false,
-            false,
-            &mut burst,
-        );
-    }
+    let burst = burst(b"t", QoS::AtLeastOnce, N, Some(b"x"));
     // Two bursts: a pause would start after the first and hold the second.
     let started = Instant::now();
     for _ in 0..2 {

@@ -286,8 +286,7 @@ async fn small_messages_queued_offline_do_not_pin_their_read_buffers() {
     .await;
     let (mut sub, _) = Raw::connect(broker.addr, "offline", false, 60).await;
     sub.subscribe(1, &[("q", QoS::AtLeastOnce)]).await;
-    sub.send(&[0xe0, 0]).await;
-    sub.read_to_close().await;
+    sub.disconnect().await;
     let (mut sensor, _) = Raw::connect(broker.addr, "sensor", true, 60).await;
     let baseline_kib = broker.rss_kib();
     for id in 1..=N {

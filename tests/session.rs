@@ -43,25 +43,19 @@ async fn persistent(b: &TestBroker, id: &str) -> (Raw, bool) {
     (raw, ack.session_present)
 }
 
-/// Sends DISCONNECT and waits for the broker to close.
-async fn disconnect(mut raw: Raw) {
-    raw.send(&[0xe0, 0]).await;
-    raw.read_to_close().await;
-}
-
 #[tokio::test]
 async fn session_present_in_every_case() {
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2], [MQTT-3.2.2-3], [MQTT-3.1.2-4], [MQTT-3.1.2-6], [MQTT-3.1.4-3]
     let b = TestBroker::start().await;
     let (raw, present) = persistent(&b, "p").await;
     assert!(!present, "no stored session yet");
-    disconnect(raw).await;
+    raw.disconnect().await;
     let (raw, present) = persistent(&b, "p").await;
     assert!(present, "stored session resumed");
-    disconnect(raw).await;
+    raw.disconnect().await;
     let (raw, ack) = Raw::connect(b.addr, "p", true, 60).await;
     assert!(!ack.session_present, "clean session never reports one");
-    disconnect(raw).await;
+    raw.disconnect().await;
     let (_raw, present) = persistent(&b, "p").await;
     assert!(
         !present,
@@ -75,7 +69,7 @@ async fn messages_published_while_offline_are_delivered_on_return() {
     let b = TestBroker::start().await;
     let (mut raw, _) = persistent(&b, "offline").await;
     raw.subscribe(1, &[("news/#", QoS::ExactlyOnce)]).await;
-    disconnect(raw).await;
+    raw.disconnect().await;
     publish(&b, "news/a", QoS::AtLeastOnce, &[b"q1"]).await;
     publish(&b, "news/b", QoS::ExactlyOnce, &[b"q2"]).await;
     publish(&b, "news/c", QoS::AtMostOnce, &[b"q0"]).await;
@@ -103,7 +97,7 @@ async fn qos0_is_queued_offline_when_configured() {
     let b = TestBroker::start_with(|c| c.session.queue_qos0_messages = true).await;
     let (mut raw, _) = persistent(&b, "q0").await;
     raw.subscribe(1, &[("t", QoS::AtMostOnce)]).await;
-    disconnect(raw).await;
+    raw.disconnect().await;
     publish(&b, "t", QoS::AtMostOnce, &[b"a", b"b"]).await;
     let (mut raw, _) = persistent(&b, "q0").await;
     assert_eq!(&raw.recv_publish().await.payload[..], b"a");
@@ -201,12 +195,12 @@ async fn clean_session_leaves_nothing_behind() {
     let b = TestBroker::start().await;
     let (mut raw, _) = persistent(&b, "c").await;
     raw.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
-    disconnect(raw).await;
+    raw.disconnect().await;
     let (mut clean, ack) = Raw::connect(b.addr, "c", true, 60).await;
     assert!(!ack.session_present);
     publish(&b, "t", QoS::AtLeastOnce, &[b"lost"]).await;
     clean.expect_silence(QUIET).await;
-    disconnect(clean).await;
+    clean.disconnect().await;
     let (mut raw, present) = persistent(&b, "c").await;
     assert!(!present);
     raw.expect_silence(QUIET).await;
@@ -220,7 +214,7 @@ async fn idle_persistent_sessions_expire() {
     .await;
     let (mut raw, _) = persistent(&b, "exp").await;
     raw.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
-    disconnect(raw).await;
+    raw.disconnect().await;
     // Time itself is what is tested here: let the expiry pass.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (mut raw, present) = persistent(&b, "exp").await;
@@ -235,7 +229,7 @@ async fn idle_persistent_sessions_expire() {
     .await;
     let (mut raw, _) = persistent(&b, "exp").await;
     raw.subscribe(2, &[("t", QoS::AtLeastOnce)]).await;
-    disconnect(raw).await;
+    raw.disconnect().await;
     let (_raw, present) = persistent(&b, "exp").await;
     assert!(present);
 }
@@ -251,7 +245,7 @@ async fn another_user_never_inherits_a_persistent_session() {
     publish(&b, "t", QoS::AtLeastOnce, &[b"in flight"]).await;
     let p = alice.recv_publish().await;
     assert_eq!(&p.payload[..], b"in flight");
-    disconnect(alice).await;
+    alice.disconnect().await;
     publish(&b, "t", QoS::AtLeastOnce, &[b"queued"]).await;
     // Mallory takes the id, offline and then live: nothing of alice's session reaches her.
     let (mut mallory, ack) = connect_as(b.addr, "shared-id", false, Some("mallory"), None).await;
@@ -266,7 +260,7 @@ async fn another_user_never_inherits_a_persistent_session() {
     // The same user resumes as before.
     let (mut bob, _) = connect_as(b.addr, "bob-id", false, Some("bob"), None).await;
     bob.subscribe(1, &[("b", QoS::AtLeastOnce)]).await;
-    disconnect(bob).await;
+    bob.disconnect().await;
     publish(&b, "b", QoS::AtLeastOnce, &[b"for bob"]).await;
     let (mut bob, ack) = connect_as(b.addr, "bob-id", false, Some("bob"), None).await;
     assert!(ack.session_present);

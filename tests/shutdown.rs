@@ -21,14 +21,13 @@ async fn shutdown_closes_clients_and_returns() {
 #[tokio::test]
 async fn max_connections_refuses_extra_sockets_and_counts_them() {
     let b = TestBroker::start_with(|c| c.listener[0].max_connections = 2).await;
-    let (mut one, _) = Raw::connect(b.addr, "one", true, 60).await;
+    let (one, _) = Raw::connect(b.addr, "one", true, 60).await;
     let (_two, _) = Raw::connect(b.addr, "two", true, 60).await;
     let mut third = Raw::open(b.addr).await;
     third.expect_closed_silently().await;
     assert_eq!(b.metrics.snapshot().connections_refused, 1);
     // Closing one frees a slot.
-    one.send(&[0xe0, 0]).await;
-    one.read_to_close().await;
+    one.disconnect().await;
     let ok = within(WAIT, async {
         loop {
             let mut raw = Raw::open(b.addr).await;

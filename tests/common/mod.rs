@@ -395,6 +395,12 @@ impl Raw {
         .await
     }
 
+    /// Sends DISCONNECT and waits for the broker to close the connection.
+    pub async fn disconnect(mut self) {
+        self.send(&[0xe0, 0]).await;
+        self.read_to_close().await;
+    }
+
     /// Asserts that the broker closes the connection without sending another byte.
     pub async fn expect_closed_silently(&mut self) {
         let extra = self.read_to_close().await;
