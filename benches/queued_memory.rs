@@ -157,35 +157,18 @@ fn rss_kib(pid: u32) -> Result<u64, Error> {
 
 /// The `tern` binary with room for `n` queued messages, on a port it picks and logs.
 async fn start_tern(n: usize) -> Result<(Child, SocketAddr), Error> {
-    let dir = std::env::temp_dir().join(format!("tern-queued-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("tern.toml");
-    std::fs::write(
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nmax_queued_messages = {n}\n\
+         [sys]\nsys_interval = \"0s\"\n[log]\nlevel = \"info\"\n"
+    );
+    start(
+        env!("CARGO_BIN_EXE_tern"),
+        "tern.toml",
         &config,
-        format!(
-            "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nmax_queued_messages = {n}\n\
-             [sys]\nsys_interval = \"0s\"\n[log]\nlevel = \"info\"\n"
-        ),
-    )?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.split("listening addr=").nth(1) {
-                return Ok::<_, Error>(addr.trim().parse()?);
-            }
-        }
-        Err("tern exited before listening".into())
-    })
-    .await??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
+        false,
+        |line| line.split("listening addr=").nth(1)?.trim().parse().ok(),
+    )
+    .await
 }
 
 /// Mosquitto with the same queue limit, once it says it runs.
@@ -193,32 +176,60 @@ async fn start_mosquitto(n: usize) -> Result<(Child, SocketAddr), Error> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let config = format!(
+        "log_dest stderr\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+         max_queued_messages {n}\nmax_inflight_messages 20\npersistence false\n"
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Its stdout is block-buffered into a pipe; its log on stderr is not.
+    start("mosquitto", "mosquitto.conf", &config, true, |line| {
+        line.contains(" running").then_some(addr)
+    })
+    .await
+}
+
+/// Runs `program -c FILE` with `config` in FILE, and waits (10 s at most) for the first line
+/// of its log (standard output, or error if `log_on_stderr`) that `ready` makes something of;
+/// the log is drained after that.
+async fn start<T>(
+    program: &str,
+    file: &str,
+    config: &str,
+    log_on_stderr: bool,
+    ready: impl Fn(&str) -> Option<T>,
+) -> Result<(Child, T), Error> {
     let dir = std::env::temp_dir().join(format!("tern-queued-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "log_dest stderr\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-             max_queued_messages {n}\nmax_inflight_messages 20\npersistence false\n"
-        ),
-    )?;
-    let mut child = Command::new("mosquitto")
+    let path = dir.join(file);
+    std::fs::write(&path, config)?;
+    let (out, err) = if log_on_stderr {
+        (Stdio::null(), Stdio::piped())
+    } else {
+        (Stdio::piped(), Stdio::null())
+    };
+    let mut child = Command::new(program)
         .arg("-c")
-        .arg(&config)
-        .stderr(Stdio::piped())
+        .arg(&path)
+        .stdout(out)
+        .stderr(err)
         .kill_on_drop(true)
         .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
+    let log: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
+        match (child.stdout.take(), child.stderr.take()) {
+            (Some(o), _) => Box::new(o),
+            (None, Some(e)) => Box::new(e),
+            (None, None) => return Err("no log stream".into()),
+        };
+    let mut lines = BufReader::new(log).lines();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = lines.next_line().await? {
-            if line.contains(" running") {
-                return Ok::<_, Error>(());
+            if let Some(found) = ready(&line) {
+                return Ok::<_, Error>(found);
             }
         }
-        Err("mosquitto exited before running".into())
+        Err(format!("{program} exited before it was ready").into())
     })
     .await??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, SocketAddr::from(([127, 0, 0, 1], port))))
+    Ok((child, found))
 }
