@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/tern.toml");
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{}: key `{key}`: {msg}", path.display())]
+#[error("{}: {}{msg}", path.display(), if key.is_empty() { String::new() } else { format!("key `{key}`: ") })]
 pub struct ConfigError {
     /// The file read (or `<defaults>`).
     pub path: PathBuf,
@@ -20,6 +20,22 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong with it.
     pub msg: String,
+}
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    /// The file cannot be read at all.
+    #[error("cannot read {}: {reason}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The file is read, but does not parse or a value is wrong.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
 }
 
 /// The whole broker configuration.
@@ -212,7 +228,7 @@ impl Default for MqttConfig {
             auto_id_prefix: "auto-".into(),
             retain_available: true,
             upgrade_outgoing_qos: false,
-            max_topic_levels: 128,
+            max_topic_levels: 200,
         }
     }
 }
@@ -265,11 +281,10 @@ const MAX_FRAME: usize = 268_435_460;
 
 impl Config {
     /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::Unreadable {
             path: path.to_owned(),
-            key: String::new(),
-            msg: format!("cannot read file: {e}"),
+            reason: e.to_string(),
         })?;
         let mut config = Config::parse(&text, path)?;
         // Files named in the config are found next to it, wherever tern is started from.

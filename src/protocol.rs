@@ -65,6 +65,8 @@ pub struct Accepted {
     pub will: Option<Arc<Message>>,
     /// User name, for ACL checks.
     pub username: Option<String>,
+    /// The protocol version spoken: a 3.1 CONNACK has no session-present flag.
+    pub protocol: Protocol,
 }
 
 /// Where a client's user name comes from.
@@ -133,6 +135,7 @@ pub fn check_connect(
         keep_alive: KeepAlive::new(c.keep_alive),
         will,
         username,
+        protocol: c.protocol,
     })
 }
 

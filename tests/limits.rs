@@ -310,3 +310,20 @@ async fn small_messages_queued_offline_do_not_pin_their_read_buffers() {
         sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
     }
 }
+
+#[tokio::test]
+async fn the_default_topic_level_limit_is_mosquittos() {
+    // Mosquitto accepts topics of up to 200 levels; so do Tern's defaults, and no deeper.
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "deep", true, 60).await;
+    let deep = vec!["l"; 200].join("/");
+    let deeper = vec!["l"; 201].join("/");
+    use tern::codec::SubAckCode::{Failure, Granted};
+    let codes = raw
+        .subscribe(1, &[(&deep, QoS::AtMostOnce), (&deeper, QoS::AtMostOnce)])
+        .await;
+    assert_eq!(codes, [Granted(QoS::AtMostOnce), Failure]);
+    raw.publish(&deep, QoS::AtMostOnce, None, false, b"ok")
+        .await;
+    assert_eq!(&raw.recv_publish().await.payload[..], b"ok");
+}

@@ -388,3 +388,38 @@ async fn packet_ids_wrap_and_are_never_reused_while_in_flight() {
     assert_eq!(max_id, 65_535, "ids reached the top and wrapped");
     assert_eq!(b.metrics.snapshot().dropped_queue_full, 0);
 }
+
+/// CONNACK bytes for an MQTT 3.1 ("MQIsdp") client resuming a persistent session.
+async fn v31_resume_connack(addr: std::net::SocketAddr) -> Vec<u8> {
+    let connect = Packet::Connect(Box::new(tern::codec::Connect {
+        protocol: tern::codec::Protocol::V31,
+        clean_session: false,
+        keep_alive: 60,
+        client_id: "old-client".into(),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    let mut first = Raw::open(addr).await;
+    first.send_packet(&connect).await;
+    assert_eq!(first.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x00]);
+    first.disconnect().await;
+    let mut again = Raw::open(addr).await;
+    again.send_packet(&connect).await;
+    again.recv_bytes(4).await
+}
+
+#[tokio::test]
+async fn an_mqtt_31_connack_never_says_session_present() {
+    // MQTT 3.1 has no session-present flag: the acknowledge-flags byte is 0 even when the
+    // session was resumed (3.1.1 says 1 there [MQTT-3.2.2-2]). Mosquitto answers the same.
+    let b = TestBroker::start().await;
+    assert_eq!(v31_resume_connack(b.addr).await, [0x20, 0x02, 0x00, 0x00]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_mosquitto, addr) = common::start_mosquitto(
+        "listener {port} 127.0.0.1\nallow_anonymous true\n",
+        dir.path(),
+    )
+    .await;
+    assert_eq!(v31_resume_connack(addr).await, [0x20, 0x02, 0x00, 0x00]);
+}

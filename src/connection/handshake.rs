@@ -13,7 +13,7 @@ use tracing::{debug, info, trace};
 use super::{
     Client, CloseReason, Connected, Connection, Transport, ATTACH_TIMEOUT, GOODBYE_TIMEOUT,
 };
-use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet};
+use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protocol};
 use crate::metrics::Metrics;
 use crate::outbound;
 use crate::protocol::{self, Identity, ProtocolError, Refusal};
@@ -141,7 +141,9 @@ impl<S: Transport + 'static> Connection<S> {
             return Err(CloseReason::SessionUnavailable);
         };
         // [MQTT-3.2.0-1] CONNACK is written before anything from the session.
-        // [MQTT-3.2.2-1], [MQTT-3.2.2-2], [MQTT-3.2.2-3]
+        // [MQTT-3.2.2-1], [MQTT-3.2.2-2], [MQTT-3.2.2-3]; MQTT 3.1 has no session-present
+        // flag, and its acknowledge-flags byte is reserved (0).
+        let present = present && accepted.protocol == Protocol::V311;
         codec::encode(
             &Packet::ConnAck(ConnAck {
                 session_present: present,
