@@ -14,7 +14,7 @@ use tern::router::{Route, Router};
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_fanout");
     for n in [1usize, 100, 10_000] {
-        let router = Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false);
+        let router = Router::new(RetainStore::default(), Arc::new(Metrics::default()));
         let mut mailboxes = Vec::with_capacity(n);
         for i in 0..n {
             let mailbox = Arc::new(Mailbox::new(16, usize::MAX / 2, 0));

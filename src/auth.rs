@@ -73,9 +73,12 @@ pub enum Access {
 
 /// Decides whether a client may publish to a topic or subscribe to a filter.
 pub trait Acl: Send + Sync {
-    /// True if the client may access `topic` (a name, or a filter for `Read`).
+    /// True if the client may access `topic`, a topic name.
     fn allowed(&self, client_id: &str, username: Option<&str>, access: Access, topic: &str)
         -> bool;
+
+    /// True if the client may subscribe to `filter`: some topic it matches may be read.
+    fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool;
 }
 
 /// `[auth]` in force: anonymous access, the password file and the ACL file, if configured.
@@ -136,6 +139,12 @@ impl Acl for Policy {
         self.acl
             .as_ref()
             .is_none_or(|acl| acl.allowed(client_id, username, access, topic))
+    }
+
+    fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.may_subscribe(client_id, username, filter))
     }
 }
 

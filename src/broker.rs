@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,9 +14,10 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{AuthError, Policy};
 use crate::config::{Config, ListenerConfig};
-use crate::listener;
+use crate::listener::{self, Door};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+pub use crate::reload::Reloader;
 use crate::retain::RetainStore;
 use crate::router::Router;
 
@@ -38,12 +38,20 @@ pub enum StartError {
     /// A TLS listener's certificate, key or CA file cannot be used.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// `memory_limit` is set but this program does not count its heap.
+    #[error("{0}")]
+    Memory(#[from] crate::memory::NotCounting),
 }
 
 /// State shared by every task of one broker.
 pub struct Shared {
-    /// The configuration the broker started with.
-    pub config: Config,
+    /// The configuration in force, swapped whole on reload (SIGHUP). A session keeps the one
+    /// it was made with; a connection reads it at each use.
+    pub config: ArcSwap<Config>,
+    /// Each listener's TLS setup for new connections, in listener order; swapped on reload.
+    pub doors: Vec<ArcSwap<Door>>,
+    /// Notified after every successful reload (the `$SYS` task re-reads its interval).
+    pub reloaded: tokio::sync::Notify,
     /// Routes and retained messages.
     pub router: Router,
     /// Sessions by client id.
@@ -61,7 +69,7 @@ pub struct Shared {
 /// A bound, not yet running broker.
 pub struct Broker {
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerConfig, Option<TlsAcceptor>)>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
 }
 
 /// How long `run` waits for connections and sessions to finish after shutdown starts.
@@ -70,29 +78,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl Broker {
     /// Binds every configured listener.
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
+        crate::memory::check(config.mqtt.memory_limit)?;
         let mut listeners = Vec::with_capacity(config.listener.len());
+        let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
-            let tls = crate::tls::acceptor(l)?;
+            doors.push(ArcSwap::from_pointee(Door::new(l)?));
             let socket = listen(l.bind).map_err(|source| StartError::Bind {
                 addr: l.bind,
                 source,
             })?;
-            listeners.push((socket, l.clone(), tls));
+            listeners.push((socket, l.clone()));
         }
         let metrics = Arc::new(Metrics::default());
-        let retain = RetainStore::new(
-            config.retain.max_retained_messages,
-            config.retain.retained_payload_limit,
-        );
+        let router = Router::new(RetainStore::default(), metrics.clone());
+        router.configure(&config);
         let policy = Policy::load(&config.auth).map_err(StartError::Auth)?;
         let shared = Arc::new(Shared {
-            router: Router::new(retain, metrics.clone(), config.mqtt.upgrade_outgoing_qos),
+            router,
             registry: Registry::new(),
             metrics,
             policy: ArcSwap::from_pointee(policy),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            config,
+            config: ArcSwap::from_pointee(config),
+            doors,
+            reloaded: tokio::sync::Notify::new(),
         });
         Ok(Broker { shared, listeners })
     }
@@ -101,15 +111,13 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _, _)| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
-    /// A handle that reloads the password and ACL files while the broker runs.
+    /// A handle that reloads the configuration (and the files it names) while the broker runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            shared: self.shared.clone(),
-        }
+        Reloader::new(self.shared.clone())
     }
 
     /// The broker's counters.
@@ -121,13 +129,13 @@ impl Broker {
     /// (at most a few seconds) for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        for (socket, cfg, tls) in self.listeners {
+        for (index, (socket, cfg)) in self.listeners.into_iter().enumerate() {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening");
             }
             shared
                 .tracker
-                .spawn(listener::accept_loop(socket, cfg, tls, shared.clone()));
+                .spawn(listener::accept_loop(socket, cfg, index, shared.clone()));
         }
         shared.tracker.spawn(crate::sys::run(shared.clone()));
         shutdown.await;
@@ -166,21 +174,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     #[cfg(target_os = "linux")]
     socket2::SockRef::from(&l).set_tcp_quickack(false)?;
     Ok(l)
-}
-
-/// Reloads `[auth]`'s files (on SIGHUP) without touching connections.
-#[derive(Clone)]
-pub struct Reloader {
-    shared: Arc<Shared>,
-}
-
-impl Reloader {
-    /// Reads the password and ACL files again; on error the policy in force is kept.
-    pub fn reload(&self) -> Result<(), AuthError> {
-        let policy = Policy::load(&self.shared.config.auth)?;
-        self.shared.policy.store(Arc::new(policy));
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,18 @@ pub struct Config {
     pub log: LogConfig,
     /// The `$SYS` topics (`[sys]`).
     pub sys: SysConfig,
+    /// Where this configuration was read from, so SIGHUP can read it again.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The file a configuration came from and the command-line override applied to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The file; `None` for the built-in defaults.
+    pub file: Option<PathBuf>,
+    /// `-p PORT`: replaces the first listener's port.
+    pub port: Option<u16>,
 }
 
 /// One `[[listener]]`.
@@ -72,8 +84,11 @@ pub struct ListenerConfig {
     pub certfile: Option<PathBuf>,
     /// PEM private key for `certfile`.
     pub keyfile: Option<PathBuf>,
-    /// PEM CA certificates that client certificates are checked against.
+    /// PEM CA certificates that client certificates are checked against; its intermediates
+    /// also complete the chain the server sends.
     pub cafile: Option<PathBuf>,
+    /// PEM certificate revocation lists: client certificates listed are refused.
+    pub crlfile: Option<PathBuf>,
     /// Refuse clients without a valid certificate (needs `cafile`).
     pub require_certificate: bool,
     /// Use the client certificate's common name as the user name (needs
@@ -103,6 +118,12 @@ pub struct MqttConfig {
     /// Most levels in a topic name or filter; a deeper PUBLISH closes the connection, a deeper
     /// filter gets SUBACK 0x80. 0 = no limit.
     pub max_topic_levels: usize,
+    /// Largest PUBLISH (or will) payload accepted; a larger one is acknowledged and dropped
+    /// (a will: CONNACK 0x05). 0 = no limit.
+    pub message_size_limit: usize,
+    /// Heap bytes the broker may use; above it an incoming PUBLISH is dropped and its client
+    /// disconnected. 0 = no limit.
+    pub memory_limit: usize,
 }
 
 /// What a full session queue discards.
@@ -121,6 +142,8 @@ pub enum QueueOverflow {
 pub struct SessionConfig {
     /// QoS 1/2 messages sent and not yet acknowledged, per client.
     pub max_inflight_messages: usize,
+    /// Payload bytes of QoS 1/2 messages in flight per client; 0 = unlimited.
+    pub max_inflight_bytes: usize,
     /// Messages waiting behind the inflight window, per client.
     pub max_queued_messages: usize,
     /// Payload bytes waiting behind the inflight window, per client; 0 = unlimited.
@@ -150,6 +173,8 @@ pub struct RetainConfig {
     pub max_retained_messages: usize,
     /// Largest retained payload in bytes; 0 = unlimited.
     pub retained_payload_limit: usize,
+    /// Payload bytes of all retained messages together; 0 = unlimited.
+    pub max_retained_bytes: usize,
 }
 
 /// `[auth]`: who may connect, and to which topics.
@@ -162,6 +187,8 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file; relative paths are relative to the config file.
     pub acl_file: Option<PathBuf>,
+    /// Deliver a retained message only while its publisher may still publish it.
+    pub check_retain_source: bool,
 }
 
 /// `[log]`: logging.
@@ -199,6 +226,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             sys: SysConfig::default(),
+            origin: Origin::default(),
         }
     }
 }
@@ -212,6 +240,7 @@ impl Default for ListenerConfig {
             certfile: None,
             keyfile: None,
             cafile: None,
+            crlfile: None,
             require_certificate: false,
             use_identity_as_username: false,
         }
@@ -229,6 +258,8 @@ impl Default for MqttConfig {
             retain_available: true,
             upgrade_outgoing_qos: false,
             max_topic_levels: 200,
+            message_size_limit: 0,
+            memory_limit: 0,
         }
     }
 }
@@ -237,6 +268,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             max_inflight_messages: 20,
+            max_inflight_bytes: 0,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             queue_qos0_messages: false,
@@ -254,6 +286,7 @@ impl Default for RetainConfig {
         RetainConfig {
             max_retained_messages: 100_000,
             retained_payload_limit: 65_536,
+            max_retained_bytes: 256 << 20,
         }
     }
 }
@@ -264,6 +297,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            check_retain_source: false,
         }
     }
 }
@@ -289,10 +323,14 @@ impl Config {
         let mut config = Config::parse(&text, path)?;
         // Files named in the config are found next to it, wherever tern is started from.
         let base = path.parent().unwrap_or(Path::new("."));
-        let listener_files = config
-            .listener
-            .iter_mut()
-            .flat_map(|l| [&mut l.certfile, &mut l.keyfile, &mut l.cafile]);
+        let listener_files = config.listener.iter_mut().flat_map(|l| {
+            [
+                &mut l.certfile,
+                &mut l.keyfile,
+                &mut l.cafile,
+                &mut l.crlfile,
+            ]
+        });
         for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
             .into_iter()
             .chain(listener_files)
@@ -301,6 +339,29 @@ impl Config {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
+        }
+        config.origin.file = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Listens on `port` instead of the first listener's port (`tern -p`), now and after
+    /// every reload.
+    pub fn override_port(&mut self, port: u16) {
+        self.origin.port = Some(port);
+        if let Some(first) = self.listener.first_mut() {
+            first.bind.set_port(port);
+        }
+    }
+
+    /// Reads the file this configuration came from again, with the same override; the
+    /// defaults again if it came from none.
+    pub fn reread(&self) -> Result<Config, LoadError> {
+        let mut config = match &self.origin.file {
+            Some(file) => Config::load(file)?,
+            None => Config::default(),
+        };
+        if let Some(port) = self.origin.port {
+            config.override_port(port);
         }
         Ok(config)
     }
@@ -390,6 +451,7 @@ impl Config {
             if l.certfile.is_none() {
                 for (key, set) in [
                     ("listener.cafile", l.cafile.is_some()),
+                    ("listener.crlfile", l.crlfile.is_some()),
                     ("listener.require_certificate", l.require_certificate),
                     (
                         "listener.use_identity_as_username",
@@ -400,6 +462,9 @@ impl Config {
                         return Err((key, "needs certfile and keyfile (TLS)".into()));
                     }
                 }
+            }
+            if l.crlfile.is_some() && l.cafile.is_none() {
+                return Err(("listener.crlfile", "needs cafile".into()));
             }
             if l.require_certificate && l.cafile.is_none() {
                 return Err(("listener.require_certificate", "needs cafile".into()));

@@ -1,5 +1,6 @@
 //! The outbound window: QoS 1/2 messages sent to the client and not yet acknowledged, by
-//! packet id, with the id allocator and the order for resends.
+//! packet id, with the id allocator and the order for resends. It is bounded by count and,
+//! if configured, by the payload bytes it holds (one message always fits).
 //!
 //! Packet ids are never 0 and never reused while in flight [MQTT-2.3.1-4]; they count up and
 //! wrap from 65535 to 1.
@@ -26,16 +27,23 @@ pub struct Inflight {
     max: u16,
     next_id: u16,
     seq: u64,
+    /// Payload bytes of the messages held (PUBREL flows hold none).
+    bytes: usize,
+    /// Most payload bytes in flight; 0 = unlimited.
+    max_bytes: usize,
 }
 
 impl Inflight {
-    /// An empty window of `max` slots (at least 1, at most 65535).
-    pub fn new(max: usize) -> Self {
+    /// An empty window of `max` slots (at least 1, at most 65535) and `max_bytes` payload
+    /// bytes (0 = unlimited).
+    pub fn new(max: usize, max_bytes: usize) -> Self {
         Inflight {
             entries: BTreeMap::new(),
             max: max.clamp(1, 65_535) as u16,
             next_id: 0,
             seq: 0,
+            bytes: 0,
+            max_bytes,
         }
     }
 
@@ -49,9 +57,11 @@ impl Inflight {
         self.entries.is_empty()
     }
 
-    /// True if another flow may start.
+    /// True if another flow may start: a free slot, and bytes to spare (as Mosquitto's
+    /// `max_inflight_bytes`, a message may take the window past the limit, so one always goes).
     pub fn has_room(&self) -> bool {
         self.entries.len() < usize::from(self.max)
+            && (self.max_bytes == 0 || self.bytes < self.max_bytes)
     }
 
     /// Starts a flow for `item`: allocates a free packet id, or `None` if the window is full.
@@ -61,6 +71,7 @@ impl Inflight {
         }
         let id = self.free_id();
         self.seq += 1;
+        self.bytes += item.msg.payload.len();
         self.entries.insert(id, (self.seq, Flight::Publish(item)));
         Some(id)
     }
@@ -77,7 +88,10 @@ impl Inflight {
     /// PUBACK: ends a QoS 1 flow. False if the id was not awaiting a PUBACK.
     pub fn puback(&mut self, id: u16) -> bool {
         match self.entries.get(&id) {
-            Some((_, Flight::Publish(_))) => self.entries.remove(&id).is_some(),
+            Some((_, Flight::Publish(q))) => {
+                self.bytes -= q.msg.payload.len();
+                self.entries.remove(&id).is_some()
+            }
             _ => false,
         }
     }
@@ -86,7 +100,9 @@ impl Inflight {
     pub fn pubrec(&mut self, id: u16) -> bool {
         match self.entries.get_mut(&id) {
             Some((_, flight @ Flight::Publish(_))) => {
-                *flight = Flight::PubRel;
+                if let Flight::Publish(q) = std::mem::replace(flight, Flight::PubRel) {
+                    self.bytes -= q.msg.payload.len();
+                }
                 true
             }
             Some((_, Flight::PubRel)) => true,
@@ -122,10 +138,14 @@ mod tests {
     use std::sync::Arc;
 
     fn item() -> Queued {
+        sized(0)
+    }
+
+    fn sized(len: usize) -> Queued {
         Queued {
             msg: Arc::new(Message {
                 topic: Bytes::from_static(b"t"),
-                payload: Bytes::new(),
+                payload: Bytes::from(vec![0; len]),
                 qos: QoS::AtLeastOnce,
                 retain: false,
             }),
@@ -136,7 +156,7 @@ mod tests {
 
     #[test]
     fn window_limit() {
-        let mut f = Inflight::new(2);
+        let mut f = Inflight::new(2, 0);
         assert_eq!(f.insert(item()), Some(1));
         assert_eq!(f.insert(item()), Some(2));
         assert_eq!(f.insert(item()), None);
@@ -146,9 +166,25 @@ mod tests {
     }
 
     #[test]
+    fn byte_limit_beside_the_count() {
+        let mut f = Inflight::new(10, 100);
+        let big = f.insert(sized(150)).expect("one message always goes");
+        assert!(!f.has_room());
+        assert_eq!(f.insert(sized(1)), None);
+        assert!(f.puback(big));
+        let a = f.insert(sized(60)).expect("room");
+        let b = f.insert(sized(60)).expect("still under 100 before it");
+        assert_eq!(f.insert(sized(1)), None, "120 bytes in flight");
+        assert!(f.pubrec(a), "a PUBREL flow holds no payload");
+        assert!(f.has_room());
+        assert!(f.pubrec(b));
+        assert_eq!(f.bytes, 0);
+    }
+
+    #[test]
     fn ids_wrap_skip_zero_and_in_use() {
         // [MQTT-2.3.1-4]
-        let mut f = Inflight::new(3);
+        let mut f = Inflight::new(3, 0);
         let held = f.insert(item()).expect("room");
         assert_eq!(held, 1);
         let mut seen = 0u32;
@@ -164,7 +200,7 @@ mod tests {
 
     #[test]
     fn qos2_states_and_order() {
-        let mut f = Inflight::new(10);
+        let mut f = Inflight::new(10, 0);
         let a = f.insert(item()).expect("room");
         let b = f.insert(item()).expect("room");
         let c = f.insert(item()).expect("room");

@@ -18,6 +18,26 @@ use crate::connection;
 use crate::metrics::Metrics;
 use crate::protocol::Identity;
 
+/// How a listener serves its new connections: the TLS acceptor (for TLS listeners) and the
+/// identity rule, built from its `[[listener]]` and swapped whole on reload, so certificates
+/// rotate without a restart while open connections keep theirs.
+pub struct Door {
+    /// `None` for plain TCP.
+    pub tls: Option<TlsAcceptor>,
+    /// The client certificate's common name is the user name.
+    pub use_identity_as_username: bool,
+}
+
+impl Door {
+    /// Reads the listener's certificate, key, CA and CRL files.
+    pub fn new(cfg: &ListenerConfig) -> Result<Door, crate::tls::TlsError> {
+        Ok(Door {
+            tls: crate::tls::acceptor(cfg)?,
+            use_identity_as_username: cfg.use_identity_as_username,
+        })
+    }
+}
+
 /// Pause after an accept error (such as running out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -37,11 +57,12 @@ async fn try_accept(listener: &TcpListener) -> Option<std::io::Result<(TcpStream
     .await
 }
 
-/// Accepts sockets until shutdown.
+/// Accepts sockets until shutdown; `index` is the listener's place in the configuration (and
+/// of its door in `Shared::doors`).
 pub async fn accept_loop(
     listener: TcpListener,
     cfg: ListenerConfig,
-    tls: Option<TlsAcceptor>,
+    index: usize,
     shared: Arc<Shared>,
 ) {
     let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
@@ -96,7 +117,8 @@ pub async fn accept_loop(
         let tracker = shared.tracker.clone();
         // Two separate spawns: one future holding both the plain and the TLS paths would make
         // every plain connection's task as large as a TLS one (rustls state is kilobytes).
-        match tls.clone() {
+        let door = shared.doors.get(index).map(|d| d.load_full());
+        match door.as_ref().and_then(|d| d.tls.clone()) {
             None => {
                 tracker.spawn(connection::serve(
                     socket,
@@ -107,10 +129,10 @@ pub async fn accept_loop(
                 ));
             }
             Some(acceptor) => {
-                let use_identity = cfg.use_identity_as_username;
+                let use_identity = door.is_some_and(|d| d.use_identity_as_username);
                 tracker.spawn(async move {
                     // The handshake runs here, in the connection's own task, under connect_timeout.
-                    let deadline = shared.config.mqtt.connect_timeout;
+                    let deadline = shared.config.load().mqtt.connect_timeout;
                     match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
                             let identity = if use_identity {

@@ -104,6 +104,10 @@ fn passwd(command: Command) -> ExitCode {
     }
 }
 
+/// Counts the heap for `[mqtt] memory_limit`.
+#[global_allocator]
+static ALLOCATOR: tern::memory::Counting = tern::memory::Counting;
+
 /// Exit status for a configuration problem.
 const CONFIG_ERROR: u8 = 2;
 
@@ -146,22 +150,31 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(port) = cli.port {
-        if let Some(first) = config.listener.first_mut() {
-            first.bind.set_port(port);
-        }
+        config.override_port(port);
     }
     let level = if cli.verbose {
         "debug"
     } else {
         config.log.level.as_str()
     };
+    // RUST_LOG and -v win over the file, on start and on reload.
+    let fixed_level = cli.verbose || std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colours only on a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .init();
+        .with_filter_reloading();
+    let log_filter = logger.reload_handle();
+    logger.init();
+    let set_log_level = move |level: &str| {
+        if fixed_level {
+            tracing::info!(level, "log level not changed: RUST_LOG or -v is in force");
+        } else if let Err(e) = log_filter.reload(EnvFilter::new(level)) {
+            tracing::warn!(error = %e, "cannot change the log level");
+        }
+    };
 
     reserve_descriptors(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +190,11 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let broker = match Broker::bind(config).await {
             Ok(b) => b,
-            Err(e @ (tern::StartError::Auth(_) | tern::StartError::Tls(_))) => {
+            Err(
+                e @ (tern::StartError::Auth(_)
+                | tern::StartError::Tls(_)
+                | tern::StartError::Memory(_)),
+            ) => {
                 eprintln!("tern: config error: {e}");
                 return ExitCode::from(CONFIG_ERROR);
             }
@@ -186,7 +203,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        spawn_reload_on_sighup(broker.reloader());
+        spawn_reload_on_sighup(broker.reloader(), set_log_level);
         broker.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -213,8 +230,11 @@ fn reserve_descriptors(config: &Config) {
     }
 }
 
-/// Reloads the password and ACL files on every SIGHUP; a bad file keeps the old policy.
-fn spawn_reload_on_sighup(reloader: tern::broker::Reloader) {
+/// Reloads the configuration on every SIGHUP; a bad file keeps the old configuration.
+fn spawn_reload_on_sighup(
+    reloader: tern::broker::Reloader,
+    set_log_level: impl Fn(&str) + Send + 'static,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -224,15 +244,26 @@ fn spawn_reload_on_sighup(reloader: tern::broker::Reloader) {
         };
         while hup.recv().await.is_some() {
             match reloader.reload() {
-                Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
+                Ok(done) => {
+                    if let Some(level) = &done.log_level {
+                        set_log_level(level);
+                    }
+                    for key in &done.need_restart {
+                        tracing::warn!(
+                            key,
+                            "SIGHUP: changed setting needs a restart; old value kept"
+                        );
+                    }
+                    tracing::info!("SIGHUP: configuration and files reloaded");
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the previous files")
+                    tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the previous configuration")
                 }
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = reloader;
+    let _ = (reloader, set_log_level);
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -67,3 +67,13 @@ impl Message {
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
 }
+
+/// Who published a message, as the ACL knows them: kept with a retained message for
+/// `check_retain_source`, one per connection and shared by everything it retains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The publisher's client id.
+    pub client_id: ClientId,
+    /// The user name it authenticated as.
+    pub username: Option<Arc<str>>,
+}

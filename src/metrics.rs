@@ -48,6 +48,10 @@ pub struct Metrics {
     pub dropped_qos0_offline: AtomicU64,
     /// Retained messages refused by the store's limits.
     pub retained_refused: AtomicU64,
+    /// PUBLISHes (and wills) dropped for a payload over `message_size_limit`.
+    pub dropped_oversize: AtomicU64,
+    /// PUBLISHes dropped, and their clients disconnected, above `memory_limit`.
+    pub dropped_memory_limit: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
     /// PUBLISHes refused and deliveries withheld by the ACL.
@@ -90,6 +94,10 @@ pub struct Snapshot {
     pub dropped_qos0_offline: u64,
     /// See [`Metrics::retained_refused`].
     pub retained_refused: u64,
+    /// See [`Metrics::dropped_oversize`].
+    pub dropped_oversize: u64,
+    /// See [`Metrics::dropped_memory_limit`].
+    pub dropped_memory_limit: u64,
     /// See [`Metrics::protocol_errors`].
     pub protocol_errors: u64,
     /// See [`Metrics::acl_denied`].
@@ -122,21 +130,7 @@ impl Metrics {
             // Expected behaviour, not a fault: no warning.
             return;
         }
-        // Drops come in floods: one compare per drop, and one thread wins the right to warn.
-        let now_ms = self.epoch.0.elapsed().as_millis() as u64;
-        let next = self.next_drop_warning_ms.load(Ordering::Relaxed);
-        let interval_ms = DROP_WARN_INTERVAL.as_millis() as u64;
-        if now_ms >= next
-            && self
-                .next_drop_warning_ms
-                .compare_exchange(
-                    next,
-                    now_ms + interval_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        if self.may_warn() {
             let s = self.snapshot();
             tracing::warn!(
                 reason = reason.as_str(),
@@ -147,6 +141,45 @@ impl Metrics {
                 "dropping messages for a slow subscriber"
             );
         }
+    }
+
+    /// Counts a retained message the store's limits refused, and logs it (rate-limited).
+    pub fn retained_refused(&self, topic: &str, outcome: crate::retain::RetainOutcome) {
+        Metrics::incr(&self.retained_refused);
+        if self.may_warn() {
+            tracing::warn!(
+                topic,
+                ?outcome,
+                refused = self.retained_refused.load(Ordering::Relaxed),
+                "retained message not stored (the message is still delivered live)"
+            );
+        }
+    }
+
+    /// Counts a PUBLISH dropped for a limit, and logs it (rate-limited).
+    pub fn publish_dropped(&self, counter: &AtomicU64, client_id: &str, topic: &str, why: &str) {
+        Metrics::incr(counter);
+        if self.may_warn() {
+            tracing::warn!(client_id, topic, why, "PUBLISH dropped");
+        }
+    }
+
+    /// True at most once per `DROP_WARN_INTERVAL`: drops come in floods, so one compare per
+    /// drop, and one thread wins the right to warn.
+    fn may_warn(&self) -> bool {
+        let now_ms = self.epoch.0.elapsed().as_millis() as u64;
+        let next = self.next_drop_warning_ms.load(Ordering::Relaxed);
+        let interval_ms = DROP_WARN_INTERVAL.as_millis() as u64;
+        now_ms >= next
+            && self
+                .next_drop_warning_ms
+                .compare_exchange(
+                    next,
+                    now_ms + interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Reads every counter.
@@ -163,6 +196,8 @@ impl Metrics {
             dropped_mailbox_full: r(&self.dropped_mailbox_full),
             dropped_qos0_offline: r(&self.dropped_qos0_offline),
             retained_refused: r(&self.retained_refused),
+            dropped_oversize: r(&self.dropped_oversize),
+            dropped_memory_limit: r(&self.dropped_memory_limit),
             protocol_errors: r(&self.protocol_errors),
             acl_denied: r(&self.acl_denied),
         }

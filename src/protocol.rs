@@ -155,6 +155,10 @@ fn will_message(w: &LastWill, cfg: &MqttConfig) -> Result<Arc<Message>, Refusal>
     if w.retain && !cfg.retain_available {
         return Err(Refusal::Close(ProtocolError::RetainNotAvailable));
     }
+    if cfg.message_size_limit > 0 && w.payload.len() > cfg.message_size_limit {
+        // As Mosquitto: a will the broker would not accept as a PUBLISH refuses the client.
+        return Err(Refusal::Connack(ConnectReturnCode::NotAuthorized));
+    }
     // Copied: a will lives as long as its connection and must not pin the CONNECT's buffer.
     Ok(Arc::new(Message {
         topic: Bytes::copy_from_slice(&w.topic),
@@ -187,8 +191,8 @@ pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic
     acl.allowed(client_id, username, Access::Write, topic)
 }
 
-/// The QoS granted for each requested filter, `None` for 0x80: an invalid filter or one the
-/// ACL refuses [MQTT-3.8.4-5], [MQTT-3.9.3-1].
+/// The QoS granted for each requested filter, `None` for 0x80: an invalid filter, or one
+/// under which the ACL lets the client read nothing [MQTT-3.8.4-5], [MQTT-3.9.3-1].
 pub fn grant(
     filters: Vec<(String, QoS)>,
     cfg: &MqttConfig,
@@ -201,7 +205,7 @@ pub fn grant(
         .map(|(f, q)| {
             let ok = topic::valid_filter(&f)
                 && !topic::too_deep(f.as_bytes(), cfg.max_topic_levels)
-                && acl.allowed(client_id, username, Access::Read, &f);
+                && acl.may_subscribe(client_id, username, &f);
             (f, ok.then_some(q))
         })
         .collect()

@@ -1,13 +1,25 @@
 //! The retained-message store: one message per topic, in a topic-level tree so a wildcard
-//! subscription walks only the branches it matches.
+//! subscription walks only the branches it matches. Each message keeps who published it (for
+//! `check_retain_source`); the store counts its payload bytes against `max_retained_bytes`.
+//! Its limits are atomics, so a reload changes them without taking the lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::message::Message;
+use crate::message::{Message, Publisher};
+
+/// A stored retained message and its publisher (`None` for the broker's own, `$SYS`).
+#[derive(Debug, Clone)]
+pub struct Retained {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Who published it.
+    pub from: Option<Arc<Publisher>>,
+}
 
 /// What `RetainStore::set` did with a retained PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +30,9 @@ pub enum RetainOutcome {
     Deleted,
     /// Not stored: the store holds `max_retained_messages` already.
     StoreFull,
+    /// Not stored: it would take the store's payload over `max_retained_bytes`; any older
+    /// message of the topic is deleted.
+    BytesFull,
     /// Not stored: the payload is over `retained_payload_limit`; any older message of the
     /// topic is deleted.
     PayloadTooLarge,
@@ -28,13 +43,13 @@ enum Change {
     /// Remove the topic's message, with this outcome (an empty payload, or one too large).
     Delete(RetainOutcome),
     /// Store this copy.
-    Store(Arc<Message>),
+    Store(Retained),
 }
 
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<[u8]>, Node>,
-    message: Option<Arc<Message>>,
+    message: Option<Retained>,
 }
 
 impl Node {
@@ -42,7 +57,7 @@ impl Node {
         self.children.is_empty() && self.message.is_none()
     }
 
-    fn collect_all(&self, out: &mut Vec<Arc<Message>>, limit: usize) -> Walk {
+    fn collect_all(&self, out: &mut Vec<Retained>, limit: usize) -> Walk {
         take(&self.message, out, limit)?;
         for child in self.children.values() {
             child.collect_all(out, limit)?;
@@ -55,28 +70,42 @@ impl Node {
 struct Tree {
     root: Node,
     len: usize,
+    /// Payload bytes of every stored message.
+    bytes: usize,
 }
 
-/// Retained messages by topic, with the configured limits.
+/// Retained messages by topic, with the configured limits (0 = unlimited).
+#[derive(Default)]
 pub struct RetainStore {
     tree: RwLock<Tree>,
-    max_messages: usize,
-    payload_limit: usize,
+    max_messages: AtomicUsize,
+    payload_limit: AtomicUsize,
+    max_bytes: AtomicUsize,
 }
 
 impl RetainStore {
     /// An empty store; a limit of 0 means unlimited.
-    pub fn new(max_messages: usize, payload_limit: usize) -> Self {
-        RetainStore {
-            tree: RwLock::new(Tree::default()),
-            max_messages,
-            payload_limit,
-        }
+    pub fn new(max_messages: usize, payload_limit: usize, max_bytes: usize) -> Self {
+        let store = RetainStore::default();
+        store.set_limits(max_messages, payload_limit, max_bytes);
+        store
+    }
+
+    /// Changes the limits for messages stored from now on; what is stored stays.
+    pub fn set_limits(&self, max_messages: usize, payload_limit: usize, max_bytes: usize) {
+        self.max_messages.store(max_messages, Ordering::Relaxed);
+        self.payload_limit.store(payload_limit, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
     }
 
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.tree.read().len
+    }
+
+    /// Payload bytes of all retained messages.
+    pub fn bytes(&self) -> usize {
+        self.tree.read().bytes
     }
 
     /// True if nothing is retained.
@@ -87,27 +116,36 @@ impl RetainStore {
     /// Stores, replaces or (for an empty payload) deletes the topic's retained message
     /// [MQTT-3.3.1-5, MQTT-3.3.1-7, MQTT-3.3.1-10, MQTT-3.3.1-11].
     pub fn set(&self, msg: &Message) -> RetainOutcome {
-        self.set_then(msg, || ()).0
+        self.set_then(msg, None, || ()).0
     }
 
     /// As `set`, then runs `then` (the publisher matching its subscribers) under the same
     /// lock as `subscribe_then` takes: a subscriber either finds the message stored and is
     /// not matched, or is matched and does not find it, never both (one copy, not two).
-    pub fn set_then<R>(&self, msg: &Message, then: impl FnOnce() -> R) -> (RetainOutcome, R) {
+    pub fn set_then<R>(
+        &self,
+        msg: &Message,
+        from: Option<&Arc<Publisher>>,
+        then: impl FnOnce() -> R,
+    ) -> (RetainOutcome, R) {
+        let payload_limit = self.payload_limit.load(Ordering::Relaxed);
         let change = if msg.payload.is_empty() {
             Change::Delete(RetainOutcome::Deleted)
-        } else if self.payload_limit > 0 && msg.payload.len() > self.payload_limit {
+        } else if payload_limit > 0 && msg.payload.len() > payload_limit {
             // [MQTT-3.3.1-7] the older message is discarded all the same: a newer value was
             // published, and serving the stale one would be worse than none.
             Change::Delete(RetainOutcome::PayloadTooLarge)
         } else {
             // Copied out of the read buffer (before the lock), so a small retained message
             // does not pin a large frame.
-            Change::Store(Arc::new(Message {
-                topic: Bytes::copy_from_slice(&msg.topic),
-                payload: Bytes::copy_from_slice(&msg.payload),
-                ..msg.clone()
-            }))
+            Change::Store(Retained {
+                msg: Arc::new(Message {
+                    topic: Bytes::copy_from_slice(&msg.topic),
+                    payload: Bytes::copy_from_slice(&msg.payload),
+                    ..msg.clone()
+                }),
+                from: from.cloned(),
+            })
         };
         let mut tree = self.tree.write();
         let outcome = self.apply(&mut tree, &msg.topic, change);
@@ -122,28 +160,41 @@ impl RetainStore {
             }
             Change::Store(stored) => stored,
         };
-        let full = self.max_messages > 0 && tree.len >= self.max_messages;
+        let max_messages = self.max_messages.load(Ordering::Relaxed);
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        let full = max_messages > 0 && tree.len >= max_messages;
+        let (len, bytes) = (tree.len, tree.bytes);
         let mut node = &mut tree.root;
         for level in topic.split(|&b| b == b'/') {
             node = node.children.entry(level.into()).or_default();
         }
-        if node.message.is_none() {
-            if full {
-                // Undo the empty branch the walk may have created.
-                let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
-                remove_at(&mut tree.root, &levels);
-                return RetainOutcome::StoreFull;
-            }
-            tree.len += 1;
+        let old = node.message.as_ref().map_or(0, |r| r.msg.payload.len());
+        let new = stored.msg.payload.len();
+        let refused = if node.message.is_none() && full {
+            Some(RetainOutcome::StoreFull)
+        } else if max_bytes > 0 && bytes - old + new > max_bytes {
+            Some(RetainOutcome::BytesFull)
+        } else {
+            None
+        };
+        if let Some(outcome) = refused {
+            // Drop the older message (as for a payload too large) and undo the empty branch
+            // the walk may have created.
+            tree.delete(topic);
+            return outcome;
         }
+        let added = node.message.is_none();
         node.message = Some(stored);
+        tree.len = len + usize::from(added);
+        tree.bytes = bytes - old + new;
         RetainOutcome::Stored
     }
 
     /// Every retained message whose topic matches `filter` (assumed valid); wildcards at the
     /// first level skip `$` topics [MQTT-4.7.2-1].
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        self.subscribe_then(filter, usize::MAX, || ()).0
+        let found = self.subscribe_then(filter, usize::MAX, || ()).0;
+        found.into_iter().map(|r| r.msg).collect()
     }
 
     /// Runs `first` (installing a route), then collects at most `limit` retained messages
@@ -153,7 +204,7 @@ impl RetainStore {
         filter: &str,
         limit: usize,
         first: impl FnOnce(),
-    ) -> (Vec<Arc<Message>>, bool) {
+    ) -> (Vec<Retained>, bool) {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
         let tree = self.tree.read();
@@ -164,22 +215,22 @@ impl RetainStore {
 }
 
 impl Tree {
+    /// Removes the topic's message, if any, and prunes the branches left empty.
     fn delete(&mut self, topic: &[u8]) {
         let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
-        if remove_at(&mut self.root, &levels) {
+        if let Some(removed) = remove_at(&mut self.root, &levels) {
             self.len -= 1;
+            self.bytes -= removed.msg.payload.len();
         }
     }
 }
 
-/// Removes the message at `levels`, pruning empty nodes; true if a message was removed.
-fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
+/// Removes the message at `levels`, pruning empty nodes; the message if there was one.
+fn remove_at(node: &mut Node, levels: &[&[u8]]) -> Option<Retained> {
     let Some((&level, rest)) = levels.split_first() else {
-        return node.message.take().is_some();
+        return node.message.take();
     };
-    let Some(child) = node.children.get_mut(level) else {
-        return false;
-    };
+    let child = node.children.get_mut(level)?;
     let removed = remove_at(child, rest);
     if child.is_empty() {
         node.children.remove(level);
@@ -188,7 +239,7 @@ fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
 }
 
 /// Adds `message` to `out` unless it holds `limit` already: then stops the walk.
-fn take(message: &Option<Arc<Message>>, out: &mut Vec<Arc<Message>>, limit: usize) -> Walk {
+fn take(message: &Option<Retained>, out: &mut Vec<Retained>, limit: usize) -> Walk {
     if let Some(m) = message {
         if out.len() >= limit {
             return Walk::Break(());
@@ -205,7 +256,7 @@ fn collect(
     node: &Node,
     levels: &[&str],
     root: bool,
-    out: &mut Vec<Arc<Message>>,
+    out: &mut Vec<Retained>,
     limit: usize,
 ) -> Walk {
     let Some((&level, rest)) = levels.split_first() else {
@@ -266,7 +317,7 @@ mod tests {
 
     #[test]
     fn set_replace_delete() {
-        let s = RetainStore::new(0, 0);
+        let s = RetainStore::new(0, 0, 0);
         assert_eq!(s.set(&msg("a/b", "1")), RetainOutcome::Stored);
         assert_eq!(s.set(&msg("a/b", "2")), RetainOutcome::Stored);
         assert_eq!(s.len(), 1);
@@ -280,7 +331,7 @@ mod tests {
 
     #[test]
     fn wildcard_queries() {
-        let s = RetainStore::new(0, 0);
+        let s = RetainStore::new(0, 0, 0);
         for t in ["a", "a/b", "a/c", "a/b/c", "x/b", "$SYS/up", "/lead"] {
             s.set(&msg(t, "p"));
         }
@@ -298,7 +349,7 @@ mod tests {
 
     #[test]
     fn limits() {
-        let s = RetainStore::new(2, 4);
+        let s = RetainStore::new(2, 4, 0);
         assert_eq!(s.set(&msg("a", "12345")), RetainOutcome::PayloadTooLarge);
         assert_eq!(s.set(&msg("a", "1")), RetainOutcome::Stored);
         assert_eq!(s.set(&msg("b", "1")), RetainOutcome::Stored);
@@ -317,13 +368,38 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_limit_refuses_new_topics_and_keeps_the_count() {
+        let s = RetainStore::new(0, 0, 10);
+        assert_eq!(s.set(&msg("a", "123456")), RetainOutcome::Stored);
+        assert_eq!(s.set(&msg("b", "12345")), RetainOutcome::BytesFull);
+        assert_eq!(s.set(&msg("b", "1234")), RetainOutcome::Stored);
+        assert_eq!(s.bytes(), 10);
+        assert_eq!(
+            s.set(&msg("a", "12")),
+            RetainOutcome::Stored,
+            "smaller fits"
+        );
+        assert_eq!(s.bytes(), 6);
+        // Growing a topic past the limit: the newer value is refused, the stale one goes.
+        assert_eq!(s.set(&msg("a", "1234567")), RetainOutcome::BytesFull);
+        assert_eq!((topics(&s, "#"), s.bytes()), (vec!["b".to_owned()], 4));
+        assert_eq!(s.set(&msg("b", "")), RetainOutcome::Deleted);
+        assert_eq!((s.len(), s.bytes()), (0, 0));
+        s.set_limits(0, 0, 0);
+        assert_eq!(
+            s.set(&msg("c", "x".repeat(100).as_str())),
+            RetainOutcome::Stored
+        );
+    }
+
+    #[test]
     fn the_deepest_topic_allowed_is_walked_and_dropped_on_a_worker_sized_stack() {
         // The walks recurse once per level: `topic::MAX_LEVELS` keeps that well inside the
         // 2 MiB of a tokio worker, even in a debug build (4,096 levels overflow it there).
         let run = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {
-                let s = RetainStore::new(0, 0);
+                let s = RetainStore::new(0, 0, 0);
                 let topic = vec!["a"; crate::topic::MAX_LEVELS].join("/");
                 assert_eq!(s.set(&msg(&topic, "x")), RetainOutcome::Stored);
                 assert_eq!(s.matching("#").len(), 1);
@@ -338,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_limited_walk_stops_and_says_so() {
-        let s = RetainStore::new(0, 0);
+        let s = RetainStore::new(0, 0, 0);
         for t in ["a/1", "a/2", "a/3"] {
             s.set(&msg(t, "p"));
         }
@@ -348,12 +424,13 @@ mod tests {
         assert_eq!((got.len(), more), (3, false));
         let (got, more) = s.subscribe_then("a/1", 0, || ());
         assert_eq!((got.len(), more), (0, true));
-        assert_eq!(s.subscribe_then("b/#", 0, || ()), (vec![], false));
+        let (got, more) = s.subscribe_then("b/#", 0, || ());
+        assert!(got.is_empty() && !more);
     }
 
     #[test]
     fn stored_payload_is_copied() {
-        let s = RetainStore::new(0, 0);
+        let s = RetainStore::new(0, 0, 0);
         let m = msg("a", "xyz");
         s.set(&m);
         assert_ne!(s.matching("a")[0].payload.as_ptr(), m.payload.as_ptr());

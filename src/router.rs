@@ -13,17 +13,18 @@
 //! subscriber therefore gets a concurrent retained message once, either from the store or
 //! live, never both and never neither [MQTT-3.3.1-6]. Other publishes take no such lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use crate::config::Config;
 use crate::mailbox::{Mailbox, TrySendError};
-use crate::message::{ClientId, Message, QoS, SessionId};
+use crate::message::{ClientId, Message, Publisher, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
-use crate::retain::{RetainOutcome, RetainStore};
+use crate::retain::{RetainOutcome, RetainStore, Retained};
 use crate::session::SessionCmd;
 use crate::topic;
 use crate::trie::Trie;
@@ -69,7 +70,7 @@ pub struct Router {
     wild_count: AtomicUsize,
     retain: RetainStore,
     metrics: Arc<Metrics>,
-    upgrade_outgoing_qos: bool,
+    upgrade_outgoing_qos: AtomicBool,
 }
 
 /// Adds `route` to `list`, or replaces the session's route there.
@@ -102,23 +103,36 @@ struct Matched {
 /// Retained messages a subscribe found, at most the limit it was given.
 #[derive(Debug, Default)]
 pub struct RetainedBatch {
-    /// The messages.
-    pub messages: Vec<Arc<Message>>,
+    /// The messages, with their publishers.
+    pub messages: Vec<Retained>,
     /// True if more matched than the limit let through.
     pub more: bool,
 }
 
 impl Router {
     /// An empty router.
-    pub fn new(retain: RetainStore, metrics: Arc<Metrics>, upgrade_outgoing_qos: bool) -> Self {
+    pub fn new(retain: RetainStore, metrics: Arc<Metrics>) -> Self {
         Router {
             exact: DashMap::new(),
             wild: RwLock::new(Trie::new()),
             wild_count: AtomicUsize::new(0),
             retain,
             metrics,
-            upgrade_outgoing_qos,
+            upgrade_outgoing_qos: AtomicBool::new(false),
         }
+    }
+
+    /// Applies the settings the router follows (`upgrade_outgoing_qos`, the retained limits):
+    /// at start and on every reload.
+    pub fn configure(&self, config: &Config) {
+        let upgrade = config.mqtt.upgrade_outgoing_qos;
+        self.upgrade_outgoing_qos.store(upgrade, Ordering::Relaxed);
+        let r = &config.retain;
+        self.retain.set_limits(
+            r.max_retained_messages,
+            r.retained_payload_limit,
+            r.max_retained_bytes,
+        );
     }
 
     /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3],
@@ -178,28 +192,27 @@ impl Router {
         self.exact.len() + self.wild_count.load(Ordering::Acquire)
     }
 
-    /// Stores a retained message if flagged, then hands `msg` once to every matching session,
-    /// at the highest QoS among that session's matching filters [MQTT-3.3.5-1].
+    /// Publishes one of the broker's own messages (`$SYS`); see `publish_from`.
     pub fn publish(&self, msg: Arc<Message>) -> Published {
-        self.route(msg, None)
+        self.publish_from(msg, None, None)
     }
 
-    /// As `publish`, and adds to `congested` the mailbox of every session whose backlog passed
-    /// its high mark, so the caller can pause its publisher (see `backlog.rs`).
-    pub fn publish_with(&self, msg: Arc<Message>, congested: &mut Vec<Arc<Mailbox>>) -> Published {
-        self.route(msg, Some(congested))
-    }
-
-    fn route(&self, msg: Arc<Message>, congested: Option<&mut Vec<Arc<Mailbox>>>) -> Published {
+    /// Stores a retained message if flagged (with its publisher), then hands `msg` once to
+    /// every matching session, at the highest QoS among that session's matching filters
+    /// [MQTT-3.3.5-1]. With `congested`, adds to it the mailbox of every session whose backlog
+    /// passed its high mark, so the caller can pause its publisher (see `backlog.rs`).
+    pub fn publish_from(
+        &self,
+        msg: Arc<Message>,
+        from: Option<&Arc<Publisher>>,
+        congested: Option<&mut Vec<Arc<Mailbox>>>,
+    ) -> Published {
         let matched = if msg.retain {
-            let (outcome, matched) = self.retain.set_then(&msg, || self.matched(&msg.topic));
+            let (outcome, matched) = self
+                .retain
+                .set_then(&msg, from, || self.matched(&msg.topic));
             if !matches!(outcome, RetainOutcome::Stored | RetainOutcome::Deleted) {
-                Metrics::incr(&self.metrics.retained_refused);
-                tracing::debug!(
-                    topic = msg.topic_str(),
-                    ?outcome,
-                    "retained message not stored"
-                );
+                self.metrics.retained_refused(msg.topic_str(), outcome);
             }
             matched
         } else {
@@ -245,8 +258,9 @@ impl Router {
         out: &mut Published,
         mut congested: Option<&mut Vec<Arc<Mailbox>>>,
     ) {
+        let upgrade = self.upgrade_outgoing_qos.load(Ordering::Relaxed);
         for route in routes {
-            let qos = if self.upgrade_outgoing_qos {
+            let qos = if upgrade {
                 route.qos
             } else {
                 msg.qos.min(route.qos)
@@ -288,7 +302,7 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        Router::new(RetainStore::new(0, 0), Arc::new(Metrics::default()), false)
+        Router::new(RetainStore::default(), Arc::new(Metrics::default()))
     }
 
     fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, Arc<Mailbox>) {
@@ -392,7 +406,7 @@ mod tests {
     #[test]
     fn full_mailbox_is_counted_not_blocking() {
         let metrics = Arc::new(Metrics::default());
-        let r = Router::new(RetainStore::new(0, 0), metrics.clone(), false);
+        let r = Router::new(RetainStore::default(), metrics.clone());
         let (a, _rx) = route(1, QoS::AtMostOnce, 1);
         let (b, rxb) = route(2, QoS::AtMostOnce, 8);
         r.subscribe("t", a, 0);

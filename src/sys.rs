@@ -1,5 +1,6 @@
 //! The `$SYS` publisher: every `sys_interval` it publishes the broker's counters as retained
 //! messages under Mosquitto's `$SYS/broker/...` names. The `$` rule keeps them out of `#`.
+//! A reload that changes the interval takes effect at once (0 pauses the topics).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,23 +10,40 @@ use bytes::Bytes;
 use crate::broker::Shared;
 use crate::message::{Message, QoS};
 
-/// Publishes `$SYS/broker/...` until shutdown; returns at once if the interval is zero.
+/// Publishes `$SYS/broker/...` until shutdown, every `sys_interval` in force.
 pub async fn run(shared: Arc<Shared>) {
-    let period = shared.config.sys.sys_interval;
-    if period.is_zero() {
-        return;
-    }
     let started = Instant::now();
-    publish(
-        &shared,
-        "$SYS/broker/version",
-        concat!("tern ", env!("CARGO_PKG_VERSION")).to_owned(),
-    );
-    let mut tick = tokio::time::interval(period);
+    let mut announced = false;
+    let mut next = tokio::time::Instant::now();
     loop {
+        let period = shared.config.load().sys.sys_interval;
+        // Registered before the interval is acted on, so a reload in between is not missed.
+        let reloaded = shared.reloaded.notified();
+        tokio::pin!(reloaded);
+        reloaded.as_mut().enable();
+        let tick = async {
+            if period.is_zero() {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep_until(next).await
+            }
+        };
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = &mut reloaded => {
+                next = tokio::time::Instant::now();
+                continue;
+            }
+            _ = tick => {}
+        }
+        next = tokio::time::Instant::now() + period;
+        if !announced {
+            announced = true;
+            publish(
+                &shared,
+                "$SYS/broker/version",
+                concat!("tern ", env!("CARGO_PKG_VERSION")).to_owned(),
+            );
         }
         let s = shared.metrics.snapshot();
         let values = [

@@ -1,12 +1,19 @@
 //! TLS listeners (rustls): the acceptor built from a `[[listener]]`'s certfile / keyfile /
-//! cafile / require_certificate, and the client-certificate identity for
+//! cafile / crlfile / require_certificate, and the client-certificate identity for
 //! `use_identity_as_username`.
+//!
+//! As Mosquitto (OpenSSL) does, the server sends `certfile` and then the certificates of
+//! `cafile` that complete its chain (each the issuer of the one before, short of a
+//! self-signed root), so clients that trust only the root verify it. TLS-PSK is not offered:
+//! rustls has no PSK cipher suites.
 
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig, ServerConnection};
 use tokio_rustls::TlsAcceptor;
@@ -32,18 +39,23 @@ pub fn acceptor(cfg: &ListenerConfig) -> Result<Option<TlsAcceptor>, TlsError> {
         bind: cfg.bind,
         msg,
     };
-    let certs = read_certs(certfile).map_err(err)?;
+    let mut certs = read_certs(certfile).map_err(err)?;
     let key = read_key(keyfile).map_err(err)?;
     let builder = ServerConfig::builder();
     let builder = match &cfg.cafile {
         Some(cafile) => {
+            let authorities = read_certs(cafile).map_err(err)?;
+            complete_chain(&mut certs, &authorities);
             let mut roots = RootCertStore::empty();
-            for cert in read_certs(cafile).map_err(err)? {
+            for cert in authorities {
                 roots
                     .add(cert)
                     .map_err(|e| err(format!("{}: {e}", cafile.display())))?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            if let Some(crlfile) = &cfg.crlfile {
+                verifier = verifier.with_crls(read_crls(crlfile).map_err(err)?);
+            }
             let verifier = if cfg.require_certificate {
                 verifier.build()
             } else {
@@ -63,6 +75,57 @@ pub fn acceptor(cfg: &ListenerConfig) -> Result<Option<TlsAcceptor>, TlsError> {
         ))
     })?;
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Appends to `chain` the certificates of `authorities` that issued its last one, up to (not
+/// including) a self-signed root.
+fn complete_chain(
+    chain: &mut Vec<CertificateDer<'static>>,
+    authorities: &[CertificateDer<'static>],
+) {
+    let names = |der: &CertificateDer<'_>| {
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .ok()
+            .map(|(_, c)| (c.subject().as_raw().to_vec(), c.issuer().as_raw().to_vec()))
+    };
+    let by_subject: Vec<_> = authorities
+        .iter()
+        .filter_map(|a| names(a).map(|n| (n, a)))
+        .collect();
+    // Bounded by the number of authorities, so a loop of cross-signed certificates ends.
+    for _ in 0..by_subject.len() {
+        let Some((subject, issuer)) = chain.last().and_then(names) else {
+            return;
+        };
+        if subject == issuer {
+            return;
+        }
+        let Some(((_, up), cert)) = by_subject.iter().find(|((s, _), _)| *s == issuer) else {
+            return;
+        };
+        if *up == issuer {
+            // The issuer is a self-signed root: the client has it or cannot use it.
+            return;
+        }
+        if chain.contains(cert) {
+            return;
+        }
+        chain.push((*cert).clone());
+    }
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut BufReader::new(file)).collect();
+    let crls = crls.map_err(|e| format!("{}: {e}", path.display()))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate revocation list",
+            path.display()
+        ));
+    }
+    Ok(crls)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

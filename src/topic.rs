@@ -77,9 +77,96 @@ pub fn matches_by(filter: &str, name: &[u8], level_eq: impl Fn(&str, &[u8]) -> b
     }
 }
 
+/// True if every topic `inner` matches is also matched by `outer` (both valid filters).
+pub fn covers(outer: &str, inner: &str) -> bool {
+    // A leading wildcard never matches a `$` topic, which `inner` may name [MQTT-4.7.2-1].
+    if outer.starts_with(['+', '#']) && inner.starts_with('$') {
+        return false;
+    }
+    let (mut outer, mut inner) = (outer.split('/'), inner.split('/'));
+    loop {
+        match (outer.next(), inner.next()) {
+            // "a/#" also matches "a" itself.
+            (Some("#"), _) => return true,
+            // "a/#" matches "a", which "a/+" does not.
+            (Some("+"), Some(i)) if i != "#" => {}
+            (Some(o), Some(i)) if o != "+" && o == i => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// True if some topic name matches both filters (both valid).
+pub fn intersects(a: &str, b: &str) -> bool {
+    let dollar = |f: &str| f.starts_with('$');
+    let wild = |f: &str| f.starts_with(['+', '#']);
+    if (wild(a) && dollar(b)) || (wild(b) && dollar(a)) {
+        return false;
+    }
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_covering_and_sharing_topics() {
+        for (outer, inner) in [
+            ("#", "a/b"),
+            ("#", "#"),
+            ("a/#", "a"),
+            ("a/#", "a/+/c"),
+            ("a/+", "a/b"),
+            ("a/+", "a/+"),
+            ("+/+", "x/y"),
+            ("$SYS/#", "$SYS/broker/+"),
+        ] {
+            assert!(covers(outer, inner), "{outer} covers {inner}");
+        }
+        for (outer, inner) in [
+            ("a/+", "a/#"),
+            ("a/b", "a/+"),
+            ("a/+", "a"),
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b"),
+        ] {
+            assert!(!covers(outer, inner), "{outer} does not cover {inner}");
+        }
+        for (a, b) in [
+            ("#", "sec/x"),
+            ("#", "+"),
+            ("sec/#", "sec"),
+            ("+/temp", "sensors/+"),
+            ("a/+/c", "a/b/+"),
+            ("$SYS/#", "$SYS/+"),
+            ("+", "+"),
+        ] {
+            assert!(intersects(a, b) && intersects(b, a), "{a} meets {b}");
+        }
+        for (a, b) in [
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("a/b", "a/c"),
+            ("a/+", "a"),
+            ("a/+/c", "a/b"),
+            ("sec/#", "other/#"),
+        ] {
+            assert!(!intersects(a, b) && !intersects(b, a), "{a} misses {b}");
+        }
+    }
 
     #[test]
     fn name_rules() {

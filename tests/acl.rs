@@ -96,7 +96,11 @@ async fn user_name_patterns_apply_end_to_end() {
             ]
         )
         .await,
-        [SubAckCode::Granted(QoS::AtMostOnce), SubAckCode::Failure]
+        // The second is wider than bob's pattern, so granted and filtered per message.
+        [
+            SubAckCode::Granted(QoS::AtMostOnce),
+            SubAckCode::Granted(QoS::AtMostOnce)
+        ]
     );
     // A pattern naming %u never applies to a client without a user name, nor to user `+`.
     assert_eq!(
@@ -108,9 +112,74 @@ async fn user_name_patterns_apply_end_to_end() {
         [SubAckCode::Failure]
     );
     admin
+        .publish("inbox/alice/x", QoS::AtMostOnce, None, false, b"not bob's")
+        .await;
+    admin
         .publish("inbox/bob/1", QoS::AtMostOnce, None, false, b"hi")
         .await;
     assert_eq!(&bob.recv_publish().await.payload[..], b"hi");
     anon.expect_silence(QUIET).await;
     plus.expect_silence(QUIET).await;
+}
+
+const WIDE_ACL: &str = "\
+user admin
+topic readwrite #
+
+user alice
+topic readwrite sec/#
+topic readwrite test/#
+topic deny test/nosubscribe
+";
+
+/// alice's `#` on the broker at `addr`: granted, and only what she may read arrives.
+async fn wide_subscription_is_granted_and_filtered(addr: std::net::SocketAddr) {
+    let (mut admin, _) = login(addr, "admin-1", Some("admin"), None).await;
+    let (mut alice, _) = login(addr, "alice-1", Some("alice"), None).await;
+    assert_eq!(
+        alice.subscribe(1, &[("#", QoS::AtMostOnce)]).await,
+        [SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+    for topic in ["other/x", "test/nosubscribe", "sec/a"] {
+        admin
+            .publish(topic, QoS::AtMostOnce, None, false, topic.as_bytes())
+            .await;
+    }
+    assert_eq!(&alice.recv_publish().await.topic[..], b"sec/a");
+    alice.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_wide_filter_is_granted_and_filtered_and_a_denied_one_refused() {
+    // [MQTT-3.8.4-5]: the SUBACK has a code per filter; 0x80 only where the ACL lets the client
+    // read nothing the filter matches.
+    let (b, _dir) = common::acl_broker(WIDE_ACL).await;
+    wide_subscription_is_granted_and_filtered(b.addr).await;
+    let (mut alice, _) = login(b.addr, "alice-2", Some("alice"), None).await;
+    assert_eq!(
+        alice
+            .subscribe(
+                2,
+                &[
+                    ("test/nosubscribe", QoS::AtMostOnce),
+                    ("test/#", QoS::AtMostOnce),
+                    ("elsewhere/#", QoS::AtMostOnce),
+                ]
+            )
+            .await,
+        [
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::AtMostOnce),
+            SubAckCode::Failure
+        ]
+    );
+    // Mosquitto grants and filters `#` the same way.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("acl"), WIDE_ACL).expect("write acl");
+    let conf = format!(
+        "listener {{port}} 127.0.0.1\nallow_anonymous true\nacl_file {}\n",
+        dir.path().join("acl").display()
+    );
+    let (_mosquitto, addr) = common::start_mosquitto(&conf, dir.path()).await;
+    wide_subscription_is_granted_and_filtered(addr).await;
 }

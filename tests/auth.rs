@@ -159,9 +159,11 @@ async fn denied_filters_get_0x80() {
                 ("clients/alice-dev/#", QoS::AtMostOnce),
                 ("clients/other/#", QoS::AtMostOnce),
                 ("#", QoS::AtMostOnce),
+                ("alice/secret", QoS::AtMostOnce),
             ],
         )
         .await;
+    // Refused: filters under which alice may read nothing; `#` is granted (and filtered).
     assert_eq!(
         codes,
         [
@@ -170,6 +172,7 @@ async fn denied_filters_get_0x80() {
             SubAckCode::Granted(QoS::AtMostOnce),
             SubAckCode::Granted(QoS::AtMostOnce),
             SubAckCode::Failure,
+            SubAckCode::Granted(QoS::AtMostOnce),
             SubAckCode::Failure,
         ]
     );

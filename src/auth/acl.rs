@@ -9,9 +9,11 @@
 //! pattern read clients/%c/#      # patterns apply to every client; %c = client id, %u = user
 //! ```
 //! With an ACL file, access is denied unless a rule grants it; a matching `deny` rule wins.
-//! A subscription filter is checked as if it were a topic name (so `sensors/#` is granted by a
-//! rule `sensors/#` but not by `sensors/+`), and every message is checked again against the
-//! subscriber's rules before it is delivered, so wildcards never leak a denied topic.
+//! A subscription filter is refused only when no topic the client may read can match it: it
+//! lies wholly inside a `deny` rule, or shares no topic with any rule that grants reading.
+//! Every other filter is granted (so a logger subscribing to `#` works with `topic read
+//! sec/#`), and every message is checked against the subscriber's rules before it is
+//! delivered, so a wide filter never leaks a topic the client may not read.
 //!
 //! A pattern is skipped for a client whose id (for `%c`) or user name (for `%u`) holds `+`,
 //! `#` or `/`: substituted, such a value would be a wildcard or reach into another client's
@@ -170,6 +172,60 @@ impl AclFile {
     }
 }
 
+impl AclFile {
+    /// True if the client may subscribe to `filter`: some topic it matches may be read (see
+    /// the module doc).
+    pub fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        let own = match username {
+            Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or(&[]),
+            None => &self.anonymous,
+        };
+        let user = username.unwrap_or("");
+        let own = own.iter().map(|r| (r.grant, r.filter.clone()));
+        let patterns = self
+            .patterns
+            .iter()
+            .filter(|p| p.applies_to(client_id, username))
+            .map(|p| (p.grant, expand(&p.filter, client_id, user)));
+        let mut readable = false;
+        for (grant, rule) in own.chain(patterns) {
+            if grant == Grant::Deny && topic::covers(&rule, filter) {
+                return false;
+            }
+            readable |= grant.allows(Access::Read) && topic::intersects(&rule, filter);
+        }
+        readable
+    }
+}
+
+/// A pattern with `%c` and `%u` replaced (`%` before anything else stays).
+fn expand(pattern: &str, client_id: &str, username: &str) -> String {
+    pattern
+        .split('/')
+        .map(|level| {
+            let mut out = String::new();
+            let mut rest = level;
+            while let Some(i) = rest.find('%') {
+                out.push_str(&rest[..i]);
+                let tail = &rest[i..];
+                if let Some(after) = tail.strip_prefix("%c") {
+                    out.push_str(client_id);
+                    rest = after;
+                } else if let Some(after) = tail.strip_prefix("%u") {
+                    out.push_str(username);
+                    rest = after;
+                } else {
+                    out.push('%');
+                    rest = &tail[1..];
+                }
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn parse_rule(rest: &str) -> Result<Rule, String> {
     let (first, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let (grant, filter) = match first {
@@ -303,12 +359,33 @@ pattern write users/%u/inbox
     }
 
     #[test]
-    fn subscription_filters_are_checked_as_topics() {
+    fn a_filter_is_refused_only_when_nothing_it_matches_may_be_read() {
         let a = acl();
-        assert!(a.allowed("c", Some("alice"), Access::Read, "alice/#"));
-        assert!(a.allowed("c", Some("alice"), Access::Read, "sensors/+/temp"));
-        assert!(!a.allowed("c", Some("alice"), Access::Read, "#"));
-        assert!(!a.allowed("c", Some("alice"), Access::Read, "sensors/#"));
+        let sub = |user, filter| a.may_subscribe("dev1", user, filter);
+        assert!(sub(Some("alice"), "alice/#"));
+        assert!(sub(Some("alice"), "sensors/+/temp"));
+        assert!(sub(Some("alice"), "#"), "wide, filtered per message");
+        assert!(sub(Some("alice"), "sensors/#"));
+        assert!(sub(Some("alice"), "+/secret"), "only partly denied");
+        assert!(!sub(Some("alice"), "alice/secret"), "wholly denied");
+        assert!(
+            !sub(Some("alice"), "other/#"),
+            "shares nothing with a grant"
+        );
+        assert!(
+            !sub(Some("alice"), "$SYS/#"),
+            "`#` rules do not reach $ topics"
+        );
+        assert!(!sub(Some("bob"), "bob/out"), "write-only");
+        assert!(sub(None, "#"), "anonymous: public/#");
+        assert!(sub(None, "clients/dev1/x"), "pattern for this client");
+        assert!(!sub(None, "clients/dev2/x"), "another client's");
+        assert!(sub(None, "clients/+/x"), "meets clients/dev1/#");
+        assert!(
+            !a.may_subscribe("+", None, "clients/+/x"),
+            "unsafe id: no pattern"
+        );
+        assert_eq!(expand("a/%c-%u/100%/%%c", "d", "u"), "a/d-u/100%/%d");
     }
 
     #[test]

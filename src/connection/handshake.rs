@@ -14,6 +14,7 @@ use super::{
     Client, CloseReason, Connected, Connection, Transport, ATTACH_TIMEOUT, GOODBYE_TIMEOUT,
 };
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::message::Publisher;
 use crate::metrics::Metrics;
 use crate::outbound;
 use crate::protocol::{self, Identity, ProtocolError, Refusal};
@@ -47,7 +48,7 @@ impl<S: Transport + 'static> Connection<S> {
         identity: Identity,
         peer: SocketAddr,
     ) -> Result<Client, CloseReason> {
-        let deadline = self.shared.config.mqtt.connect_timeout;
+        let deadline = self.shared.config.load().mqtt.connect_timeout;
         let first = match timeout(deadline, self.read_packet()).await {
             Err(_) => return Err(CloseReason::ConnectTimeout),
             Ok(Err(CloseReason::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
@@ -74,7 +75,7 @@ impl<S: Transport + 'static> Connection<S> {
                 protocol::check_connect(
                     &connect,
                     &identity,
-                    &shared.config.mqtt,
+                    &shared.config.load().mqtt,
                     policy.as_ref(),
                     policy.as_ref(),
                 )
@@ -99,7 +100,11 @@ impl<S: Transport + 'static> Connection<S> {
         };
         tracing::Span::current().record("client_id", &*accepted.client_id);
 
-        let capacity = shared.config.session.max_inflight_messages + 64;
+        let publisher = Arc::new(Publisher {
+            client_id: accepted.client_id.clone(),
+            username: accepted.username.as_deref().map(Arc::from),
+        });
+        let capacity = shared.config.load().session.max_inflight_messages + 64;
         let mut attached = None;
         // If the session ended between lookup and attach, or never answered, look again once,
         // with a new link (the old one went with the command).
@@ -107,7 +112,7 @@ impl<S: Transport + 'static> Connection<S> {
             let (out_tx, out_rx) = outbound::channel(capacity);
             let link = ConnLink {
                 conn: self.conn_id,
-                username: accepted.username.as_deref().map(Arc::from),
+                username: publisher.username.clone(),
                 outbound: out_tx,
             };
             let opened =
@@ -168,6 +173,7 @@ impl<S: Transport + 'static> Connection<S> {
         );
         Ok(Client {
             accepted,
+            publisher,
             session,
             outbound,
         })
@@ -202,7 +208,7 @@ impl<S: Transport + 'static> Connection<S> {
                     .into());
                 }
             }
-            let max_packet = self.shared.config.mqtt.max_packet_size;
+            let max_packet = self.shared.config.load().mqtt.max_packet_size;
             if let Some(p) = codec::decode(&mut self.rbuf, max_packet)? {
                 Metrics::incr(&self.shared.metrics.packets_received);
                 trace!(packet = p.name(), "received");

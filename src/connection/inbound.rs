@@ -7,18 +7,26 @@ use tracing::{debug, trace};
 
 use super::{Client, CloseReason, Connection, Flow, Transport};
 use crate::codec::{self, Packet};
-use crate::message::{Message, QoS};
+use crate::message::{Message, Publisher, QoS};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ProtocolError};
 use crate::session::{Outbound, SessionCmd};
 
 impl<S: Transport> Connection<S> {
     /// Publishes through the router, noting congested subscribers when backpressure is on.
-    fn route(&mut self, msg: Arc<Message>) {
-        if self.shared.config.session.backpressure_timeout.is_zero() {
-            self.shared.router.publish(msg);
+    fn route(&mut self, msg: Arc<Message>, from: &Arc<Publisher>) {
+        let router = &self.shared.router;
+        if self
+            .shared
+            .config
+            .load()
+            .session
+            .backpressure_timeout
+            .is_zero()
+        {
+            router.publish_from(msg, Some(from), None);
         } else {
-            self.shared.router.publish_with(msg, &mut self.congested);
+            router.publish_from(msg, Some(from), Some(&mut self.congested));
         }
     }
 
@@ -75,20 +83,38 @@ impl<S: Transport> Connection<S> {
         let cmd = match packet {
             Packet::Publish(p) => {
                 Metrics::incr(&metrics.messages_received);
-                protocol::check_publish(&p, &self.shared.config.mqtt)?;
+                let config = self.shared.config.load();
+                protocol::check_publish(&p, &config.mqtt)?;
                 let acc = &client.accepted;
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
-                let allowed = protocol::may_publish(
-                    self.shared.policy.load().as_ref(),
-                    &acc.client_id,
-                    acc.username.as_deref(),
-                    topic,
-                );
-                if !allowed {
-                    // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
-                    Metrics::incr(&metrics.acl_denied);
-                    debug!(topic, "publish denied; acknowledged and dropped");
+                if config.mqtt.memory_limit > 0 && crate::memory::used() > config.mqtt.memory_limit
+                {
+                    // Nothing is acknowledged that the broker has no room for: the client goes
+                    // (and may come back when there is room), what was acknowledged stays.
+                    let counter = &metrics.dropped_memory_limit;
+                    metrics.publish_dropped(counter, &acc.client_id, topic, "memory_limit");
+                    return Err(CloseReason::MemoryLimit);
                 }
+                let limit = config.mqtt.message_size_limit;
+                let allowed = if limit > 0 && p.payload.len() > limit {
+                    // Acknowledged as usual and dropped, as Mosquitto does.
+                    let counter = &metrics.dropped_oversize;
+                    metrics.publish_dropped(counter, &acc.client_id, topic, "message_size_limit");
+                    false
+                } else {
+                    let allowed = protocol::may_publish(
+                        self.shared.policy.load().as_ref(),
+                        &acc.client_id,
+                        acc.username.as_deref(),
+                        topic,
+                    );
+                    if !allowed {
+                        // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
+                        Metrics::incr(&metrics.acl_denied);
+                        debug!(topic, "publish denied; acknowledged and dropped");
+                    }
+                    allowed
+                };
                 let msg = allowed.then(|| {
                     Arc::new(Message {
                         topic: p.topic,
@@ -101,24 +127,24 @@ impl<S: Transport> Connection<S> {
                 match (p.qos, p.pkid) {
                     (QoS::AtMostOnce, _) => {
                         if let Some(msg) = msg {
-                            self.route(msg);
+                            self.route(msg, &client.publisher);
                         }
                     }
                     (QoS::AtLeastOnce, Some(id)) => {
                         // PUBACK only after routing: the message is now owed to every subscriber.
                         if let Some(msg) = msg {
-                            self.route(msg);
+                            self.route(msg, &client.publisher);
                         }
                         codec::encode(&Packet::PubAck(id), &mut self.wbuf);
                     }
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        let max = self.shared.config.session.max_awaiting_rel;
+                        let max = self.shared.config.load().session.max_awaiting_rel;
                         match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 if let Some(msg) = msg {
-                                    self.route(msg);
+                                    self.route(msg, &client.publisher);
                                 }
                             }
                             Some(false) => {}
@@ -143,7 +169,7 @@ impl<S: Transport> Connection<S> {
                 let acc = &client.accepted;
                 let filters = protocol::grant(
                     s.filters,
-                    &self.shared.config.mqtt,
+                    &self.shared.config.load().mqtt,
                     self.shared.policy.load().as_ref(),
                     &acc.client_id,
                     acc.username.as_deref(),

@@ -34,6 +34,7 @@ use serving::Connected;
 use crate::broker::Shared;
 use crate::codec::{ConnectReturnCode, DecodeError};
 use crate::mailbox::Mailbox;
+use crate::message::Publisher;
 use crate::message::{next_id, ConnId};
 use crate::outbound::OutboundRx;
 use crate::protocol::{Accepted, Identity, ProtocolError};
@@ -79,6 +80,9 @@ pub enum CloseReason {
     /// The broker is shutting down.
     #[error("broker shutting down")]
     Shutdown,
+    /// A PUBLISH arrived while the heap was over `memory_limit`.
+    #[error("memory limit reached")]
+    MemoryLimit,
 }
 
 impl CloseReason {
@@ -101,6 +105,7 @@ impl CloseReason {
                 | CloseReason::Shutdown
                 | CloseReason::TakenOver
                 | CloseReason::Discarded
+                | CloseReason::MemoryLimit
         )
     }
 }
@@ -207,6 +212,8 @@ struct Connection<S> {
 /// The state of a connected client.
 struct Client {
     accepted: Accepted,
+    /// The client as the ACL knows it, kept with what it retains.
+    publisher: Arc<Publisher>,
     session: SessionHandle,
     outbound: OutboundRx,
 }

@@ -24,13 +24,16 @@ use tokio::time::{Instant, Sleep};
 use crate::auth::{Access, Acl};
 use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
+use crate::config::Config;
 use crate::inflight::Flight;
 use crate::mailbox::{Mailbox, Received};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqueue::Queued;
 use crate::outbound::{Closed, OutboundTx};
+use crate::protocol;
 use crate::registry::SessionHandle;
+use crate::retain::Retained;
 use crate::router::{Delivery, Route};
 
 mod pending;
@@ -149,6 +152,8 @@ pub struct Session {
     username: Option<Arc<str>>,
     persistent: bool,
     shared: Arc<Shared>,
+    /// The configuration in force when the session was made: its limits stay those.
+    config: Arc<Config>,
     /// A B-tree: smaller than a hash map in every session, and no hashing of client input.
     subscriptions: BTreeMap<String, QoS>,
     /// Our mailbox; its backlog gauge (mailbox + mqueue length, and progress) is shared with
@@ -176,7 +181,8 @@ impl Session {
         persistent: bool,
         link: ConnLink,
     ) -> SessionHandle {
-        let cfg = &shared.config.session;
+        let config = shared.config.load_full();
+        let cfg = &config.session;
         let mailbox = Arc::new(Mailbox::new(
             cfg.max_queued_messages.max(64) + 64,
             cfg.max_queued_messages / 2,
@@ -189,6 +195,7 @@ impl Session {
             client_id,
             persistent,
             shared: shared.clone(),
+            config,
             subscriptions: BTreeMap::new(),
             mailbox: mailbox.clone(),
             pending: None,
@@ -344,7 +351,7 @@ impl Session {
     }
 
     fn subscribe(&mut self, pkid: u16, filters: &[(String, Option<QoS>)]) {
-        let max = self.shared.config.session.max_subscriptions;
+        let max = self.config.session.max_subscriptions;
         let mut codes = Vec::with_capacity(filters.len());
         // Copies of one filter in one SUBSCRIBE are one subscription, at the QoS of the last
         // copy (each replaces the one before [MQTT-3.8.4-3]); every copy gets its code.
@@ -380,7 +387,12 @@ impl Session {
                 pkid,
                 codes,
             }))));
-        let upgrade = self.shared.config.mqtt.upgrade_outgoing_qos;
+        let live = self.shared.config.load();
+        let upgrade = live.mqtt.upgrade_outgoing_qos;
+        let policy = live
+            .auth
+            .check_retain_source
+            .then(|| self.shared.policy.load());
         for (filter, qos) in granted {
             // The retained messages owed are read with the route installed, so none is missed
             // [MQTT-3.3.1-6]; no more than the queue has room for, so one SUBSCRIBE cannot
@@ -395,7 +407,15 @@ impl Session {
             let batch = self.shared.router.subscribe(filter, route, room);
             tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
             self.subscriptions.insert(filter.to_owned(), qos);
-            for msg in batch.messages {
+            for Retained { msg, from } in batch.messages {
+                // `check_retain_source`: only while its publisher may still publish it.
+                if let (Some(policy), Some(from)) = (&policy, &from) {
+                    let (id, user) = (&from.client_id, from.username.as_deref());
+                    if !protocol::may_publish(policy.as_ref(), id, user, msg.topic_str()) {
+                        Metrics::incr(&self.shared.metrics.acl_denied);
+                        continue;
+                    }
+                }
                 // As a live delivery would be [MQTT-3.8.4-6], or upgraded if so configured.
                 let q = if upgrade { qos } else { msg.qos.min(qos) };
                 self.mailbox.backlog().added_directly();
@@ -426,16 +446,14 @@ impl Session {
             Metrics::incr(&metrics.acl_denied);
             return;
         }
-        if self.link.is_none()
-            && qos == QoS::AtMostOnce
-            && !self.shared.config.session.queue_qos0_messages
+        if self.link.is_none() && qos == QoS::AtMostOnce && !self.config.session.queue_qos0_messages
         {
             self.mailbox.backlog().removed(1, false);
             metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
             return;
         }
-        let (shared, client_id) = (&self.shared, &self.client_id);
-        let dropped = Pending::made(&mut self.pending, &shared.config.session)
+        let (config, client_id) = (&self.config, &self.client_id);
+        let dropped = Pending::made(&mut self.pending, &config.session)
             .mqueue
             .push_with(Queued { msg, qos, retain }, |q| {
                 metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str())
@@ -449,7 +467,7 @@ impl Session {
 
     /// The pending state, made when first needed.
     fn pending(&mut self) -> &mut Pending {
-        Pending::made(&mut self.pending, &self.shared.config.session)
+        Pending::made(&mut self.pending, &self.config.session)
     }
 
     /// Moves work into the outbound channel while it has room; gives the pending state back
@@ -477,7 +495,7 @@ impl Session {
     fn unlink(&mut self, kick: Option<Kick>) {
         if let Some(link) = self.link.take() {
             self.mailbox.backlog().set_attached(false);
-            let expiry = self.shared.config.session.persistent_client_expiration;
+            let expiry = self.config.session.persistent_client_expiration;
             self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
             if let Some(k) = kick {
                 link.outbound.kick(k);

@@ -27,7 +27,7 @@ impl Pending {
     ) -> &'a mut Pending {
         slot.get_or_insert_with(|| {
             Box::new(Pending {
-                inflight: Inflight::new(cfg.max_inflight_messages),
+                inflight: Inflight::new(cfg.max_inflight_messages, cfg.max_inflight_bytes),
                 mqueue: MQueue::new(
                     cfg.max_queued_messages,
                     cfg.max_queued_bytes,

@@ -1,0 +1,99 @@
+//! Heap accounting for `[mqtt] memory_limit`: `Counting` is a global allocator that counts
+//! the bytes it hands out. The `tern` binary installs it; a program embedding the library
+//! that wants `memory_limit` installs it too (the broker refuses to start with a limit and no
+//! counter, rather than ignore the limit).
+//!
+//! Each thread adds up its own changes and moves them to the shared total once they pass
+//! `FLUSH` bytes either way, so an allocation costs a thread-local add, not a contended
+//! atomic; the total is off by at most `FLUSH` per thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+/// The system allocator, counting (see the module doc).
+pub struct Counting;
+
+static USED: AtomicIsize = AtomicIsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Bytes a thread's count may drift from the total before it is moved there.
+const FLUSH: isize = 64 << 10;
+
+thread_local! {
+    static LOCAL: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    let flushed = LOCAL.try_with(|local| {
+        let v = local.get() + delta;
+        if v.abs() >= FLUSH {
+            USED.fetch_add(v, Ordering::Relaxed);
+            local.set(0);
+        } else {
+            local.set(v);
+        }
+    });
+    // A thread being torn down has no local count any more: straight to the total.
+    if flushed.is_err() {
+        USED.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed to `System` unchanged; only the sizes are counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !INSTALLED.load(Ordering::Relaxed) {
+            INSTALLED.store(true, Ordering::Relaxed);
+        }
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            note(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            note(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        note(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            note(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+/// Heap bytes in use, as counted (0 without `Counting` installed).
+pub fn used() -> usize {
+    USED.load(Ordering::Relaxed).max(0) as usize
+}
+
+/// True if `Counting` is the global allocator of this process.
+pub fn counting() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
+
+/// `memory_limit` is set in a program without `Counting` as its allocator.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("mqtt.memory_limit needs the heap counted: install tern::memory::Counting as the global allocator (the tern binary does)")]
+pub struct NotCounting;
+
+/// Refuses a `memory_limit` that nothing would enforce.
+pub fn check(memory_limit: usize) -> Result<(), NotCounting> {
+    if memory_limit > 0 && !counting() {
+        return Err(NotCounting);
+    }
+    Ok(())
+}

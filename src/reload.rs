@@ -1,0 +1,133 @@
+//! Reloading on SIGHUP: the configuration file is read again with the files it names
+//! (password, ACL, TLS certificates, keys, CAs and CRLs), and if all of them can be used the
+//! broker switches to them at once. What cannot change while running (a listener's address,
+//! protocol, connection limit, or whether it speaks TLS) keeps its old value and is reported.
+//! Anything that fails to load keeps the whole previous configuration.
+
+use std::sync::Arc;
+
+use crate::auth::{AuthError, Policy};
+use crate::broker::Shared;
+use crate::config::{Config, ListenerConfig, LoadError};
+use crate::listener::Door;
+use crate::tls::TlsError;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file cannot be read or is invalid.
+    #[error("{0}")]
+    Config(#[from] LoadError),
+    /// The password or ACL file cannot be used.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// A listener's certificate, key, CA or CRL file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// `memory_limit` is set but this program does not count its heap.
+    #[error("{0}")]
+    Memory(#[from] crate::memory::NotCounting),
+}
+
+/// What a successful reload did that the caller may act on.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// The new `[log] level`, if it changed (the binary owns the log subscriber).
+    pub log_level: Option<String>,
+    /// Changed settings that need a restart, as `listener[i].key`; their old values stay.
+    pub need_restart: Vec<String>,
+}
+
+/// Reloads the configuration while the broker runs.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// A reloader for one broker.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Reloader { shared }
+    }
+
+    /// Reads the configuration and its files again and puts them in force; on error nothing
+    /// changes.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let shared = &self.shared;
+        let old = shared.config.load_full();
+        let mut new = old.reread()?;
+        let need_restart = keep_running_listeners(&old, &mut new);
+        crate::memory::check(new.mqtt.memory_limit)?;
+        let policy = Policy::load(&new.auth)?;
+        let doors = new
+            .listener
+            .iter()
+            .map(Door::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Everything loaded: switch.
+        for (slot, door) in shared.doors.iter().zip(doors) {
+            slot.store(Arc::new(door));
+        }
+        shared.policy.store(Arc::new(policy));
+        shared.router.configure(&new);
+        let log_level = (new.log.level != old.log.level).then(|| new.log.level.clone());
+        shared.config.store(Arc::new(new));
+        shared.reloaded.notify_waiters();
+        Ok(Reloaded {
+            log_level,
+            need_restart,
+        })
+    }
+}
+
+/// Puts back, in `new`, the listener settings that only a restart can change, and names them.
+fn keep_running_listeners(old: &Config, new: &mut Config) -> Vec<String> {
+    if new.listener.len() != old.listener.len() {
+        new.listener = old.listener.clone();
+        return vec!["listener (number of listeners)".into()];
+    }
+    let mut changed = Vec::new();
+    for (i, (n, o)) in new.listener.iter_mut().zip(&old.listener).enumerate() {
+        let tls = |l: &ListenerConfig| l.certfile.is_some();
+        let mut differs = Vec::new();
+        if n.bind != o.bind {
+            differs.push("bind");
+        }
+        if n.protocol != o.protocol {
+            differs.push("protocol");
+        }
+        if n.max_connections != o.max_connections {
+            differs.push("max_connections");
+        }
+        if tls(n) != tls(o) {
+            differs.push("certfile");
+        }
+        if !differs.is_empty() {
+            changed.extend(differs.iter().map(|k| format!("listener[{i}].{k}")));
+            *n = o.clone();
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_addresses_and_protocols_stay_until_a_restart() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.listener[0].bind.set_port(1999);
+        new.listener[0].max_connections = 5;
+        let kept = keep_running_listeners(&old, &mut new);
+        assert_eq!(kept, ["listener[0].bind", "listener[0].max_connections"]);
+        assert_eq!(new.listener, old.listener);
+        let mut more = Config::default();
+        more.listener.push(ListenerConfig::default());
+        assert_eq!(keep_running_listeners(&old, &mut more).len(), 1);
+        assert_eq!(more.listener, old.listener);
+        let mut same = Config::default();
+        assert!(keep_running_listeners(&old, &mut same).is_empty());
+    }
+}
