@@ -54,7 +54,11 @@ pub fn acceptor(cfg: &ListenerConfig) -> Result<Option<TlsAcceptor>, TlsError> {
             }
             let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
             if let Some(crlfile) = &cfg.crlfile {
-                verifier = verifier.with_crls(read_crls(crlfile).map_err(err)?);
+                // As Mosquitto (X509_V_FLAG_CRL_CHECK): the client's own certificate is
+                // checked, and its issuer must have a CRL in the file.
+                verifier = verifier
+                    .with_crls(read_crls(crlfile).map_err(err)?)
+                    .only_check_end_entity_revocation();
             }
             let verifier = if cfg.require_certificate {
                 verifier.build()
