@@ -81,6 +81,15 @@ pub trait Acl: Send + Sync {
     fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool;
 }
 
+/// True if the client may publish to `topic`. `$SYS` belongs to the broker, as in Mosquitto:
+/// a client's PUBLISH there is acknowledged and dropped [MQTT-3.3.5-2].
+pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+    if topic == "$SYS" || topic.starts_with("$SYS/") {
+        return false;
+    }
+    acl.allowed(client_id, username, Access::Write, topic)
+}
+
 /// `[auth]` in force: anonymous access, the password file and the ACL file, if configured.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -151,6 +160,20 @@ impl Acl for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open() -> Policy {
+        Policy {
+            allow_anonymous: true,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn sys_is_read_only() {
+        assert!(!may_publish(&open(), "c", None, "$SYS/x"));
+        assert!(may_publish(&open(), "c", None, "$SYSTEM"));
+        assert!(may_publish(&open(), "c", None, "a"));
+    }
 
     fn creds<'a>(username: Option<&'a str>, password: Option<&'a [u8]>) -> Credentials<'a> {
         Credentials {

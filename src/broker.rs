@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 pub use crate::reload::Reloader;
 use crate::retain::RetainStore;
+use crate::mailbox::Mailbox;
 use crate::router::Router;
 
 /// Why the broker could not start.
@@ -48,12 +49,10 @@ pub struct Shared {
     /// The configuration in force, swapped whole on reload (SIGHUP). A session keeps the one
     /// it was made with; a connection reads it at each use.
     pub config: ArcSwap<Config>,
-    /// Each listener's TLS setup for new connections, in listener order; swapped on reload.
-    pub doors: Vec<ArcSwap<Door>>,
     /// Notified after every successful reload (the `$SYS` task re-reads its interval).
     pub reloaded: tokio::sync::Notify,
     /// Routes and retained messages.
-    pub router: Router,
+    pub router: Router<Mailbox>,
     /// Sessions by client id.
     pub registry: Registry,
     /// Counters.
@@ -66,11 +65,46 @@ pub struct Shared {
     pub tracker: TaskTracker,
 }
 
+impl crate::sys::SysSource for Shared {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn gauges(&self) -> crate::sys::Gauges {
+        crate::sys::Gauges {
+            clients_total: self.registry.len(),
+            retained: self.router.retain_store().len(),
+            subscriptions: self.router.filter_count(),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.load().sys.sys_interval
+    }
+
+    fn reloaded(&self) -> &tokio::sync::Notify {
+        &self.reloaded
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn publish(&self, msg: crate::message::Message) {
+        self.router.publish(Arc::new(msg));
+    }
+}
+
 /// A bound, not yet running broker.
 pub struct Broker {
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
+    /// Each listener's TLS setup for new connections, in listener order; swapped on reload.
+    doors: Doors,
 }
+
+/// Every listener's door, in listener order.
+pub type Doors = Arc<Vec<Arc<ArcSwap<Door>>>>;
 
 /// How long `run` waits for connections and sessions to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -82,7 +116,7 @@ impl Broker {
         let mut listeners = Vec::with_capacity(config.listener.len());
         let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
-            doors.push(ArcSwap::from_pointee(Door::new(l)?));
+            doors.push(Arc::new(ArcSwap::from_pointee(Door::new(l)?)));
             let socket = listen(l.bind).map_err(|source| StartError::Bind {
                 addr: l.bind,
                 source,
@@ -101,10 +135,13 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             config: ArcSwap::from_pointee(config),
-            doors,
             reloaded: tokio::sync::Notify::new(),
         });
-        Ok(Broker { shared, listeners })
+        Ok(Broker {
+            shared,
+            listeners,
+            doors: Arc::new(doors),
+        })
     }
 
     /// The addresses actually bound, in listener order (useful with port 0).
@@ -117,7 +154,7 @@ impl Broker {
 
     /// A handle that reloads the configuration (and the files it names) while the broker runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader::new(self.shared.clone())
+        Reloader::new(self.shared.clone(), self.doors.clone())
     }
 
     /// The broker's counters.
@@ -129,13 +166,14 @@ impl Broker {
     /// (at most a few seconds) for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        for (index, (socket, cfg)) in self.listeners.into_iter().enumerate() {
+        for ((socket, cfg), door) in self.listeners.into_iter().zip(self.doors.iter()) {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening");
             }
+            let door = door.clone();
             shared
                 .tracker
-                .spawn(listener::accept_loop(socket, cfg, index, shared.clone()));
+                .spawn(listener::accept_loop(socket, cfg, door, shared.clone()));
         }
         shared.tracker.spawn(crate::sys::run(shared.clone()));
         shutdown.await;

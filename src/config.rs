@@ -494,10 +494,10 @@ impl Config {
                 "must be between 1 and 65535 (an unlimited window is not allowed)".into(),
             ));
         }
-        if self.mqtt.max_topic_levels > crate::topic::MAX_LEVELS {
+        if self.mqtt.max_topic_levels > crate::message::MAX_TOPIC_LEVELS {
             return Err((
                 "mqtt.max_topic_levels",
-                format!("must be at most {}", crate::topic::MAX_LEVELS),
+                format!("must be at most {}", crate::message::MAX_TOPIC_LEVELS),
             ));
         }
         if !(1..=65_535).contains(&self.session.max_awaiting_rel) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -57,12 +58,11 @@ async fn try_accept(listener: &TcpListener) -> Option<std::io::Result<(TcpStream
     .await
 }
 
-/// Accepts sockets until shutdown; `index` is the listener's place in the configuration (and
-/// of its door in `Shared::doors`).
+/// Accepts sockets until shutdown, serving each with what `door` holds at that moment.
 pub async fn accept_loop(
     listener: TcpListener,
     cfg: ListenerConfig,
-    index: usize,
+    door: Arc<ArcSwap<Door>>,
     shared: Arc<Shared>,
 ) {
     let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
@@ -117,8 +117,8 @@ pub async fn accept_loop(
         let tracker = shared.tracker.clone();
         // Two separate spawns: one future holding both the plain and the TLS paths would make
         // every plain connection's task as large as a TLS one (rustls state is kilobytes).
-        let door = shared.doors.get(index).map(|d| d.load_full());
-        match door.as_ref().and_then(|d| d.tls.clone()) {
+        let door = door.load_full();
+        match door.tls.clone() {
             None => {
                 tracker.spawn(connection::serve(
                     socket,
@@ -129,7 +129,7 @@ pub async fn accept_loop(
                 ));
             }
             Some(acceptor) => {
-                let use_identity = door.is_some_and(|d| d.use_identity_as_username);
+                let use_identity = door.use_identity_as_username;
                 tracker.spawn(async move {
                     // The handshake runs here, in the connection's own task, under connect_timeout.
                     let deadline = shared.config.load().mqtt.connect_timeout;

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::backlog::Backlog;
 use crate::message::ConnId;
+use crate::router::{Delivery, Inbox, Offered};
 use crate::session::{Kick, SessionCmd};
 
 /// Why a command was not queued; it is handed back.
@@ -297,6 +298,25 @@ pub(crate) fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 
 /// A waker that records being woken, and the flag it sets: for tests of who wakes whom that
 /// poll by hand instead of hoping a spawned task got there first.
+/// The router's way into a session: counted in the backlog before it is queued, so the
+/// session cannot take it off first (see `backlog.rs`), whether or not anyone waits for it.
+impl Inbox for Mailbox {
+    fn offer(&self, delivery: Delivery) -> Offered {
+        let backlog = self.backlog();
+        let congested = backlog.added();
+        match self.try_send(SessionCmd::Deliver(delivery)) {
+            Ok(()) => Offered::Taken { congested },
+            Err(e) => {
+                backlog.not_added();
+                match e {
+                    TrySendError::Full(_) => Offered::Full,
+                    TrySendError::Closed(_) | TrySendError::Superseded(_) => Offered::Gone,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn flag_waker() -> (Waker, Arc<std::sync::atomic::AtomicBool>) {
     struct Flag(Arc<std::sync::atomic::AtomicBool>);

@@ -5,6 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+/// Most levels in any topic name or filter the broker accepts, whatever `max_topic_levels`
+/// says: the retained tree and the subscription trie are walked (and dropped) by recursion,
+/// one call per level, and this keeps that far inside a worker thread's stack.
+pub const MAX_TOPIC_LEVELS: usize = 1024;
+
 /// Quality of service of a PUBLISH or a subscription; ordered so `min` downgrades.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]

@@ -144,12 +144,12 @@ impl Metrics {
     }
 
     /// Counts a retained message the store's limits refused, and logs it (rate-limited).
-    pub fn retained_refused(&self, topic: &str, outcome: crate::retain::RetainOutcome) {
+    pub fn retained_refused(&self, topic: &str, outcome: &str) {
         Metrics::incr(&self.retained_refused);
         if self.may_warn() {
             tracing::warn!(
                 topic,
-                ?outcome,
+                outcome,
                 refused = self.retained_refused.load(Ordering::Relaxed),
                 "retained message not stored (the message is still delivered live)"
             );

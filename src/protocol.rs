@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::auth::{Access, Acl, Authenticator, Credentials, Policy};
+use crate::auth::{may_publish, Acl, Authenticator, Credentials, Policy};
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
 use crate::keepalive::KeepAlive;
@@ -182,14 +182,6 @@ pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError>
     Ok(())
 }
 
-/// True if the client may publish to `topic`. `$SYS` belongs to the broker, as in Mosquitto:
-/// a client's PUBLISH there is acknowledged and dropped [MQTT-3.3.5-2].
-pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-    if topic == "$SYS" || topic.starts_with("$SYS/") {
-        return false;
-    }
-    acl.allowed(client_id, username, Access::Write, topic)
-}
 
 /// The QoS granted for each requested filter, `None` for 0x80: an invalid filter, or one
 /// under which the ACL lets the client read nothing [MQTT-3.8.4-5], [MQTT-3.9.3-1].
@@ -366,12 +358,5 @@ mod tests {
             codes,
             [Some(QoS::AtLeastOnce), None, Some(QoS::ExactlyOnce), None]
         );
-    }
-
-    #[test]
-    fn sys_is_read_only() {
-        assert!(!may_publish(&OPEN, "c", None, "$SYS/x"));
-        assert!(may_publish(&OPEN, "c", None, "$SYSTEM"));
-        assert!(may_publish(&OPEN, "c", None, "a"));
     }
 }

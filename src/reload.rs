@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::auth::{AuthError, Policy};
-use crate::broker::Shared;
+use crate::broker::{Doors, Shared};
 use crate::config::{Config, ListenerConfig, LoadError};
 use crate::listener::Door;
 use crate::tls::TlsError;
@@ -42,12 +42,13 @@ pub struct Reloaded {
 #[derive(Clone)]
 pub struct Reloader {
     shared: Arc<Shared>,
+    doors: Doors,
 }
 
 impl Reloader {
-    /// A reloader for one broker.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Reloader { shared }
+    /// A reloader for one broker and its listeners' doors.
+    pub fn new(shared: Arc<Shared>, doors: Doors) -> Self {
+        Reloader { shared, doors }
     }
 
     /// Reads the configuration and its files again and puts them in force; on error nothing
@@ -65,7 +66,7 @@ impl Reloader {
             .map(Door::new)
             .collect::<Result<Vec<_>, _>>()?;
         // Everything loaded: switch.
-        for (slot, door) in shared.doors.iter().zip(doors) {
+        for (slot, door) in self.doors.iter().zip(doors) {
             slot.store(Arc::new(door));
         }
         shared.policy.store(Arc::new(policy));

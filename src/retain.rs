@@ -38,6 +38,19 @@ pub enum RetainOutcome {
     PayloadTooLarge,
 }
 
+impl RetainOutcome {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetainOutcome::Stored => "stored",
+            RetainOutcome::Deleted => "deleted",
+            RetainOutcome::StoreFull => "max_retained_messages",
+            RetainOutcome::BytesFull => "max_retained_bytes",
+            RetainOutcome::PayloadTooLarge => "retained_payload_limit",
+        }
+    }
+}
+
 /// What a retained PUBLISH does to its topic, decided before the store is locked.
 enum Change {
     /// Remove the topic's message, with this outcome (an empty payload, or one too large).

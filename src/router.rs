@@ -21,11 +21,9 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use crate::config::Config;
-use crate::mailbox::{Mailbox, TrySendError};
 use crate::message::{ClientId, Message, Publisher, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::{RetainOutcome, RetainStore, Retained};
-use crate::session::SessionCmd;
 use crate::topic;
 use crate::trie::Trie;
 
@@ -38,9 +36,32 @@ pub struct Delivery {
     pub qos: QoS,
 }
 
+/// Where the router hands a delivery, without waiting: a session's mailbox
+/// (`sessions::Mailbox`). The router is generic over it, so it knows nothing of sessions and
+/// a delivery is a direct call.
+pub trait Inbox: Send + Sync + 'static {
+    /// Offers one delivery.
+    fn offer(&self, delivery: Delivery) -> Offered;
+}
+
+/// What an `Inbox` did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Taken; `congested` if the receiver's backlog is now past its mark (see `backlog.rs`),
+    /// so the publisher should wait for it.
+    Taken {
+        /// The receiver is congested.
+        congested: bool,
+    },
+    /// Full: the delivery is dropped (and counted as `mailbox_full`).
+    Full,
+    /// The receiver is ending; its routes are about to go.
+    Gone,
+}
+
 /// One session's subscription to one filter.
-#[derive(Debug, Clone)]
-pub struct Route {
+#[derive(Debug)]
+pub struct Route<I> {
     /// The subscribing session; a filter has at most one route per session.
     pub session: SessionId,
     /// Its client id, for drop logs.
@@ -48,10 +69,21 @@ pub struct Route {
     /// Granted QoS.
     pub qos: QoS,
     /// The session's mailbox, with its backlog gauge for publisher backpressure.
-    pub mailbox: Arc<Mailbox>,
+    pub mailbox: Arc<I>,
 }
 
-type Routes = Arc<Vec<Route>>;
+impl<I> Clone for Route<I> {
+    fn clone(&self) -> Self {
+        Route {
+            session: self.session,
+            client_id: self.client_id.clone(),
+            qos: self.qos,
+            mailbox: self.mailbox.clone(),
+        }
+    }
+}
+
+type Routes<I> = Arc<Vec<Route<I>>>;
 
 /// What a publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +94,11 @@ pub struct Published {
     pub dropped: usize,
 }
 
-/// Routes and retained messages, shared by every connection and session.
-pub struct Router {
-    exact: DashMap<Bytes, Routes>,
-    wild: RwLock<Trie<Routes>>,
+/// Routes and retained messages, shared by every connection and session; `I` is where a
+/// route delivers.
+pub struct Router<I> {
+    exact: DashMap<Bytes, Routes<I>>,
+    wild: RwLock<Trie<Routes<I>>>,
     /// Lets a publish skip the trie lock while there is no wildcard subscription.
     wild_count: AtomicUsize,
     retain: RetainStore,
@@ -74,7 +107,7 @@ pub struct Router {
 }
 
 /// Adds `route` to `list`, or replaces the session's route there.
-fn add_route(list: &mut Routes, route: Route) {
+fn add_route<I>(list: &mut Routes<I>, route: Route<I>) {
     let at = list.binary_search_by_key(&route.session, |r| r.session);
     let list = Arc::make_mut(list);
     match at {
@@ -84,7 +117,7 @@ fn add_route(list: &mut Routes, route: Route) {
 }
 
 /// Removes `session`'s route from `list`; true if it had one.
-fn remove_route(list: &mut Routes, session: SessionId) -> bool {
+fn remove_route<I>(list: &mut Routes<I>, session: SessionId) -> bool {
     match list.binary_search_by_key(&session, |r| r.session) {
         Ok(i) => {
             Arc::make_mut(list).remove(i);
@@ -95,9 +128,9 @@ fn remove_route(list: &mut Routes, session: SessionId) -> bool {
 }
 
 /// What a topic matched: the exact filter's routes and each matching wildcard filter's.
-struct Matched {
-    exact: Option<Routes>,
-    wild: Vec<Routes>,
+struct Matched<I> {
+    exact: Option<Routes<I>>,
+    wild: Vec<Routes<I>>,
 }
 
 /// Retained messages a subscribe found, at most the limit it was given.
@@ -109,7 +142,7 @@ pub struct RetainedBatch {
     pub more: bool,
 }
 
-impl Router {
+impl<I: Inbox> Router<I> {
     /// An empty router.
     pub fn new(retain: RetainStore, metrics: Arc<Metrics>) -> Self {
         Router {
@@ -137,14 +170,14 @@ impl Router {
 
     /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3],
     /// then reads at most `retained_limit` retained messages matching it (see the module doc).
-    pub fn subscribe(&self, filter: &str, route: Route, retained_limit: usize) -> RetainedBatch {
+    pub fn subscribe(&self, filter: &str, route: Route<I>, retained_limit: usize) -> RetainedBatch {
         let (messages, more) = self
             .retain
             .subscribe_then(filter, retained_limit, || self.add(filter, route));
         RetainedBatch { messages, more }
     }
 
-    fn add(&self, filter: &str, route: Route) {
+    fn add(&self, filter: &str, route: Route<I>) {
         if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
             add_route(trie.get_or_insert_with(filter, Routes::default), route);
@@ -205,14 +238,14 @@ impl Router {
         &self,
         msg: Arc<Message>,
         from: Option<&Arc<Publisher>>,
-        congested: Option<&mut Vec<Arc<Mailbox>>>,
+        congested: Option<&mut Vec<Arc<I>>>,
     ) -> Published {
         let matched = if msg.retain {
             let (outcome, matched) = self
                 .retain
                 .set_then(&msg, from, || self.matched(&msg.topic));
             if !matches!(outcome, RetainOutcome::Stored | RetainOutcome::Deleted) {
-                self.metrics.retained_refused(msg.topic_str(), outcome);
+                self.metrics.retained_refused(msg.topic_str(), outcome.as_str());
             }
             matched
         } else {
@@ -226,7 +259,7 @@ impl Router {
             (None, 1) => self.fan_out(&msg, wild[0].iter(), &mut out, congested),
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
-                let mut all: Vec<&Route> = exact
+                let mut all: Vec<&Route<I>> = exact
                     .iter()
                     .chain(wild.iter())
                     .flat_map(|l| l.iter())
@@ -240,7 +273,7 @@ impl Router {
     }
 
     #[inline]
-    fn matched(&self, topic: &[u8]) -> Matched {
+    fn matched(&self, topic: &[u8]) -> Matched<I> {
         let exact = self.exact.get(topic).map(|e| e.value().clone());
         let mut wild = Vec::new();
         if self.wild_count.load(Ordering::Acquire) > 0 {
@@ -254,9 +287,9 @@ impl Router {
     fn fan_out<'a>(
         &self,
         msg: &Arc<Message>,
-        routes: impl Iterator<Item = &'a Route>,
+        routes: impl Iterator<Item = &'a Route<I>>,
         out: &mut Published,
-        mut congested: Option<&mut Vec<Arc<Mailbox>>>,
+        mut congested: Option<&mut Vec<Arc<I>>>,
     ) {
         let upgrade = self.upgrade_outgoing_qos.load(Ordering::Relaxed);
         for route in routes {
@@ -265,24 +298,20 @@ impl Router {
             } else {
                 msg.qos.min(route.qos)
             };
-            // Counted before it is queued, so the session cannot take it off first (see
-            // `backlog.rs`), and whether or not anyone waits for it.
-            let backlog = route.mailbox.backlog();
-            let congested_now = backlog.added();
-            match route.mailbox.try_send(SessionCmd::Deliver(Delivery {
+            let delivery = Delivery {
                 msg: msg.clone(),
                 qos,
-            })) {
-                Ok(()) => {
+            };
+            match route.mailbox.offer(delivery) {
+                Offered::Taken { congested: now } => {
                     out.delivered += 1;
-                    if congested_now {
+                    if now {
                         if let Some(c) = congested.as_deref_mut() {
                             c.push(route.mailbox.clone());
                         }
                     }
                 }
-                Err(TrySendError::Full(_)) => {
-                    backlog.not_added();
+                Offered::Full => {
                     out.dropped += 1;
                     self.metrics.dropped(
                         DropReason::MailboxFull,
@@ -290,8 +319,7 @@ impl Router {
                         msg.topic_str(),
                     );
                 }
-                // The session is ending; its routes are about to go.
-                Err(TrySendError::Closed(_) | TrySendError::Superseded(_)) => backlog.not_added(),
+                Offered::Gone => {}
             }
         }
     }
@@ -300,13 +328,34 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
 
-    fn router() -> Router {
+    /// An inbox of `cap` deliveries.
+    struct TestInbox {
+        cap: usize,
+        got: Mutex<std::collections::VecDeque<Delivery>>,
+    }
+
+    impl Inbox for TestInbox {
+        fn offer(&self, delivery: Delivery) -> Offered {
+            let mut got = self.got.lock();
+            if got.len() >= self.cap {
+                return Offered::Full;
+            }
+            got.push_back(delivery);
+            Offered::Taken { congested: false }
+        }
+    }
+
+    fn router() -> Router<TestInbox> {
         Router::new(RetainStore::default(), Arc::new(Metrics::default()))
     }
 
-    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route, Arc<Mailbox>) {
-        let mailbox = Arc::new(Mailbox::new(cap, 1000, 0));
+    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route<TestInbox>, Arc<TestInbox>) {
+        let mailbox = Arc::new(TestInbox {
+            cap,
+            got: Mutex::default(),
+        });
         (
             Route {
                 session,
@@ -318,12 +367,9 @@ mod tests {
         )
     }
 
-    /// The next delivery in a session mailbox.
-    fn next(rx: &Mailbox) -> Option<Delivery> {
-        match rx.try_recv() {
-            Some(SessionCmd::Deliver(d)) => Some(d),
-            _ => None,
-        }
+    /// The next delivery in an inbox.
+    fn next(rx: &TestInbox) -> Option<Delivery> {
+        rx.got.lock().pop_front()
     }
 
     fn msg(topic: &str, qos: QoS) -> Arc<Message> {
@@ -406,7 +452,7 @@ mod tests {
     #[test]
     fn full_mailbox_is_counted_not_blocking() {
         let metrics = Arc::new(Metrics::default());
-        let r = Router::new(RetainStore::default(), metrics.clone());
+        let r: Router<TestInbox> = Router::new(RetainStore::default(), metrics.clone());
         let (a, _rx) = route(1, QoS::AtMostOnce, 1);
         let (b, rxb) = route(2, QoS::AtMostOnce, 8);
         r.subscribe("t", a, 0);

@@ -3,10 +3,7 @@
 //! UTF-8 and U+0000 are checked by the codec; here are the structural rules. Matching is byte
 //! for byte with no normalisation [MQTT-4.7.3-4].
 
-/// Most levels in any topic name or filter the broker accepts, whatever `max_topic_levels`
-/// says: the retained tree and the subscription trie are walked (and dropped) by recursion,
-/// one call per level, and this keeps that far inside a worker thread's stack.
-pub const MAX_LEVELS: usize = 1024;
+pub use crate::message::MAX_TOPIC_LEVELS as MAX_LEVELS;
 
 /// True if `topic` has more than `max` levels; `max` 0 (no configured limit) and anything
 /// above `MAX_LEVELS` mean `MAX_LEVELS`.

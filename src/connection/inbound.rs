@@ -102,7 +102,7 @@ impl<S: Transport> Connection<S> {
                     metrics.publish_dropped(counter, &acc.client_id, topic, "message_size_limit");
                     false
                 } else {
-                    let allowed = protocol::may_publish(
+                    let allowed = crate::auth::may_publish(
                         self.shared.policy.load().as_ref(),
                         &acc.client_id,
                         acc.username.as_deref(),

@@ -31,101 +31,16 @@ use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqueue::Queued;
 use crate::outbound::{Closed, OutboundTx};
-use crate::protocol;
 use crate::registry::SessionHandle;
 use crate::retain::Retained;
-use crate::router::{Delivery, Route};
+use crate::router::Route;
 
+mod commands;
 mod pending;
 
+pub use commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
+
 use pending::Pending;
-
-/// Commands from a connection to its session.
-#[derive(Debug)]
-pub enum SessionCmd {
-    /// A connection takes the session over; any earlier connection is kicked. Boxed, like
-    /// the other large variants, to keep every mailbox slot small. (There is no Detach: the
-    /// session sees its connection go when the connection's end of the link is dropped.)
-    Attach(Box<Attach>),
-    /// SUBSCRIBE, already checked: `None` marks a refused filter (SUBACK 0x80).
-    Subscribe {
-        /// SUBSCRIBE packet id.
-        pkid: u16,
-        /// Filters in request order with the QoS to grant.
-        filters: Box<[(String, Option<QoS>)]>,
-    },
-    /// UNSUBSCRIBE.
-    Unsubscribe {
-        /// UNSUBSCRIBE packet id.
-        pkid: u16,
-        /// Filters to remove.
-        filters: Box<[String]>,
-    },
-    /// PUBACK from the client for one of our QoS 1 deliveries.
-    PubAck(u16),
-    /// PUBREC from the client for one of our QoS 2 deliveries.
-    PubRec(u16),
-    /// PUBCOMP from the client.
-    PubComp(u16),
-    /// A message from the router (publishers `try_send` it; a full mailbox is a counted drop).
-    Deliver(Delivery),
-}
-
-/// Why a connection is told to close by its session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// Another connection with the same client id took the session [MQTT-3.1.4-2].
-    TakenOver,
-    /// The session was discarded by a clean-session CONNECT elsewhere.
-    Discarded,
-    /// The broker is shutting down.
-    Shutdown,
-}
-
-/// What an `Attach` command carries.
-#[derive(Debug)]
-pub struct Attach {
-    /// How to reach the new connection.
-    pub link: ConnLink,
-    /// Answered just before the link is stored and the resends are queued in it; the
-    /// connection writes CONNACK first and only then takes from the link. Not answered if
-    /// the connection had given up waiting.
-    pub reply: oneshot::Sender<()>,
-}
-
-/// What the session sends to its connection, the socket's only writer. Kept to 16 bytes:
-/// every connection's outbound mailbox allocates slots for it up front.
-#[derive(Debug)]
-pub enum Outbound {
-    /// SUBACK or UNSUBACK (rare, so boxed).
-    Packet(Box<Packet>),
-    /// PUBREL for an outbound QoS 2 flow.
-    PubRel(u16),
-    /// A PUBLISH of a shared message.
-    Publish {
-        /// The message.
-        msg: Arc<Message>,
-        /// Delivery QoS.
-        qos: QoS,
-        /// Packet id, for QoS 1/2.
-        pkid: Option<u16>,
-        /// DUP flag: set only on a resend [MQTT-3.3.1-1].
-        dup: bool,
-        /// RETAIN flag: set only for retained-on-subscribe [MQTT-3.3.1-8, MQTT-3.3.1-9].
-        retain: bool,
-    },
-}
-
-/// A session's way to its current connection.
-#[derive(Debug)]
-pub struct ConnLink {
-    /// The connection's id, for the mailbox's fence (see `mailbox.rs`).
-    pub conn: ConnId,
-    /// The user name the connection authenticated as, for ACL checks on deliveries.
-    pub username: Option<Arc<str>>,
-    /// The connection's outbound queue, and the way to make it close.
-    pub outbound: OutboundTx,
-}
 
 /// The current connection, as the session keeps it.
 struct Linked {
@@ -411,7 +326,7 @@ impl Session {
                 // `check_retain_source`: only while its publisher may still publish it.
                 if let (Some(policy), Some(from)) = (&policy, &from) {
                     let (id, user) = (&from.client_id, from.username.as_deref());
-                    if !protocol::may_publish(policy.as_ref(), id, user, msg.topic_str()) {
+                    if !crate::auth::may_publish(policy.as_ref(), id, user, msg.topic_str()) {
                         Metrics::incr(&self.shared.metrics.acl_denied);
                         continue;
                     }
