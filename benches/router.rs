@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tern::mailbox::Mailbox;
 use tern::message::{Message, QoS};
-use tern::metrics::Metrics;
-use tern::retain::RetainStore;
-use tern::router::{Route, Router};
+use tern::observability::metrics::Metrics;
+use tern::routing::retain::RetainStore;
+use tern::routing::router::{Route, Router};
+use tern::sessions::mailbox::Mailbox;
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_fanout");

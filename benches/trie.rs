@@ -1,7 +1,7 @@
 //! Wildcard-trie matching with 10, 10,000 and 1,000,000 filters (exact levels, `+` and `#`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tern::trie::Trie;
+use tern::routing::trie::Trie;
 
 /// Filters like `site/7/+/temp`, `site/7/dev3/#` and `site/+/dev3/temp`.
 fn filters(n: usize) -> Vec<String> {

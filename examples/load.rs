@@ -115,7 +115,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     // A descriptor table that doubles mid-run stalls every socket call for an RCU grace period
     // (~10 ms each time, 60-100 ms over 15,000 connects): grown once here, before measuring.
-    tern::fds::reserve(tern::fds::MAX_RESERVED)?;
+    tern::door::fds::reserve(tern::door::fds::MAX_RESERVED)?;
     now_ns();
     let broker = SocketAddr::new(IpAddr::V4(args.host), args.port);
     let deadline = Duration::from_secs(args.timeout);

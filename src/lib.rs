@@ -34,31 +34,15 @@
 //! integration tests both use.
 
 pub mod auth;
-pub mod backlog;
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod config;
-pub mod connection;
-pub mod fds;
-pub mod inflight;
-pub mod keepalive;
-pub mod listener;
-pub mod mailbox;
-pub mod memory;
+pub mod door;
 pub mod message;
-pub mod metrics;
-pub mod mqueue;
-pub mod outbound;
-pub mod protocol;
-pub mod registry;
-pub mod reload;
-pub mod retain;
-pub mod router;
-pub mod session;
-pub mod sys;
-pub mod tls;
-pub mod topic;
-pub mod trie;
+pub mod observability;
+pub mod routing;
+pub mod sessions;
 
 pub use broker::{Broker, StartError};
 pub use config::Config;

@@ -106,7 +106,7 @@ fn passwd(command: Command) -> ExitCode {
 
 /// Counts the heap for `[mqtt] memory_limit`.
 #[global_allocator]
-static ALLOCATOR: tern::memory::Counting = tern::memory::Counting;
+static ALLOCATOR: tern::observability::memory::Counting = tern::observability::memory::Counting;
 
 /// Exit status for a configuration problem.
 const CONFIG_ERROR: u8 = 2;
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
         for listener in &config.listener {
-            if let Err(e) = tern::tls::acceptor(listener) {
+            if let Err(e) = tern::door::tls::acceptor(listener) {
                 eprintln!("tern: config error: {e}");
                 return ExitCode::from(CONFIG_ERROR);
             }
@@ -210,7 +210,7 @@ fn main() -> ExitCode {
 }
 
 /// Grows the descriptor table for every connection the listeners may hold (all of
-/// `tern::fds::MAX_RESERVED` if any listener is unlimited), while this is the only thread.
+/// `tern::door::fds::MAX_RESERVED` if any listener is unlimited), while this is the only thread.
 fn reserve_descriptors(config: &Config) {
     // Listening sockets, the runtime's own descriptors, log files.
     const HEADROOM: usize = 64;
@@ -218,11 +218,11 @@ fn reserve_descriptors(config: &Config) {
         .listener
         .iter()
         .map(|l| match l.max_connections {
-            0 => tern::fds::MAX_RESERVED,
+            0 => tern::door::fds::MAX_RESERVED,
             n => n,
         })
         .fold(HEADROOM, usize::saturating_add);
-    match tern::fds::reserve(wanted) {
+    match tern::door::fds::reserve(wanted) {
         Ok(n) => tracing::debug!(slots = n, "descriptor table reserved"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot reserve the descriptor table; it grows as needed")

@@ -198,7 +198,7 @@ async fn will_topics_obey_the_topic_level_limits() {
         assert_eq!(b.metrics.snapshot().protocol_errors, 1, "max {max}");
         // Even with "no limit", 1,024 levels is the most any topic may have; that many is fine.
         if max == 0 {
-            let cap = vec!["a"; tern::topic::MAX_LEVELS].join("/");
+            let cap = vec!["a"; tern::routing::topic::MAX_LEVELS].join("/");
             let (mut live, _) = Raw::connect(b.addr, "live", true, 60).await;
             live.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
             let mut raw = Raw::open(b.addr).await;

@@ -13,7 +13,7 @@ use tern::codec::{
     self, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, Publish, SubAckCode, Subscribe,
 };
 use tern::message::QoS;
-use tern::metrics::Metrics;
+use tern::observability::metrics::Metrics;
 use tern::{Broker, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

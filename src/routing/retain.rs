@@ -413,7 +413,7 @@ mod tests {
             .stack_size(2 << 20)
             .spawn(|| {
                 let s = RetainStore::new(0, 0, 0);
-                let topic = vec!["a"; crate::topic::MAX_LEVELS].join("/");
+                let topic = vec!["a"; crate::routing::topic::MAX_LEVELS].join("/");
                 assert_eq!(s.set(&msg(&topic, "x")), RetainOutcome::Stored);
                 assert_eq!(s.matching("#").len(), 1);
                 assert_eq!(s.matching(&format!("{topic}/#")).len(), 1);

@@ -1,5 +1,10 @@
-//! The broker: binds the listeners, owns the shared router, registry and metrics, and runs
-//! until told to stop.
+//! The top: `Broker` binds the listeners, makes the state every task shares, spawns the
+//! accept loops and the `$SYS` task, and runs until told to stop; `reload` puts a re-read
+//! configuration in force. Nothing below imports this folder.
+
+pub mod reload;
+
+pub use reload::Reloader;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,13 +19,12 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{AuthError, Policy};
 use crate::config::{Config, ListenerConfig};
-use crate::listener::{self, Door};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-pub use crate::reload::Reloader;
-use crate::retain::RetainStore;
-use crate::mailbox::Mailbox;
-use crate::router::Router;
+use crate::door::listener::{self, Door};
+use crate::observability::metrics::Metrics;
+use crate::routing::retain::RetainStore;
+use crate::routing::router::Router;
+use crate::sessions::registry::Registry;
+use crate::sessions::Shared;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,61 +42,10 @@ pub enum StartError {
     Auth(AuthError),
     /// A TLS listener's certificate, key or CA file cannot be used.
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::door::tls::TlsError),
     /// `memory_limit` is set but this program does not count its heap.
     #[error("{0}")]
-    Memory(#[from] crate::memory::NotCounting),
-}
-
-/// State shared by every task of one broker.
-pub struct Shared {
-    /// The configuration in force, swapped whole on reload (SIGHUP). A session keeps the one
-    /// it was made with; a connection reads it at each use.
-    pub config: ArcSwap<Config>,
-    /// Notified after every successful reload (the `$SYS` task re-reads its interval).
-    pub reloaded: tokio::sync::Notify,
-    /// Routes and retained messages.
-    pub router: Router<Mailbox>,
-    /// Sessions by client id.
-    pub registry: Registry,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Who may connect and which topics they may use; swapped whole on reload (SIGHUP).
-    pub policy: ArcSwap<Policy>,
-    /// Cancelled on shutdown (then every session is discarded, and kicks its connection).
-    pub shutdown: CancellationToken,
-    /// Every listener, connection and session task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
-
-impl crate::sys::SysSource for Shared {
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    fn gauges(&self) -> crate::sys::Gauges {
-        crate::sys::Gauges {
-            clients_total: self.registry.len(),
-            retained: self.router.retain_store().len(),
-            subscriptions: self.router.filter_count(),
-        }
-    }
-
-    fn interval(&self) -> Duration {
-        self.config.load().sys.sys_interval
-    }
-
-    fn reloaded(&self) -> &tokio::sync::Notify {
-        &self.reloaded
-    }
-
-    fn shutdown(&self) -> &CancellationToken {
-        &self.shutdown
-    }
-
-    fn publish(&self, msg: crate::message::Message) {
-        self.router.publish(Arc::new(msg));
-    }
+    Memory(#[from] crate::observability::memory::NotCounting),
 }
 
 /// A bound, not yet running broker.
@@ -112,7 +65,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl Broker {
     /// Binds every configured listener.
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
-        crate::memory::check(config.mqtt.memory_limit)?;
+        crate::observability::memory::check(config.mqtt.memory_limit)?;
         let mut listeners = Vec::with_capacity(config.listener.len());
         let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
@@ -175,7 +128,9 @@ impl Broker {
                 .tracker
                 .spawn(listener::accept_loop(socket, cfg, door, shared.clone()));
         }
-        shared.tracker.spawn(crate::sys::run(shared.clone()));
+        shared
+            .tracker
+            .spawn(crate::observability::sys::run(shared.clone()));
         shutdown.await;
         tracing::info!("shutting down");
         shared.shutdown.cancel();

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use tracing::{debug, trace};
 
 use super::{Client, CloseReason, Connection, Flow, Transport};
+use crate::client::protocol::{self, ProtocolError};
 use crate::codec::{self, Packet};
 use crate::message::{Message, Publisher, QoS};
-use crate::metrics::Metrics;
-use crate::protocol::{self, ProtocolError};
-use crate::session::{Outbound, SessionCmd};
+use crate::observability::metrics::Metrics;
+use crate::sessions::{Outbound, SessionCmd};
 
 impl<S: Transport> Connection<S> {
     /// Publishes through the router, noting congested subscribers when backpressure is on.
@@ -87,7 +87,8 @@ impl<S: Transport> Connection<S> {
                 protocol::check_publish(&p, &config.mqtt)?;
                 let acc = &client.accepted;
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
-                if config.mqtt.memory_limit > 0 && crate::memory::used() > config.mqtt.memory_limit
+                if config.mqtt.memory_limit > 0
+                    && crate::observability::memory::used() > config.mqtt.memory_limit
                 {
                     // Nothing is acknowledged that the broker has no room for: the client goes
                     // (and may come back when there is room), what was acknowledged stays.

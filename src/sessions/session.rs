@@ -4,8 +4,7 @@
 //!
 //! It never awaits a send to its connection: it fills the outbound queue while there is room
 //! (`OutboundTx::fill`), and only when the queue is full does it wait for room as one source
-//! among the others, so it keeps draining control commands and deliveries (ARCHITECTURE.md
-//! section 5).
+//! among the others, so it keeps draining control commands and deliveries.
 //!
 //! An idle session is a parked task that is just this struct (`Actor`, a hand-written
 //! future): it waits by polling its mailbox and link directly, which keep its waker, instead of
@@ -22,25 +21,21 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Access, Acl};
-use crate::broker::Shared;
 use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::config::Config;
-use crate::inflight::Flight;
-use crate::mailbox::{Mailbox, Received};
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
-use crate::metrics::{DropReason, Metrics};
-use crate::mqueue::Queued;
-use crate::outbound::{Closed, OutboundTx};
-use crate::registry::SessionHandle;
-use crate::retain::Retained;
-use crate::router::Route;
+use crate::observability::metrics::{DropReason, Metrics};
+use crate::routing::retain::Retained;
+use crate::routing::router::Route;
+use crate::sessions::inflight::Flight;
+use crate::sessions::mailbox::{Mailbox, Received};
+use crate::sessions::mqueue::Queued;
+use crate::sessions::outbound::{Closed, OutboundTx};
+use crate::sessions::registry::SessionHandle;
+use crate::sessions::Shared;
 
-mod commands;
-mod pending;
-
-pub use commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
-
-use pending::Pending;
+use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
+use super::pending::Pending;
 
 /// The current connection, as the session keeps it.
 struct Linked {

@@ -22,10 +22,10 @@ use parking_lot::RwLock;
 
 use crate::config::Config;
 use crate::message::{ClientId, Message, Publisher, QoS, SessionId};
-use crate::metrics::{DropReason, Metrics};
-use crate::retain::{RetainOutcome, RetainStore, Retained};
-use crate::topic;
-use crate::trie::Trie;
+use crate::observability::metrics::{DropReason, Metrics};
+use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
+use crate::routing::topic;
+use crate::routing::trie::Trie;
 
 /// A message on its way from the router to one session, at the QoS it is owed.
 #[derive(Debug, Clone)]
@@ -245,7 +245,8 @@ impl<I: Inbox> Router<I> {
                 .retain
                 .set_then(&msg, from, || self.matched(&msg.topic));
             if !matches!(outcome, RetainOutcome::Stored | RetainOutcome::Deleted) {
-                self.metrics.retained_refused(msg.topic_str(), outcome.as_str());
+                self.metrics
+                    .retained_refused(msg.topic_str(), outcome.as_str());
             }
             matched
         } else {

@@ -8,11 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::auth::{may_publish, Acl, Authenticator, Credentials, Policy};
+use crate::client::keepalive::KeepAlive;
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
-use crate::keepalive::KeepAlive;
 use crate::message::{ClientId, Message, QoS};
-use crate::topic;
+use crate::routing::topic;
 
 /// A protocol violation: the connection is closed without an answer [MQTT-4.8.0-1].
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -181,7 +181,6 @@ pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError>
     }
     Ok(())
 }
-
 
 /// The QoS granted for each requested filter, `None` for 0x80: an invalid filter, or one
 /// under which the ACL lets the client read nothing [MQTT-3.8.4-5], [MQTT-3.9.3-1].

@@ -1,6 +1,10 @@
-//! The connection task: one per socket. It owns the socket (its only reader and writer),
-//! decodes frames, applies protocol checks, publishes through the router, hands session work
-//! to the session actor, keeps the will, and enforces keepalive.
+//! The client layer: the connection task, one per socket, and the protocol rules it applies.
+//! It sits under the door (which spawns it) and over the sessions (which it talks to through
+//! the session's mailbox and the outbound link) and the router (which it publishes through).
+//!
+//! The task owns the socket (its only reader and writer), decodes frames, applies protocol
+//! checks, publishes through the router, hands session work to the session actor, keeps the
+//! will, and enforces keepalive.
 //!
 //! Once connected, the task (`ConnTask`, a hand-written future) polls the socket, the link
 //! from the session and the keepalive timer directly; everything rare (the handshake, a wait
@@ -10,6 +14,8 @@
 //! - `handshake`: CONNECT to CONNACK.
 //! - `inbound`: one packet from the client.
 //! - `serving`: the connected loop: which source is polled when, keepalive, backpressure.
+//! - `protocol`: the CONNECT, PUBLISH and SUBSCRIBE rules, with no IO.
+//! - `keepalive`: the 1.5 x keepalive rule.
 
 use std::future::Future;
 use std::io;
@@ -27,19 +33,21 @@ use tracing::Instrument;
 
 mod handshake;
 mod inbound;
+pub mod keepalive;
+pub mod protocol;
 mod serving;
 
 use serving::Connected;
 
-use crate::broker::Shared;
+use crate::client::protocol::{Accepted, Identity, ProtocolError};
 use crate::codec::{ConnectReturnCode, DecodeError};
-use crate::mailbox::Mailbox;
 use crate::message::Publisher;
 use crate::message::{next_id, ConnId};
-use crate::outbound::OutboundRx;
-use crate::protocol::{Accepted, Identity, ProtocolError};
-use crate::registry::SessionHandle;
-use crate::session::SessionCmd;
+use crate::sessions::mailbox::Mailbox;
+use crate::sessions::outbound::OutboundRx;
+use crate::sessions::registry::SessionHandle;
+use crate::sessions::SessionCmd;
+use crate::sessions::Shared;
 
 /// Why a connection ended; logged once per connection.
 #[derive(Debug, thiserror::Error)]

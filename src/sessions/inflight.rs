@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::mqueue::Queued;
+use crate::sessions::mqueue::Queued;
 
 /// Where an outbound QoS 1/2 flow stands.
 #[derive(Debug, Clone)]

@@ -164,7 +164,7 @@ mod tests {
             let b = Backlog::new(2);
             b.added();
             b.added();
-            let (waker, woken) = crate::mailbox::flag_waker();
+            let (waker, woken) = crate::sessions::mailbox::flag_waker();
             let mut cx = std::task::Context::from_waker(&waker);
             let mut wait = Box::pin(b.wait_drained());
             // Polled (and so waiting) before the relief: the wake-up itself is tested.

@@ -205,7 +205,7 @@ fn walk<'a, 'n, V>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic;
+    use crate::routing::topic;
 
     fn matched(t: &Trie<&'static str>, name: &str) -> Vec<&'static str> {
         let mut out = Vec::new();

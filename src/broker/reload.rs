@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::auth::{AuthError, Policy};
 use crate::broker::{Doors, Shared};
 use crate::config::{Config, ListenerConfig, LoadError};
-use crate::listener::Door;
-use crate::tls::TlsError;
+use crate::door::listener::Door;
+use crate::door::tls::TlsError;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     /// `memory_limit` is set but this program does not count its heap.
     #[error("{0}")]
-    Memory(#[from] crate::memory::NotCounting),
+    Memory(#[from] crate::observability::memory::NotCounting),
 }
 
 /// What a successful reload did that the caller may act on.
@@ -58,7 +58,7 @@ impl Reloader {
         let old = shared.config.load_full();
         let mut new = old.reread()?;
         let need_restart = keep_running_listeners(&old, &mut new);
-        crate::memory::check(new.mqtt.memory_limit)?;
+        crate::observability::memory::check(new.mqtt.memory_limit)?;
         let policy = Policy::load(&new.auth)?;
         let doors = new
             .listener

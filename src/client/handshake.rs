@@ -13,13 +13,13 @@ use tracing::{debug, info, trace};
 use super::{
     Client, CloseReason, Connected, Connection, Transport, ATTACH_TIMEOUT, GOODBYE_TIMEOUT,
 };
+use crate::client::protocol::{self, Identity, ProtocolError, Refusal};
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protocol};
 use crate::message::Publisher;
-use crate::metrics::Metrics;
-use crate::outbound;
-use crate::protocol::{self, Identity, ProtocolError, Refusal};
-use crate::registry::Opened;
-use crate::session::{Attach, ConnLink, SessionCmd};
+use crate::observability::metrics::Metrics;
+use crate::sessions::outbound;
+use crate::sessions::registry::Opened;
+use crate::sessions::{Attach, ConnLink, SessionCmd};
 
 impl<S: Transport + 'static> Connection<S> {
     /// The handshake, boxed by the task; the connected state if it succeeded.

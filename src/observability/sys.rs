@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::{Message, QoS};
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 
 /// Figures `$SYS` reports that are not counters.
 #[derive(Debug, Clone, Copy, Default)]

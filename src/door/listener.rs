@@ -13,11 +13,11 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::broker::Shared;
+use crate::client;
+use crate::client::protocol::Identity;
 use crate::config::ListenerConfig;
-use crate::connection;
-use crate::metrics::Metrics;
-use crate::protocol::Identity;
+use crate::observability::metrics::Metrics;
+use crate::sessions::Shared;
 
 /// How a listener serves its new connections: the TLS acceptor (for TLS listeners) and the
 /// identity rule, built from its `[[listener]]` and swapped whole on reload, so certificates
@@ -31,9 +31,9 @@ pub struct Door {
 
 impl Door {
     /// Reads the listener's certificate, key, CA and CRL files.
-    pub fn new(cfg: &ListenerConfig) -> Result<Door, crate::tls::TlsError> {
+    pub fn new(cfg: &ListenerConfig) -> Result<Door, crate::door::tls::TlsError> {
         Ok(Door {
-            tls: crate::tls::acceptor(cfg)?,
+            tls: crate::door::tls::acceptor(cfg)?,
             use_identity_as_username: cfg.use_identity_as_username,
         })
     }
@@ -120,7 +120,7 @@ pub async fn accept_loop(
         let door = door.load_full();
         match door.tls.clone() {
             None => {
-                tracker.spawn(connection::serve(
+                tracker.spawn(client::serve(
                     socket,
                     peer,
                     shared,
@@ -136,14 +136,14 @@ pub async fn accept_loop(
                     match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
                             let identity = if use_identity {
-                                match crate::tls::identity(stream.get_ref().1) {
+                                match crate::door::tls::identity(stream.get_ref().1) {
                                     Some(name) => Identity::Certificate(name),
                                     None => Identity::Unusable,
                                 }
                             } else {
                                 Identity::FromConnect
                             };
-                            connection::serve(stream, peer, shared, identity, permit).await;
+                            client::serve(stream, peer, shared, identity, permit).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -8,8 +8,8 @@ use tokio::sync::oneshot;
 
 use crate::codec::Packet;
 use crate::message::{ConnId, Message, QoS};
-use crate::outbound::OutboundTx;
-use crate::router::Delivery;
+use crate::routing::router::Delivery;
+use crate::sessions::outbound::OutboundTx;
 
 /// Commands from a connection to its session.
 #[derive(Debug)]

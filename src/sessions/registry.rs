@@ -5,10 +5,10 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::broker::Shared;
-use crate::mailbox::Mailbox;
 use crate::message::{ClientId, SessionId};
-use crate::session::{ConnLink, Kick, Session};
+use crate::sessions::mailbox::Mailbox;
+use crate::sessions::Shared;
+use crate::sessions::{ConnLink, Kick, Session};
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]

@@ -4,12 +4,12 @@
 use std::collections::VecDeque;
 
 use super::Outbound;
-use crate::backlog::Backlog;
 use crate::config::SessionConfig;
-use crate::inflight::Inflight;
 use crate::message::QoS;
-use crate::metrics::Metrics;
-use crate::mqueue::MQueue;
+use crate::observability::metrics::Metrics;
+use crate::sessions::backlog::Backlog;
+use crate::sessions::inflight::Inflight;
+use crate::sessions::mqueue::MQueue;
 
 /// Everything waiting to be sent to the connection, or for its acknowledgement.
 pub(super) struct Pending {

@@ -41,10 +41,10 @@ use super::{
     WRITE_BATCH_PACKETS,
 };
 use crate::codec::{self, DecodeError, Packet};
-use crate::mailbox::{Mailbox, SendError, TrySendError};
-use crate::metrics::Metrics;
-use crate::outbound::Event;
-use crate::session::{Kick, SessionCmd};
+use crate::observability::metrics::Metrics;
+use crate::sessions::mailbox::{Mailbox, SendError, TrySendError};
+use crate::sessions::outbound::Event;
+use crate::sessions::{Kick, SessionCmd};
 
 use super::Client;
 

@@ -21,10 +21,10 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
-use crate::backlog::Backlog;
 use crate::message::ConnId;
-use crate::router::{Delivery, Inbox, Offered};
-use crate::session::{Kick, SessionCmd};
+use crate::routing::router::{Delivery, Inbox, Offered};
+use crate::sessions::backlog::Backlog;
+use crate::sessions::{Kick, SessionCmd};
 
 /// Why a command was not queued; it is handed back.
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::mailbox::register;
-use crate::session::{Kick, Outbound};
+use crate::sessions::mailbox::register;
+use crate::sessions::{Kick, Outbound};
 
 #[derive(Debug)]
 struct Shared {
@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn the_session_is_woken_when_the_connection_goes() {
         let (tx, rx) = channel(1);
-        let (waker, woken) = crate::mailbox::flag_waker();
+        let (waker, woken) = crate::sessions::mailbox::flag_waker();
         assert!(tx.poll_gone(&mut Context::from_waker(&waker)).is_pending());
         assert!(!woken.load(std::sync::atomic::Ordering::SeqCst));
         drop(rx);

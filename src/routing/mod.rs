@@ -1,0 +1,14 @@
+//! The routing layer: who gets a published message, and what is kept for later. It knows
+//! nothing of sessions: a route names an `Inbox` (the session mailbox implements it), and the
+//! router is generic over it.
+//!
+//! - `router`: routes by filter (exact filters in a map, wildcards in the trie), publish and
+//!   fan-out, the retained store under the same lock for exactness.
+//! - `trie`: the wildcard subscription tree.
+//! - `retain`: the retained-message store and its limits.
+//! - `topic`: topic name and filter rules (validation, matching, covering, overlap).
+
+pub mod retain;
+pub mod router;
+pub mod topic;
+pub mod trie;
