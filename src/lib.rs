@@ -1,34 +1,103 @@
-//! Tern: an MQTT 3.1.1 broker with an emqttd-style actor design.
+//! Tern: an MQTT 3.1.1 broker with an emqttd-style actor design. This is its architecture as
+//! built; each folder's module doc goes into its layer.
 //!
-//! - `listener` accepts sockets and spawns one `connection` task per socket.
-//! - `connection` owns the socket: it decodes frames (`codec`), applies the rules of
-//!   `protocol`, enforces `keepalive`, keeps the will, and publishes through the `router`.
-//! - `session` is an actor per client id, found or created by the `registry`; it owns the
-//!   subscriptions, the `inflight` window and the `mqueue`, and outlives its connection when
-//!   clean_session = 0. Its inbound QoS 2 ids live in its `mailbox`, so the connection
-//!   checks them without a round trip.
-//! - `router` is a shared object, not a task: exact filters in a map, wildcard filters in the
-//!   `trie`, retained messages in `retain`. The publisher's own task matches and hands each
-//!   matching session one `Delivery` with `try_send`, so it never blocks on a subscriber; a
-//!   connected subscriber congested by a PUBLISH (`backlog`) makes the publisher's connection
-//!   hold its next PUBLISHes instead (its acks are still read), unless that subscriber is
-//!   stuck. A retained publish and a subscribe's retained read are made atomic under the
-//!   retained store's lock, so a new subscriber gets a concurrent retained message once.
-//! - Channels: one session `mailbox` for the connection's commands (awaited, always drained)
-//!   and the router's deliveries (try_send, counted drops); session -> connection `outbound`
-//!   (the session checks for room and never awaits a push; it also carries the kick). No cycle
-//!   of awaited sends exists.
-//! - Lifecycle: a connection never says goodbye to its session; the session sees the
-//!   connection's end of `outbound` dropped (on every exit: a failed handshake, a reset, a
-//!   panic) and detaches. An Attach fences the mailbox against the connection it replaces, so
-//!   a taken-over connection's late commands are refused, not applied to the new one's
-//!   session. A session dropped without ending cleans up after itself (a drop guard).
-//! - Memory: both tasks are hand-written futures that wait by polling their sources directly,
-//!   so an idle client costs its two small tasks, its socket registration, its mailbox and its
-//!   link; anything rare (handshake, a full mailbox, a backpressure pause) is boxed while it
-//!   runs.
-//! - `auth` (password and ACL files) and `tls` guard the door; `sys` publishes `$SYS` topics.
-//! - Every queue is bounded by `config`; every drop is counted in `metrics`.
+//! # Layers
+//!
+//! `src/` is in folders by layer, and imports point one way, down this list (a loop may stay
+//! only inside a folder):
+//!
+//! | folder | what it is |
+//! |---|---|
+//! | [`broker`] | the top: binds, wires and runs everything; reloads the configuration |
+//! | [`door`] | listeners, TLS, the descriptor table: where sockets come in |
+//! | [`client`] | the connection task (one per socket) and the protocol rules |
+//! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
+//! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
+//! | [`routing`] | the router, the subscription trie, the retained store, topic rules |
+//! | [`codec`], [`observability`], [`config`] | packets; counters, `$SYS` and the heap count; the TOML configuration |
+//! | [`message`] | the application message and the ids every layer shares |
+//!
+//! Two seams keep the lower layers ignorant of the upper ones: the router delivers to an
+//! [`routing::router::Inbox`] (the session mailbox implements it), and `$SYS` reads the broker
+//! through [`observability::sys::SysSource`].
+//!
+//! # Tasks and who owns what
+//!
+//! - One accept loop per listener ([`door::listener`]). It spawns a connection task per
+//!   socket; on a TLS listener the handshake runs inside that task, under `connect_timeout`.
+//! - One connection task per socket ([`client`]): the socket's only reader and writer. It owns
+//!   the read and write buffers, the keepalive timer and the will, and answers what needs no
+//!   session state itself: PUBACK/PUBREC/PUBCOMP for inbound messages, PINGRESP. It publishes
+//!   through the router from its own task.
+//! - One session actor per client id ([`sessions::session`]), found or made by the
+//!   [`sessions::registry`]: it owns the subscriptions, the outbound inflight window and the
+//!   mqueue, and outlives its connection when clean_session = 0. Its inbound QoS 2 ids live in
+//!   its mailbox, so the connection checks them without a round trip.
+//! - The router ([`routing::router`]) is a shared object, not a task: exact filters in a map,
+//!   wildcards in the trie, retained messages beside them.
+//! - One `$SYS` task, and a SIGHUP task in the binary.
+//! - [`sessions::Shared`] is what they all share: the configuration in force (swapped whole on
+//!   reload), the router, the registry, the counters, the auth policy, the shutdown token and
+//!   the task tracker.
+//!
+//! # Channels, and why no cycle of awaited sends exists
+//!
+//! - connection -> session: the session's [`sessions::mailbox`] (bounded). The connection
+//!   awaits room for its commands (acks, SUBSCRIBE); the session always drains its mailbox.
+//! - router -> session: the same mailbox, with `try_send` only; a full mailbox is a counted
+//!   drop (`mailbox_full`), never a wait.
+//! - session -> connection: the [`sessions::outbound`] link (bounded). The session never
+//!   awaits it: it fills it while there is room and otherwise waits for room as one event
+//!   among its others, so it keeps draining its mailbox meanwhile. The link also carries the
+//!   session's order to close (a kick: takeover, discard, shutdown).
+//!
+//! The only awaited send is connection -> session, and the session never awaits anything
+//! that its connection must do first, so no two tasks can wait on each other.
+//!
+//! Lifecycle: a connection never says goodbye to its session; the session sees the
+//! connection's end of the link dropped (on every exit: a failed handshake, a reset, a panic)
+//! and detaches. An Attach fences the mailbox against the connection it replaces, so a
+//! taken-over connection's late commands are refused, not applied to the new one's session. A
+//! session dropped without ending cleans up after itself (a drop guard).
+//!
+//! # The PUBLISH path, socket to socket
+//!
+//! 1. The publisher's connection task reads a frame into its read buffer and decodes it
+//!    ([`codec`]); topic and payload are slices of that buffer, not copies.
+//! 2. It checks the PUBLISH ([`client::protocol`]: topic, levels, retain, `message_size_limit`,
+//!    `memory_limit`) and the ACL ([`auth`]); a denied or over-size message is acknowledged and
+//!    dropped, counted (above `memory_limit` the client is disconnected instead).
+//! 3. It calls the router ([`routing::router`]): a retained message is stored first (a copy,
+//!    so it does not pin the frame), then the matching routes are found (one delivery per
+//!    session, at its highest grant) and each session's mailbox is offered one `Delivery`
+//!    holding an `Arc` of the one message. Only then is PUBACK (QoS 1) or PUBREC (QoS 2)
+//!    encoded: an acknowledged message is owed to every subscriber that matched.
+//! 4. Each subscriber's session takes the delivery, checks it against its client's ACL, and
+//!    queues it in its mqueue; when the inflight window has room it gives it a packet id and
+//!    puts it on the outbound link.
+//! 5. The subscriber's connection task takes it from the link, encodes it into its write
+//!    buffer and writes many packets per system call.
+//!
+//! # Backpressure and memory bounds
+//!
+//! - Every queue is bounded by [`config`]: the mailbox, the mqueue (`max_queued_messages`,
+//!   `max_queued_bytes`), the inflight window (`max_inflight_messages`, `max_inflight_bytes`),
+//!   inbound QoS 2 (`max_awaiting_rel`), subscriptions, topic levels, the retained store
+//!   (`max_retained_messages`, `max_retained_bytes`), the packet size, and the whole heap if
+//!   `memory_limit` is set ([`observability::memory`]). Every drop is counted in
+//!   [`observability::metrics`] and logged (rate-limited).
+//! - A connected subscriber whose backlog (mailbox + mqueue, [`sessions::backlog`]) passes
+//!   its high mark makes the publishing connection hold its next PUBLISH until the backlog
+//!   falls (it still reads and answers acks meanwhile, up to a bound), so a slow subscriber
+//!   slows its publishers through TCP instead of losing messages. One that makes no progress
+//!   for `backpressure_timeout` is stuck: nobody waits for it, and its queue overflows by
+//!   `queue_overflow`, counted. An offline session never makes anyone wait.
+//! - Idle costs little: both per-client tasks are hand-written futures that wait by polling
+//!   their sources directly, so an idle client is its two small tasks, its socket
+//!   registration, its mailbox and its link; anything rare (handshake, a full mailbox, a
+//!   backpressure pause) is boxed while it runs.
+//! - A retained publish and a subscribe's retained read are atomic under the retained store's
+//!   lock, so a new subscriber gets a concurrent retained message once.
 //!
 //! The library exposes `Broker::bind(config)` and `broker.run(shutdown)`, which `main` and the
 //! integration tests both use.

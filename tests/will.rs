@@ -99,7 +99,8 @@ async fn will_is_published_on_protocol_error() {
 
 #[tokio::test]
 async fn will_is_published_on_takeover() {
-    // Our choice (ARCHITECTURE.md decision 2): the old connection closed without DISCONNECT.
+    // Our choice (README, "Behaviour where the spec leaves a choice"): the old connection
+    // closed without DISCONNECT, so its will goes out.
     let b = TestBroker::start().await;
     let mut w = watcher(&b).await;
     let mut old = will_client(&b, "twin", 60, QoS::AtMostOnce, false).await;

@@ -1,6 +1,6 @@
 //! The pub/sub router: routes from topic filters to sessions, the retained store, and publish.
 //!
-//! A shared object, not a task (ARCHITECTURE.md section 4): the publisher's own task matches
+//! A shared object, not a task (see the crate doc): the publisher's own task matches
 //! and fans out. Exact filters sit in a `DashMap`, wildcard filters in a trie behind a
 //! `parking_lot::RwLock` (CPU-only critical sections, never held across `.await`). Route lists
 //! are `Arc<Vec<Route>>` sorted by session: readers clone the `Arc` under the lock and send

@@ -3,7 +3,7 @@
 //!
 //! Publishers use it for backpressure: when a PUBLISH takes a subscriber's backlog to the high
 //! mark, the publishing connection holds its further PUBLISHes (it still reads the client's
-//! acks, see `connection::serving`) until the backlog falls below the low mark, so a slow
+//! acks, see `client::serving`) until the backlog falls below the low mark, so a slow
 //! subscriber slows its publishers (through TCP) instead of losing messages. A
 //! subscriber that makes no progress for `backpressure_timeout` is stuck: publishers stop
 //! waiting for it, and its queue overflows by the configured policy, counted. A session with
