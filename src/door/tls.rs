@@ -119,28 +119,28 @@ fn complete_chain(
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut BufReader::new(file)).collect();
-    let crls = crls.map_err(|e| format!("{}: {e}", path.display()))?;
-    if crls.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate revocation list",
-            path.display()
-        ));
-    }
-    Ok(crls)
+    read_pem(path, "certificate revocation list", |r| {
+        rustls_pemfile::crls(r).collect()
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    read_pem(path, "certificate", |r| rustls_pemfile::certs(r).collect())
+}
+
+/// Every PEM item that `parse` takes from `path`, at least one; errors name the file.
+fn read_pem<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&mut dyn std::io::BufRead) -> std::io::Result<Vec<T>>,
+) -> Result<Vec<T>, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(file)).collect();
-    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", path.display()));
+    let items = parse(&mut BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))?;
+    if items.is_empty() {
+        return Err(format!("{}: no PEM {what}", path.display()));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
