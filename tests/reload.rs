@@ -19,6 +19,7 @@ const AFTER: &str = "\
 bind = \"127.0.0.2:1999\"
 [mqtt]
 message_size_limit = 10
+memory_limit = 1048576
 [session]
 max_subscriptions = 1
 [retain]
@@ -44,6 +45,13 @@ async fn sighup_puts_the_new_configuration_in_force() {
     assert!(
         log.lines()
             .any(|l| l.contains("needs a restart") && l.contains("listener[0].bind")),
+        "{log}"
+    );
+    // So does a memory_limit where none was set at start (the heap was not counted): were it
+    // applied, 1 MiB would disconnect every publisher below.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("needs a restart") && l.contains("mqtt.memory_limit")),
         "{log}"
     );
     // message_size_limit, on a connection opened before the reload.

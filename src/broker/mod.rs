@@ -65,7 +65,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl Broker {
     /// Binds every configured listener.
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
-        crate::observability::memory::check(config.mqtt.memory_limit)?;
+        crate::observability::memory::start(config.mqtt.memory_limit)?;
         let mut listeners = Vec::with_capacity(config.listener.len());
         let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {

@@ -11,6 +11,7 @@ use crate::broker::{Doors, Shared};
 use crate::config::{Config, ListenerConfig, LoadError};
 use crate::door::listener::Door;
 use crate::door::tls::TlsError;
+use crate::observability::memory;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,6 @@ pub enum ReloadError {
     /// A listener's certificate, key, CA or CRL file cannot be used.
     #[error("{0}")]
     Tls(#[from] TlsError),
-    /// `memory_limit` is set but this program does not count its heap.
-    #[error("{0}")]
-    Memory(#[from] crate::observability::memory::NotCounting),
 }
 
 /// What a successful reload did that the caller may act on.
@@ -57,8 +55,12 @@ impl Reloader {
         let shared = &self.shared;
         let old = shared.config.load_full();
         let mut new = old.reread()?;
-        let need_restart = keep_running_listeners(&old, &mut new);
-        crate::observability::memory::check(new.mqtt.memory_limit)?;
+        let mut need_restart = keep_running_listeners(&old, &mut new);
+        if new.mqtt.memory_limit > 0 && !memory::enabled() {
+            // The heap was not counted from the start: a limit now would count wrong.
+            new.mqtt.memory_limit = 0;
+            need_restart.push("mqtt.memory_limit (none was set at start)".into());
+        }
         let policy = Policy::load(&new.auth)?;
         let doors = new
             .listener

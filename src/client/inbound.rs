@@ -13,21 +13,10 @@ use crate::observability::metrics::Metrics;
 use crate::sessions::{Outbound, SessionCmd};
 
 impl<S: Transport> Connection<S> {
-    /// Publishes through the router, noting congested subscribers when backpressure is on.
-    fn route(&mut self, msg: Arc<Message>, from: &Arc<Publisher>) {
-        let router = &self.shared.router;
-        if self
-            .shared
-            .config
-            .load()
-            .session
-            .backpressure_timeout
-            .is_zero()
-        {
-            router.publish_from(msg, Some(from), None);
-        } else {
-            router.publish_from(msg, Some(from), Some(&mut self.congested));
-        }
+    /// Publishes through the router, noting congested subscribers when `backpressure` is on.
+    fn route(&mut self, msg: Arc<Message>, from: &Arc<Publisher>, backpressure: bool) {
+        let congested = backpressure.then_some(&mut self.congested);
+        self.shared.router.publish_from(msg, Some(from), congested);
     }
 
     #[inline]
@@ -85,6 +74,7 @@ impl<S: Transport> Connection<S> {
                 Metrics::incr(&metrics.messages_received);
                 let config = self.shared.config.load();
                 protocol::check_publish(&p, &config.mqtt)?;
+                let backpressure = !config.session.backpressure_timeout.is_zero();
                 let acc = &client.accepted;
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
                 if config.mqtt.memory_limit > 0
@@ -128,24 +118,24 @@ impl<S: Transport> Connection<S> {
                 match (p.qos, p.pkid) {
                     (QoS::AtMostOnce, _) => {
                         if let Some(msg) = msg {
-                            self.route(msg, &client.publisher);
+                            self.route(msg, &client.publisher, backpressure);
                         }
                     }
                     (QoS::AtLeastOnce, Some(id)) => {
                         // PUBACK only after routing: the message is now owed to every subscriber.
                         if let Some(msg) = msg {
-                            self.route(msg, &client.publisher);
+                            self.route(msg, &client.publisher, backpressure);
                         }
                         codec::encode(&Packet::PubAck(id), &mut self.wbuf);
                     }
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        let max = self.shared.config.load().session.max_awaiting_rel;
+                        let max = config.session.max_awaiting_rel;
                         match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 if let Some(msg) = msg {
-                                    self.route(msg, &client.publisher);
+                                    self.route(msg, &client.publisher, backpressure);
                                 }
                             }
                             Some(false) => {}

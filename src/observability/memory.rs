@@ -3,6 +3,11 @@
 //! that wants `memory_limit` installs it too (the broker refuses to start with a limit and no
 //! counter, rather than ignore the limit).
 //!
+//! It counts only once a broker started with a limit turned it on (`enable`): until then an
+//! allocation costs one read of a flag, so a broker without a limit pays next to nothing.
+//! Counting cannot start later (the frees of what was never counted would be subtracted), so
+//! setting a limit where there was none needs a restart.
+//!
 //! Each thread adds up its own changes and moves them to the shared total once they pass
 //! `FLUSH` bytes either way, so an allocation costs a thread-local add, not a contended
 //! atomic; the total is off by at most `FLUSH` per thread.
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 pub struct Counting;
 
 static USED: AtomicIsize = AtomicIsize::new(0);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Bytes a thread's count may drift from the total before it is moved there.
 const FLUSH: isize = 64 << 10;
@@ -25,6 +30,9 @@ thread_local! {
 }
 
 fn note(delta: isize) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     let flushed = LOCAL.try_with(|local| {
         let v = local.get() + delta;
         if v.abs() >= FLUSH {
@@ -43,9 +51,6 @@ fn note(delta: isize) {
 // SAFETY: every call is passed to `System` unchanged; only the sizes are counted.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !INSTALLED.load(Ordering::Relaxed) {
-            INSTALLED.store(true, Ordering::Relaxed);
-        }
         let p = System.alloc(layout);
         if !p.is_null() {
             note(layout.size() as isize);
@@ -80,9 +85,23 @@ pub fn used() -> usize {
     USED.load(Ordering::Relaxed).max(0) as usize
 }
 
-/// True if `Counting` is the global allocator of this process.
-pub fn counting() -> bool {
-    INSTALLED.load(Ordering::Relaxed)
+/// Turns counting on for the life of the process; false if `Counting` is not the global
+/// allocator (found by trying: an allocation larger than `FLUSH` moves the total at once).
+pub fn enable() -> bool {
+    ENABLED.store(true, Ordering::Relaxed);
+    let before = USED.load(Ordering::Relaxed);
+    let probe = std::hint::black_box(vec![0u8; 4 * FLUSH as usize]);
+    let moved = USED.load(Ordering::Relaxed) != before;
+    drop(probe);
+    if !moved {
+        ENABLED.store(false, Ordering::Relaxed);
+    }
+    moved
+}
+
+/// True if the heap is being counted.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// `memory_limit` is set in a program without `Counting` as its allocator.
@@ -90,9 +109,9 @@ pub fn counting() -> bool {
 #[error("mqtt.memory_limit needs the heap counted: install tern::memory::Counting as the global allocator (the tern binary does)")]
 pub struct NotCounting;
 
-/// Refuses a `memory_limit` that nothing would enforce.
-pub fn check(memory_limit: usize) -> Result<(), NotCounting> {
-    if memory_limit > 0 && !counting() {
+/// Starts counting for a broker with a `memory_limit`; refuses a limit nothing would enforce.
+pub fn start(memory_limit: usize) -> Result<(), NotCounting> {
+    if memory_limit > 0 && !enabled() && !enable() {
         return Err(NotCounting);
     }
     Ok(())
