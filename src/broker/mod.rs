@@ -87,7 +87,7 @@ impl Broker {
             policy: ArcSwap::from_pointee(policy),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             reloaded: tokio::sync::Notify::new(),
         });
         Ok(Broker {

@@ -48,7 +48,7 @@ impl<S: Transport + 'static> Connection<S> {
         identity: Identity,
         peer: SocketAddr,
     ) -> Result<Client, CloseReason> {
-        let deadline = self.shared.config.load().mqtt.connect_timeout;
+        let deadline = self.config.load().mqtt.connect_timeout;
         let first = match timeout(deadline, self.read_packet()).await {
             Err(_) => return Err(CloseReason::ConnectTimeout),
             Ok(Err(CloseReason::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
@@ -208,7 +208,7 @@ impl<S: Transport + 'static> Connection<S> {
                     .into());
                 }
             }
-            let max_packet = self.shared.config.load().mqtt.max_packet_size;
+            let max_packet = self.config.load().mqtt.max_packet_size;
             if let Some(p) = codec::decode(&mut self.rbuf, max_packet)? {
                 Metrics::incr(&self.shared.metrics.packets_received);
                 trace!(packet = p.name(), "received");

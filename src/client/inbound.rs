@@ -72,21 +72,21 @@ impl<S: Transport> Connection<S> {
         let cmd = match packet {
             Packet::Publish(p) => {
                 Metrics::incr(&metrics.messages_received);
-                let config = self.shared.config.load();
+                let config = self.config.load();
                 protocol::check_publish(&p, &config.mqtt)?;
                 let backpressure = !config.session.backpressure_timeout.is_zero();
+                let max_awaiting_rel = config.session.max_awaiting_rel;
+                let (memory_limit, limit) =
+                    (config.mqtt.memory_limit, config.mqtt.message_size_limit);
                 let acc = &client.accepted;
                 let topic = std::str::from_utf8(&p.topic).unwrap_or("");
-                if config.mqtt.memory_limit > 0
-                    && crate::observability::memory::used() > config.mqtt.memory_limit
-                {
+                if memory_limit > 0 && crate::observability::memory::used() > memory_limit {
                     // Nothing is acknowledged that the broker has no room for: the client goes
                     // (and may come back when there is room), what was acknowledged stays.
                     let counter = &metrics.dropped_memory_limit;
                     metrics.publish_dropped(counter, &acc.client_id, topic, "memory_limit");
                     return Err(CloseReason::MemoryLimit);
                 }
-                let limit = config.mqtt.message_size_limit;
                 let allowed = if limit > 0 && p.payload.len() > limit {
                     // Acknowledged as usual and dropped, as Mosquitto does.
                     let counter = &metrics.dropped_oversize;
@@ -131,7 +131,7 @@ impl<S: Transport> Connection<S> {
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        let max = config.session.max_awaiting_rel;
+                        let max = max_awaiting_rel;
                         match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 if let Some(msg) = msg {
@@ -160,7 +160,7 @@ impl<S: Transport> Connection<S> {
                 let acc = &client.accepted;
                 let filters = protocol::grant(
                     s.filters,
-                    &self.shared.config.load().mqtt,
+                    &self.config.load().mqtt,
                     self.shared.policy.load().as_ref(),
                     &acc.client_id,
                     acc.username.as_deref(),

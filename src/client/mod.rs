@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Cache};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -41,6 +42,7 @@ use serving::Connected;
 
 use crate::client::protocol::{Accepted, Identity, ProtocolError};
 use crate::codec::{ConnectReturnCode, DecodeError};
+use crate::config::Config;
 use crate::message::Publisher;
 use crate::message::{next_id, ConnId};
 use crate::sessions::mailbox::Mailbox;
@@ -152,6 +154,7 @@ pub fn serve<S: Transport + 'static>(
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         flushing: false,
+        config: Cache::new(shared.config.clone()),
         shared,
         conn_id,
         _permit: permit,
@@ -213,6 +216,9 @@ struct Connection<S> {
     /// Bytes were written and not yet flushed (TLS keeps them in its own buffer until then).
     flushing: bool,
     shared: Arc<Shared>,
+    /// The configuration in force: re-read only when a reload swapped it (a pointer compare
+    /// per use instead of an `ArcSwap` load).
+    config: Cache<Arc<ArcSwap<Config>>, Arc<Config>>,
     conn_id: ConnId,
     _permit: Option<OwnedSemaphorePermit>,
 }

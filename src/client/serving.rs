@@ -293,7 +293,7 @@ impl<S: Transport + 'static> Connected<S> {
     /// buffer. `Pending` only while a command waits for room in the session's mailbox; the
     /// rest of the input waits with it.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
-        let max_packet = self.conn.shared.config.load().mqtt.max_packet_size;
+        let max_packet = self.conn.config.load().mqtt.max_packet_size;
         loop {
             if let Some(send) = &mut self.sending {
                 let sent = ready!(send.as_mut().poll(cx));
@@ -411,7 +411,7 @@ impl<S: Transport + 'static> Connected<S> {
 
     /// Starts (or renews) a pause for the subscribers the last PUBLISH congested.
     fn start_pause(&mut self) {
-        let patience = self.conn.shared.config.load().session.backpressure_timeout;
+        let patience = self.conn.config.load().session.backpressure_timeout;
         let congested = std::mem::take(&mut self.conn.congested);
         let relief: Boxed<()> = Box::pin(relieve(congested, Instant::now() + patience));
         match &mut self.pause {

@@ -22,7 +22,7 @@ use crate::routing::router::Router;
 pub struct Shared {
     /// The configuration in force, swapped whole on reload (SIGHUP). A session keeps the one
     /// it was made with; a connection reads it at each use.
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     /// Notified after every successful reload (the `$SYS` task re-reads its interval).
     pub reloaded: tokio::sync::Notify,
     /// Routes and retained messages.
