@@ -15,7 +15,6 @@ use super::{
 };
 use crate::client::protocol::{self, Identity, ProtocolError, Refusal};
 use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protocol};
-use crate::message::Publisher;
 use crate::observability::metrics::Metrics;
 use crate::sessions::outbound;
 use crate::sessions::registry::Opened;
@@ -100,10 +99,7 @@ impl<S: Transport + 'static> Connection<S> {
         };
         tracing::Span::current().record("client_id", &*accepted.client_id);
 
-        let publisher = Arc::new(Publisher {
-            client_id: accepted.client_id.clone(),
-            username: accepted.username.as_deref().map(Arc::from),
-        });
+        let username: Option<Arc<str>> = accepted.username.as_deref().map(Arc::from);
         let capacity = shared.config.load().session.max_inflight_messages + 64;
         let mut attached = None;
         // If the session ended between lookup and attach, or never answered, look again once,
@@ -112,7 +108,7 @@ impl<S: Transport + 'static> Connection<S> {
             let (out_tx, out_rx) = outbound::channel(capacity);
             let link = ConnLink {
                 conn: self.conn_id,
-                username: publisher.username.clone(),
+                username: username.clone(),
                 outbound: out_tx,
             };
             let opened =
@@ -173,7 +169,7 @@ impl<S: Transport + 'static> Connection<S> {
         );
         Ok(Client {
             accepted,
-            publisher,
+            publisher: None,
             session,
             outbound,
         })

@@ -8,15 +8,17 @@ use tracing::{debug, trace};
 use super::{Client, CloseReason, Connection, Flow, Transport};
 use crate::client::protocol::{self, ProtocolError};
 use crate::codec::{self, Packet};
-use crate::message::{Message, Publisher, QoS};
+use crate::message::{Message, QoS};
 use crate::observability::metrics::Metrics;
 use crate::sessions::{Outbound, SessionCmd};
 
 impl<S: Transport> Connection<S> {
-    /// Publishes through the router, noting congested subscribers when `backpressure` is on.
-    fn route(&mut self, msg: Arc<Message>, from: &Arc<Publisher>, backpressure: bool) {
+    /// Publishes through the router (with its publisher, if retained), noting congested
+    /// subscribers when `backpressure` is on.
+    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) {
+        let from = msg.retain.then(|| client.publisher());
         let congested = backpressure.then_some(&mut self.congested);
-        self.shared.router.publish_from(msg, Some(from), congested);
+        self.shared.router.publish_from(msg, from, congested);
     }
 
     #[inline]
@@ -118,13 +120,13 @@ impl<S: Transport> Connection<S> {
                 match (p.qos, p.pkid) {
                     (QoS::AtMostOnce, _) => {
                         if let Some(msg) = msg {
-                            self.route(msg, &client.publisher, backpressure);
+                            self.route(msg, client, backpressure);
                         }
                     }
                     (QoS::AtLeastOnce, Some(id)) => {
                         // PUBACK only after routing: the message is now owed to every subscriber.
                         if let Some(msg) = msg {
-                            self.route(msg, &client.publisher, backpressure);
+                            self.route(msg, client, backpressure);
                         }
                         codec::encode(&Packet::PubAck(id), &mut self.wbuf);
                     }
@@ -135,7 +137,7 @@ impl<S: Transport> Connection<S> {
                         match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 if let Some(msg) = msg {
-                                    self.route(msg, &client.publisher, backpressure);
+                                    self.route(msg, client, backpressure);
                                 }
                             }
                             Some(false) => {}

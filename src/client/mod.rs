@@ -226,10 +226,24 @@ struct Connection<S> {
 /// The state of a connected client.
 struct Client {
     accepted: Accepted,
-    /// The client as the ACL knows it, kept with what it retains.
-    publisher: Arc<Publisher>,
+    /// The client as the ACL knows it, kept with what it retains; made by its first retained
+    /// message or its will, since most clients retain nothing.
+    publisher: Option<Arc<Publisher>>,
     session: SessionHandle,
     outbound: OutboundRx,
+}
+
+impl Client {
+    /// The publisher to store with a retained message (made on first use).
+    fn publisher(&mut self) -> &Arc<Publisher> {
+        let accepted = &self.accepted;
+        self.publisher.get_or_insert_with(|| {
+            Arc::new(Publisher {
+                client_id: accepted.client_id.clone(),
+                username: accepted.username.as_deref().map(Arc::from),
+            })
+        })
+    }
 }
 
 enum Flow {

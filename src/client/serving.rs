@@ -444,7 +444,7 @@ impl<S: Transport + 'static> Connected<S> {
                 debug!(topic = will.topic_str(), "publishing will");
                 shared
                     .router
-                    .publish_from(will, Some(&client.publisher), None);
+                    .publish_from(will, Some(client.publisher()), None);
             }
         }
         Metrics::decr(&shared.metrics.clients_connected);
