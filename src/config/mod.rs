@@ -1,14 +1,18 @@
-//! The TOML configuration: typed sections, defaults in one place, validation with errors that
-//! name the file, the key and the problem. Key names follow mosquitto.conf.
+//! The TOML configuration: typed sections and their defaults (here), reading (`load`) and the
+//! checks the types cannot make (`validate`), with errors that name the file, the key and the
+//! problem. Key names follow mosquitto.conf.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod load;
+mod validate;
+
 /// The shipped default configuration file, printed by `tern --print-default-config`.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/tern.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tern.toml");
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -310,218 +314,6 @@ impl Default for LogConfig {
     }
 }
 
-/// The largest frame MQTT can express: a 268,435,455-byte body plus a 5-byte header.
-const MAX_FRAME: usize = 268_435_460;
-
-impl Config {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LoadError::Unreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let mut config = Config::parse(&text, path)?;
-        // Files named in the config are found next to it, wherever tern is started from.
-        let base = path.parent().unwrap_or(Path::new("."));
-        let listener_files = config.listener.iter_mut().flat_map(|l| {
-            [
-                &mut l.certfile,
-                &mut l.keyfile,
-                &mut l.cafile,
-                &mut l.crlfile,
-            ]
-        });
-        for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
-            .into_iter()
-            .chain(listener_files)
-            .flatten()
-        {
-            if file.is_relative() {
-                *file = base.join(&*file);
-            }
-        }
-        config.origin.file = Some(path.to_owned());
-        Ok(config)
-    }
-
-    /// Listens on `port` instead of the first listener's port (`tern -p`), now and after
-    /// every reload.
-    pub fn override_port(&mut self, port: u16) {
-        self.origin.port = Some(port);
-        if let Some(first) = self.listener.first_mut() {
-            first.bind.set_port(port);
-        }
-    }
-
-    /// Reads the file this configuration came from again, with the same override; the
-    /// defaults again if it came from none.
-    pub fn reread(&self) -> Result<Config, LoadError> {
-        let mut config = match &self.origin.file {
-            Some(file) => Config::load(file)?,
-            None => Config::default(),
-        };
-        if let Some(port) = self.origin.port {
-            config.override_port(port);
-        }
-        Ok(config)
-    }
-
-    /// Parses and validates config text; `path` is only used in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let mut key = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().trim().replace('\n', " ");
-            // For an unknown key the path stops at its table; name the key itself.
-            if let Some(unknown) = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-            {
-                if key == "." || key.is_empty() {
-                    key = unknown.to_owned();
-                } else if !key.ends_with(unknown) {
-                    key = format!("{key}.{unknown}");
-                }
-            }
-            if key == "." {
-                key.clear();
-            }
-            let at = inner
-                .span()
-                .map(|span| {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!(" (line {line}, column {col})")
-                })
-                .unwrap_or_default();
-            ConfigError {
-                path: path.to_owned(),
-                key,
-                msg: format!("{message}{at}"),
-            }
-        })?;
-        config.validate().map_err(|(key, msg)| ConfigError {
-            path: path.to_owned(),
-            key: key.into(),
-            msg,
-        })?;
-        Ok(config)
-    }
-
-    /// Checks values the types alone cannot: `Err((key, problem))`.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        // Deadlines are computed as now + duration: keep them far from overflow.
-        let century = Duration::from_secs(100 * 365 * 86_400);
-        for (key, d) in [
-            ("mqtt.connect_timeout", Some(self.mqtt.connect_timeout)),
-            (
-                "session.backpressure_timeout",
-                Some(self.session.backpressure_timeout),
-            ),
-            (
-                "session.persistent_client_expiration",
-                self.session.persistent_client_expiration,
-            ),
-            ("sys.sys_interval", Some(self.sys.sys_interval)),
-        ] {
-            if d.is_some_and(|d| d > century) {
-                return Err((key, "must be at most 100 years".into()));
-            }
-        }
-        if self.listener.is_empty() {
-            return Err(("listener", "at least one [[listener]] is needed".into()));
-        }
-        for l in &self.listener {
-            if l.protocol != "mqtt" {
-                return Err((
-                    "listener.protocol",
-                    format!("unsupported protocol {:?}; expected \"mqtt\"", l.protocol),
-                ));
-            }
-            if l.certfile.is_some() != l.keyfile.is_some() {
-                return Err((
-                    "listener.certfile",
-                    "certfile and keyfile go together".into(),
-                ));
-            }
-            // Without a certificate the listener is plain TCP: a TLS-only option there would
-            // promise client authentication that nothing performs, so it is refused.
-            if l.certfile.is_none() {
-                for (key, set) in [
-                    ("listener.cafile", l.cafile.is_some()),
-                    ("listener.crlfile", l.crlfile.is_some()),
-                    ("listener.require_certificate", l.require_certificate),
-                    (
-                        "listener.use_identity_as_username",
-                        l.use_identity_as_username,
-                    ),
-                ] {
-                    if set {
-                        return Err((key, "needs certfile and keyfile (TLS)".into()));
-                    }
-                }
-            }
-            if l.crlfile.is_some() && l.cafile.is_none() {
-                return Err(("listener.crlfile", "needs cafile".into()));
-            }
-            if l.require_certificate && l.cafile.is_none() {
-                return Err(("listener.require_certificate", "needs cafile".into()));
-            }
-            if l.use_identity_as_username && !l.require_certificate {
-                return Err((
-                    "listener.use_identity_as_username",
-                    "needs require_certificate = true".into(),
-                ));
-            }
-        }
-        if !(64..=MAX_FRAME).contains(&self.mqtt.max_packet_size) {
-            return Err((
-                "mqtt.max_packet_size",
-                format!(
-                    "must be between 64 and {MAX_FRAME}, got {}",
-                    self.mqtt.max_packet_size
-                ),
-            ));
-        }
-        if self.mqtt.connect_timeout.is_zero() {
-            return Err(("mqtt.connect_timeout", "must be greater than 0s".into()));
-        }
-        if self.session.max_inflight_messages == 0 || self.session.max_inflight_messages > 65_535 {
-            return Err((
-                "session.max_inflight_messages",
-                "must be between 1 and 65535 (an unlimited window is not allowed)".into(),
-            ));
-        }
-        if self.mqtt.max_topic_levels > crate::message::MAX_TOPIC_LEVELS {
-            return Err((
-                "mqtt.max_topic_levels",
-                format!("must be at most {}", crate::message::MAX_TOPIC_LEVELS),
-            ));
-        }
-        if !(1..=65_535).contains(&self.session.max_awaiting_rel) {
-            return Err((
-                "session.max_awaiting_rel",
-                "must be between 1 and 65535".into(),
-            ));
-        }
-        if !(1..=10_000_000).contains(&self.session.max_queued_messages) {
-            return Err((
-                "session.max_queued_messages",
-                "must be between 1 and 10000000".into(),
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err((
-                "log.level",
-                format!("invalid filter {:?}: {e}", self.log.level),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Reads durations written as "10s", "5m", "500ms" or "14d".
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
@@ -534,63 +326,4 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
 
 fn optional_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     duration(de).map(Some)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("t.toml"))
-    }
-
-    #[test]
-    fn shipped_file_is_the_defaults() {
-        assert_eq!(parse(DEFAULT_CONFIG_TOML), Ok(Config::default()));
-    }
-
-    #[test]
-    fn empty_file_is_the_defaults() {
-        assert_eq!(parse(""), Ok(Config::default()));
-    }
-
-    #[test]
-    fn partial_sections_keep_other_defaults() {
-        let c = parse("[mqtt]\nmax_packet_size = 4096\n").expect("valid");
-        assert_eq!(c.mqtt.max_packet_size, 4096);
-        assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
-        let c = parse(
-            "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nqueue_overflow = \"drop_oldest\"\n",
-        )
-        .expect("valid");
-        assert_eq!(c.listener[0].protocol, "mqtt");
-        assert_eq!(c.session.queue_overflow, QueueOverflow::DropOldest);
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let e = parse("[mqtt]\nmax_packet_sise = 5\n").expect_err("unknown key");
-        assert_eq!(e.key, "mqtt.max_packet_sise");
-        assert!(e.msg.contains("line 2"), "{}", e.msg);
-        let e = parse("[mqtt]\nmax_packet_size = \"big\"\n").expect_err("bad type");
-        assert_eq!(e.key, "mqtt.max_packet_size");
-        let c = parse("[session]\npersistent_client_expiration = \"14d\"\n").expect("valid");
-        assert_eq!(
-            c.session.persistent_client_expiration,
-            Some(Duration::from_secs(14 * 86_400))
-        );
-        let e = parse("[mqtt]\nconnect_timeout = \"soon\"\n").expect_err("bad duration");
-        assert_eq!(e.key, "mqtt.connect_timeout");
-        let e = parse("[[listener]]\nbind = \"nowhere\"\n").expect_err("bad address");
-        assert_eq!(e.key, "listener[0].bind");
-        let e = parse("[session]\nmax_inflight_messages = 0\n").expect_err("invalid");
-        assert_eq!(e.key, "session.max_inflight_messages");
-        let e = parse("[session]\nbackpressure_timeout = \"1000000y\"\n").expect_err("too long");
-        assert_eq!(e.key, "session.backpressure_timeout");
-        let e = parse("bogus = 1\n").expect_err("unknown top-level key");
-        assert_eq!(e.key, "bogus");
-        let e = parse("[mqtt\n").expect_err("syntax");
-        assert!(e.msg.contains("line 1"), "{}", e.msg);
-        assert_eq!(e.to_string().lines().count(), 1, "one line: {e}");
-    }
 }
