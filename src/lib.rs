@@ -65,8 +65,9 @@
 //! 1. The publisher's connection task reads a frame into its read buffer and decodes it
 //!    ([`codec`]); topic and payload are slices of that buffer, not copies.
 //! 2. It checks the PUBLISH ([`client::protocol`]: topic, levels, retain), the limits
-//!    (`message_size_limit`, `memory_limit`) and the ACL ([`auth`]); a denied or over-size message is acknowledged and
-//!    dropped, counted (above `memory_limit` the client is disconnected instead).
+//!    (`message_size_limit`, `memory_limit`) and the ACL ([`auth`]); a denied or over-size
+//!    message is acknowledged and dropped, counted (above `memory_limit` the client is
+//!    disconnected instead).
 //! 3. It calls the router ([`routing::router`]): a retained message is stored first (a copy,
 //!    so it does not pin the frame), then the matching routes are found (one delivery per
 //!    session, at its highest grant) and each session's mailbox is offered one `Delivery`
