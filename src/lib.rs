@@ -113,6 +113,7 @@ pub mod message;
 pub mod observability;
 pub mod routing;
 pub mod sessions;
+pub mod store;
 
 pub use broker::{Broker, StartError};
 pub use config::Config;

@@ -1,0 +1,195 @@
+//! Durable state (`[persistence]`): persistent sessions, their subscriptions, queued and
+//! inflight messages, inbound QoS 2 ids awaiting PUBREL, and retained messages, in a fjall
+//! database under `persistence_location`.
+//!
+//! Producers (connections and sessions) hand the store `Op`s; each gets back a log sequence
+//! number (LSN). One writer thread (`writer`) takes everything submitted so far as one batch,
+//! commits it, syncs it as `sync` says, and then publishes the highest LSN that is durable on
+//! a watch channel. An acknowledgement that must wait for its records (PUBACK, PUBREC,
+//! PUBCOMP, SUBACK, CONNACK of a new persistent session) is held until that LSN passes its
+//! own: group commit, with one sync for every record that arrived while the last one ran.
+//! A write or sync error is fatal: nothing more becomes durable, the error is reported once,
+//! and the broker stops; an fsync is never retried (the kernel may have dropped the pages).
+//!
+//! A message is stored once, with a queue entry per persistent session it was routed to; the
+//! writer counts the entries and deletes the message with the last one, so the disk holds only
+//! live state (fjall's compaction reclaims the rest in the background). `recover` reads it all
+//! back before the listeners open.
+
+mod records;
+mod recover;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::message::{Message, Publisher, QoS};
+
+pub use records::QueueEntry;
+pub use recover::{Recovered, RecoveredSession};
+pub use writer::SyncPolicy;
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the store.
+    #[error("{}: the store is locked by another process", path.display())]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// The directory cannot be created, read or written, or fjall failed.
+    #[error("{}: {reason}", path.display())]
+    Io {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A record does not decode.
+    #[error("{}: corrupt store: {what}", path.display())]
+    Corrupt {
+        /// The store's directory.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// A change to durable state.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A persistent session was made (or its record changed: user name, detach time).
+    Session {
+        /// Its id in the store.
+        sid: u64,
+        /// Its client id.
+        client_id: Arc<str>,
+        /// The user name that made it.
+        username: Option<Arc<str>>,
+        /// Wall-clock milliseconds at which it was detached; 0 while attached.
+        detached_at_ms: u64,
+    },
+    /// A persistent session ended (discarded, expired, or replaced by a clean session).
+    SessionEnd {
+        /// Its id.
+        sid: u64,
+        /// Its client id.
+        client_id: Arc<str>,
+    },
+    /// A subscription was made or its QoS changed.
+    Subscribe {
+        /// The session.
+        sid: u64,
+        /// The filter.
+        filter: Arc<str>,
+        /// The granted QoS.
+        qos: QoS,
+    },
+    /// A subscription was removed.
+    Unsubscribe {
+        /// The session.
+        sid: u64,
+        /// The filter.
+        filter: Arc<str>,
+    },
+    /// A message routed to persistent sessions, stored once, queued for each.
+    Message {
+        /// Its id in the store.
+        id: u64,
+        /// The message.
+        msg: Arc<Message>,
+        /// The sessions it is owed to, with the QoS each gets.
+        sessions: Vec<(u64, QoS)>,
+    },
+    /// A queued message was sent with this packet id.
+    Sent {
+        /// The session.
+        sid: u64,
+        /// The message.
+        id: u64,
+        /// Its entry now.
+        entry: QueueEntry,
+    },
+    /// A queued message is done for a session (acknowledged, or dropped by a limit).
+    Done {
+        /// The session.
+        sid: u64,
+        /// The message.
+        id: u64,
+    },
+    /// An inbound QoS 2 packet id now awaits its PUBREL.
+    AwaitRel {
+        /// The session.
+        sid: u64,
+        /// The packet id.
+        pkid: u16,
+    },
+    /// Its PUBREL arrived.
+    Released {
+        /// The session.
+        sid: u64,
+        /// The packet id.
+        pkid: u16,
+    },
+    /// A retained message was stored (replacing the topic's older one).
+    Retain {
+        /// The message (its topic is the key).
+        msg: Arc<Message>,
+        /// Who published it.
+        from: Option<Arc<Publisher>>,
+    },
+    /// A topic's retained message was deleted.
+    Unretain {
+        /// The topic.
+        topic: bytes::Bytes,
+    },
+}
+
+/// The store: submit changes, learn when they are durable.
+#[derive(Clone)]
+pub struct Store {
+    writer: Arc<writer::Writer>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and reads back what it holds.
+    pub fn open(dir: &Path, sync: SyncPolicy) -> Result<(Store, Recovered), StoreError> {
+        let (db, recovered) = recover::open(dir)?;
+        let writer = writer::Writer::start(db, dir.to_owned(), sync, &recovered)?;
+        Ok((
+            Store {
+                writer: Arc::new(writer),
+            },
+            recovered,
+        ))
+    }
+
+    /// Adds `op` to the open batch; the LSN that `durable` must reach for it to be on disk.
+    pub fn submit(&self, op: Op) -> u64 {
+        self.writer.submit(op)
+    }
+
+    /// The highest LSN on disk (as the sync policy promises), as it advances.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.durable()
+    }
+
+    /// Set once a write or sync failed: nothing more will become durable.
+    pub fn failed(&self) -> Option<String> {
+        self.writer.failed()
+    }
+
+    /// Writes and syncs everything submitted, then stops the writer (on shutdown).
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// Messages the writer counts as still owed (for tests).
+    #[cfg(test)]
+    fn writer_message_count(&self) -> usize {
+        self.writer.message_count()
+    }
+}

@@ -1,0 +1,205 @@
+//! Opening the store and reading it back: every persistent session with its subscriptions,
+//! queue (in message-id order, so each publisher's order is kept), inflight packet ids and
+//! awaited PUBREL ids, and the retained messages. Messages no queue entry refers to any more
+//! are dropped; a record that does not decode refuses the start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use super::records::{self, QueueEntry, SessionRecord};
+use super::StoreError;
+use crate::message::{Message, Publisher, QoS};
+
+/// The database and its keyspaces.
+#[derive(Clone)]
+pub(super) struct Spaces {
+    pub(super) db: Database,
+    pub(super) sessions: Keyspace,
+    pub(super) subs: Keyspace,
+    pub(super) msgs: Keyspace,
+    pub(super) queue: Keyspace,
+    pub(super) await_rel: Keyspace,
+    pub(super) retained: Keyspace,
+}
+
+/// A persistent session as the store had it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveredSession {
+    /// Its client id.
+    pub client_id: Arc<str>,
+    /// Its id in the store.
+    pub sid: u64,
+    /// The user name that made it.
+    pub username: Option<Arc<str>>,
+    /// When it was detached (wall-clock ms); 0 if it was attached when the broker stopped.
+    pub detached_at_ms: u64,
+    /// Its subscriptions.
+    pub subscriptions: Vec<(Arc<str>, QoS)>,
+    /// Its messages in the order they were stored: (message id, message, where it stands).
+    pub queue: Vec<(u64, Arc<Message>, QueueEntry)>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub awaiting_rel: Vec<u16>,
+}
+
+/// Everything the store held.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Persistent sessions, by session id.
+    pub sessions: Vec<RecoveredSession>,
+    /// Retained messages and their publishers.
+    pub retained: Vec<(Message, Option<Publisher>)>,
+    /// The next session id to use (above every stored one).
+    pub next_sid: u64,
+    /// The next message id to use (above every stored one).
+    pub next_message_id: u64,
+}
+
+impl Recovered {
+    /// Queue entries per message, for the writer's reference counts.
+    pub(super) fn message_refs(&self) -> HashMap<u64, u32> {
+        let mut refs = HashMap::new();
+        for s in &self.sessions {
+            for (id, _, _) in &s.queue {
+                *refs.entry(*id).or_default() += 1;
+            }
+        }
+        refs
+    }
+}
+
+fn io(dir: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn corrupt(dir: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: dir.to_owned(),
+        what: e.to_string(),
+    }
+}
+
+/// Opens the database in `dir` (creating it) and reads everything back.
+pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create: {e}")))?;
+    let db = Database::builder(dir).open().map_err(|e| match e {
+        fjall::Error::Locked => StoreError::Locked {
+            path: dir.to_owned(),
+        },
+        fjall::Error::Io(e) => io(dir, e),
+        other => corrupt(dir, other),
+    })?;
+    let space = |name: &str| {
+        db.keyspace(name, KeyspaceCreateOptions::default)
+            .map_err(|e| io(dir, e))
+    };
+    let spaces = Spaces {
+        sessions: space(records::SESSIONS)?,
+        subs: space(records::SUBS)?,
+        msgs: space(records::MSGS)?,
+        queue: space(records::QUEUE)?,
+        await_rel: space(records::AWAIT_REL)?,
+        retained: space(records::RETAINED)?,
+        db: db.clone(),
+    };
+    let recovered = read(dir, &spaces)?;
+    Ok((spaces, recovered))
+}
+
+fn read(dir: &Path, s: &Spaces) -> Result<Recovered, StoreError> {
+    let mut by_sid: BTreeMap<u64, RecoveredSession> = BTreeMap::new();
+    for kv in s.sessions.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
+        let client_id = std::str::from_utf8(&key).map_err(|_| corrupt(dir, "session key"))?;
+        let r = SessionRecord::decode(&value).map_err(|e| corrupt(dir, e))?;
+        by_sid.insert(
+            r.sid,
+            RecoveredSession {
+                client_id: client_id.into(),
+                sid: r.sid,
+                username: r.username,
+                detached_at_ms: r.detached_at_ms,
+                subscriptions: Vec::new(),
+                queue: Vec::new(),
+                awaiting_rel: Vec::new(),
+            },
+        );
+    }
+    let mut batch = s.db.batch();
+    for kv in s.subs.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
+        let (sid, filter) =
+            records::split_session_key(&key, "subscription").map_err(|e| corrupt(dir, e))?;
+        let Some(session) = by_sid.get_mut(&sid) else {
+            batch.remove(&s.subs, key);
+            continue;
+        };
+        let filter =
+            std::str::from_utf8(filter).map_err(|_| corrupt(dir, "subscription filter"))?;
+        let qos = value
+            .first()
+            .and_then(|&q| QoS::from_u8(q))
+            .ok_or_else(|| corrupt(dir, "subscription QoS"))?;
+        session.subscriptions.push((filter.into(), qos));
+    }
+    let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+    let mut max_message_id = 0;
+    for kv in s.msgs.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
+        let id = <[u8; 8]>::try_from(&key[..]).map_err(|_| corrupt(dir, "message key"))?;
+        let id = u64::from_be_bytes(id);
+        max_message_id = max_message_id.max(id);
+        let msg = records::decode_message(&value).map_err(|e| corrupt(dir, e))?;
+        messages.insert(id, Arc::new(msg));
+    }
+    let mut used: HashMap<u64, ()> = HashMap::new();
+    for kv in s.queue.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
+        let (sid, rest) = records::split_session_key(&key, "queue").map_err(|e| corrupt(dir, e))?;
+        let id = <[u8; 8]>::try_from(rest).map_err(|_| corrupt(dir, "queue key"))?;
+        let id = u64::from_be_bytes(id);
+        let entry = QueueEntry::decode(&value).map_err(|e| corrupt(dir, e))?;
+        match (by_sid.get_mut(&sid), messages.get(&id)) {
+            (Some(session), Some(msg)) => {
+                session.queue.push((id, msg.clone(), entry));
+                used.insert(id, ());
+            }
+            // An entry of an ended session, or of a message already gone: left over.
+            _ => batch.remove(&s.queue, key),
+        }
+    }
+    for id in messages.keys() {
+        if !used.contains_key(id) {
+            batch.remove(&s.msgs, id.to_be_bytes());
+        }
+    }
+    for kv in s.await_rel.iter() {
+        let (key, _) = kv.into_inner().map_err(|e| io(dir, e))?;
+        let (sid, rest) =
+            records::split_session_key(&key, "await_rel").map_err(|e| corrupt(dir, e))?;
+        let pkid = <[u8; 2]>::try_from(rest).map_err(|_| corrupt(dir, "await_rel key"))?;
+        match by_sid.get_mut(&sid) {
+            Some(session) => session.awaiting_rel.push(u16::from_be_bytes(pkid)),
+            None => batch.remove(&s.await_rel, key),
+        }
+    }
+    let mut retained = Vec::new();
+    for kv in s.retained.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
+        retained.push(records::decode_retained(&key, &value).map_err(|e| corrupt(dir, e))?);
+    }
+    // Leftovers go now, as one batch; a crash before it only means doing it again.
+    batch.commit().map_err(|e| io(dir, e))?;
+    let next_sid = by_sid.keys().next_back().map_or(1, |m| m + 1);
+    Ok(Recovered {
+        sessions: by_sid.into_values().collect(),
+        retained,
+        next_sid,
+        next_message_id: max_message_id + 1,
+    })
+}

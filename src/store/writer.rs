@@ -1,0 +1,315 @@
+//! The store's one writer thread: group commit. Producers append `Op`s to the open batch under
+//! a short lock and get an LSN; the thread takes the whole batch, applies it to fjall as one
+//! atomic write batch, syncs as the policy says, and publishes the batch's last LSN.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
+use tokio::sync::watch;
+
+use super::records::{self, QueueEntry, SessionRecord};
+use super::recover::{Recovered, Spaces};
+use super::{Op, StoreError};
+
+/// When an acknowledgement may go out, relative to the disk (`[persistence] sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After fdatasync: nothing acknowledged is lost on kill -9 or power loss.
+    Always,
+    /// After the write; the disk is synced every this often (power loss loses at most that).
+    Interval(Duration),
+    /// After the write; the OS flushes when it likes (kill -9 safe, power loss not).
+    Never,
+}
+
+struct Open {
+    ops: Vec<Op>,
+    /// LSN of the last op in `ops` (LSNs count ops from 1).
+    last: u64,
+    closing: bool,
+}
+
+struct Inner {
+    open: Mutex<Open>,
+    /// The writer's count of stored messages, published after each batch (for tests).
+    #[cfg(test)]
+    messages: std::sync::atomic::AtomicUsize,
+    wake: Condvar,
+    durable: watch::Sender<u64>,
+    failed: Mutex<Option<String>>,
+}
+
+/// The writer thread and the batch it takes from.
+pub struct Writer {
+    inner: std::sync::Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A producer that panicked while appending leaves a consistent Vec: go on.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Writer {
+    /// Starts the thread over an opened store.
+    pub(super) fn start(
+        spaces: Spaces,
+        dir: PathBuf,
+        sync: SyncPolicy,
+        recovered: &Recovered,
+    ) -> Result<Writer, StoreError> {
+        let inner = std::sync::Arc::new(Inner {
+            open: Mutex::new(Open {
+                ops: Vec::new(),
+                last: 0,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            durable: watch::channel(0).0,
+            failed: Mutex::new(None),
+            #[cfg(test)]
+            messages: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let refs = recovered.message_refs();
+        let thread_inner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("tern-store".into())
+            .spawn(move || {
+                let mut state = State { spaces, refs, dir };
+                state.run(&thread_inner, sync);
+            })
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::new(),
+                reason: format!("cannot start the store's writer thread: {e}"),
+            })?;
+        Ok(Writer {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(super) fn submit(&self, op: Op) -> u64 {
+        let mut open = lock(&self.inner.open);
+        open.ops.push(op);
+        open.last += 1;
+        let lsn = open.last;
+        drop(open);
+        self.inner.wake.notify_one();
+        lsn
+    }
+
+    pub(super) fn durable(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe()
+    }
+
+    pub(super) fn failed(&self) -> Option<String> {
+        lock(&self.inner.failed).clone()
+    }
+
+    #[cfg(test)]
+    pub(super) fn message_count(&self) -> usize {
+        self.inner
+            .messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn close(&self) {
+        lock(&self.inner.open).closing = true;
+        self.inner.wake.notify_one();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// What the thread owns.
+struct State {
+    spaces: Spaces,
+    /// Queue entries per stored message: the message goes with its last entry.
+    refs: HashMap<u64, u32>,
+    dir: PathBuf,
+}
+
+impl State {
+    fn run(&mut self, inner: &Inner, sync: SyncPolicy) {
+        let mut unsynced_since: Option<Instant> = None;
+        loop {
+            let (ops, last, closing) = {
+                let mut open = lock(&inner.open);
+                while open.ops.is_empty() && !open.closing {
+                    // With `interval`, wake to sync what was written, even if nothing arrives.
+                    let wait = match (sync, unsynced_since) {
+                        (SyncPolicy::Interval(every), Some(since)) => {
+                            every.saturating_sub(since.elapsed())
+                        }
+                        _ => Duration::from_secs(3600),
+                    };
+                    if wait.is_zero() {
+                        break;
+                    }
+                    open = inner
+                        .wake
+                        .wait_timeout(open, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                (std::mem::take(&mut open.ops), open.last, open.closing)
+            };
+            let result = self.commit(ops).and_then(|wrote| {
+                if wrote && unsynced_since.is_none() {
+                    unsynced_since = Some(Instant::now());
+                }
+                let due = match sync {
+                    SyncPolicy::Always => wrote,
+                    SyncPolicy::Interval(every) => {
+                        closing || unsynced_since.is_some_and(|s| s.elapsed() >= every)
+                    }
+                    SyncPolicy::Never => closing,
+                };
+                if due && unsynced_since.is_some() {
+                    self.spaces
+                        .db
+                        .persist(PersistMode::SyncData)
+                        .map_err(|e| format!("sync failed: {e}"))?;
+                    unsynced_since = None;
+                }
+                Ok(())
+            });
+            if let Err(reason) = result {
+                // Fatal: nothing after this is durable, and an fsync is never retried.
+                tracing::error!(dir = %self.dir.display(), %reason, "store write failed; no further acknowledgements");
+                *lock(&inner.failed) = Some(reason);
+                // Wakes the waiters, who find `failed` set.
+                inner.durable.send_modify(|_| {});
+                return;
+            }
+            #[cfg(test)]
+            inner
+                .messages
+                .store(self.refs.len(), std::sync::atomic::Ordering::Relaxed);
+            inner.durable.send_replace(last);
+            if closing && lock(&inner.open).ops.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Applies `ops` as one atomic batch; true if anything was written.
+    fn commit(&mut self, ops: Vec<Op>) -> Result<bool, String> {
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        let mut batch = self.spaces.db.batch();
+        for op in ops {
+            self.apply(&mut batch, op)?;
+        }
+        batch.commit().map_err(|e| format!("write failed: {e}"))?;
+        Ok(true)
+    }
+
+    fn apply(&mut self, batch: &mut WriteBatch, op: Op) -> Result<(), String> {
+        let s = self.spaces.clone();
+        match op {
+            Op::Session {
+                sid,
+                client_id,
+                username,
+                detached_at_ms,
+            } => {
+                let record = SessionRecord {
+                    sid,
+                    username,
+                    detached_at_ms,
+                };
+                batch.insert(&s.sessions, client_id.as_bytes(), record.encode());
+            }
+            Op::SessionEnd { sid, client_id } => {
+                batch.remove(&s.sessions, client_id.as_bytes());
+                let prefix = sid.to_be_bytes();
+                for space in [&s.subs, &s.await_rel] {
+                    for kv in space.prefix(prefix) {
+                        let (key, _) = kv.into_inner().map_err(|e| e.to_string())?;
+                        batch.remove(space, key);
+                    }
+                }
+                for kv in s.queue.prefix(prefix) {
+                    let (key, _) = kv.into_inner().map_err(|e| e.to_string())?;
+                    if let Ok((_, rest)) = records::split_session_key(&key, "queue") {
+                        if let Ok(id) = <[u8; 8]>::try_from(rest) {
+                            self.release(batch, u64::from_be_bytes(id));
+                        }
+                    }
+                    batch.remove(&s.queue, key);
+                }
+            }
+            Op::Subscribe { sid, filter, qos } => {
+                let key = records::session_key(sid, filter.as_bytes());
+                batch.insert(&s.subs, key, [qos as u8]);
+            }
+            Op::Unsubscribe { sid, filter } => {
+                batch.remove(&s.subs, records::session_key(sid, filter.as_bytes()));
+            }
+            Op::Message { id, msg, sessions } => {
+                if sessions.is_empty() {
+                    return Ok(());
+                }
+                batch.insert(&s.msgs, id.to_be_bytes(), records::encode_message(&msg));
+                for (sid, qos) in &sessions {
+                    let entry = QueueEntry {
+                        qos: *qos,
+                        pkid: 0,
+                        released: false,
+                    };
+                    let key = records::session_key(*sid, &id.to_be_bytes());
+                    batch.insert(&s.queue, key, entry.encode());
+                }
+                *self.refs.entry(id).or_default() += sessions.len() as u32;
+            }
+            Op::Sent { sid, id, entry } => {
+                let key = records::session_key(sid, &id.to_be_bytes());
+                batch.insert(&s.queue, key, entry.encode());
+            }
+            Op::Done { sid, id } => {
+                batch.remove(&s.queue, records::session_key(sid, &id.to_be_bytes()));
+                self.release(batch, id);
+            }
+            Op::AwaitRel { sid, pkid } => {
+                batch.insert(
+                    &s.await_rel,
+                    records::session_key(sid, &pkid.to_be_bytes()),
+                    [],
+                );
+            }
+            Op::Released { sid, pkid } => {
+                batch.remove(&s.await_rel, records::session_key(sid, &pkid.to_be_bytes()));
+            }
+            Op::Retain { msg, from } => {
+                let value = records::encode_retained(&msg, from.as_deref());
+                batch.insert(&s.retained, msg.topic.as_ref(), value);
+            }
+            Op::Unretain { topic } => batch.remove(&s.retained, topic.as_ref()),
+        }
+        Ok(())
+    }
+
+    /// One queue entry of message `id` is gone; the message goes with its last one.
+    fn release(&mut self, batch: &mut WriteBatch, id: u64) {
+        if let Some(n) = self.refs.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.refs.remove(&id);
+                batch.remove(&self.spaces.msgs, id.to_be_bytes());
+            }
+        }
+    }
+}
