@@ -14,7 +14,7 @@
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
 //! | [`routing`] | the router, the subscription trie, the retained store, topic rules |
-//! | [`codec`], [`observability`], [`config`] | packets; counters, `$SYS` and the heap count; the TOML configuration |
+//! | [`codec`], [`observability`], [`config`], [`store`] | packets; counters, `$SYS` and the heap count; the TOML configuration; durable state on disk (fjall) |
 //! | [`message`] | the application message and the ids every layer shares |
 //!
 //! Two seams keep the lower layers ignorant of the upper ones: the router delivers to an
@@ -78,6 +78,16 @@
 //!    puts it on the outbound link.
 //! 5. The subscriber's connection task takes it from the link, encodes it into its write
 //!    buffer and writes many packets per system call.
+//!
+//! # Durable state (in progress)
+//!
+//! With `[persistence]` on, the router writes retained messages to the [`store`] (under the
+//! retained store's lock, so the disk sees a topic's changes in memory's order) and returns
+//! the LSN the acknowledgement waits for; the connection encodes that PUBACK or PUBREC into a
+//! group that goes out once the store's durable LSN passes it, and everything it encodes
+//! meanwhile goes behind (`client::gated`). One writer thread commits whatever was submitted
+//! as one batch and syncs it per `sync`. Sessions and queues are not written yet, so the
+//! broker refuses `persistence = true` for now.
 //!
 //! # Backpressure and memory bounds
 //!

@@ -108,8 +108,10 @@ fn passwd(command: Command) -> ExitCode {
 #[global_allocator]
 static ALLOCATOR: tern::observability::memory::Counting = tern::observability::memory::Counting;
 
-/// Exit status for a configuration problem.
+/// Exit status for a configuration problem (and a store that cannot be opened).
 const CONFIG_ERROR: u8 = 2;
+/// Exit status after the store failed while running.
+const STORE_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -193,7 +195,9 @@ fn main() -> ExitCode {
             Err(
                 e @ (tern::StartError::Auth(_)
                 | tern::StartError::Tls(_)
-                | tern::StartError::Memory(_)),
+                | tern::StartError::Memory(_)
+                | tern::StartError::Store(_)
+                | tern::StartError::Unfinished(_)),
             ) => {
                 eprintln!("tern: config error: {e}");
                 return ExitCode::from(CONFIG_ERROR);
@@ -204,6 +208,13 @@ fn main() -> ExitCode {
             }
         };
         spawn_reload_on_sighup(broker.reloader(), set_log_level);
+        let failure = broker.store_failure();
+        tokio::spawn(async move {
+            let reason = failure.await;
+            // Nothing is acknowledged any more; what was is on disk. Stop at once.
+            tracing::error!(%reason, "the store failed; stopping");
+            std::process::exit(STORE_FAILED.into());
+        });
         broker.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

@@ -28,6 +28,8 @@ retained_payload_limit = 10
 level = \"debug\"
 [sys]
 sys_interval = \"1s\"
+[persistence]
+sync = \"never\"
 ";
 
 #[tokio::test]
@@ -52,6 +54,11 @@ async fn sighup_puts_the_new_configuration_in_force() {
     assert!(
         log.lines()
             .any(|l| l.contains("needs a restart") && l.contains("mqtt.memory_limit")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("needs a restart") && l.contains("key=\"persistence\"")),
         "{log}"
     );
     // message_size_limit, on a connection opened before the reload.

@@ -18,13 +18,14 @@ use tokio_util::task::TaskTracker;
 use arc_swap::ArcSwap;
 
 use crate::auth::{AuthError, Policy};
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, SyncMode};
 use crate::door::listener::{self, Door};
 use crate::observability::metrics::Metrics;
 use crate::routing::retain::RetainStore;
 use crate::routing::router::Router;
 use crate::sessions::registry::Registry;
 use crate::sessions::Shared;
+use crate::store::{Store, SyncPolicy};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,12 @@ pub enum StartError {
     /// `memory_limit` is set but this program does not count its heap.
     #[error("{0}")]
     Memory(#[from] crate::observability::memory::NotCounting),
+    /// The store cannot be opened (locked, unreadable, corrupt).
+    #[error("persistence: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// `[persistence]` asks for what is not built yet.
+    #[error("persistence: {0}")]
+    Unfinished(&'static str),
 }
 
 /// A bound, not yet running broker.
@@ -66,6 +73,7 @@ impl Broker {
     /// Binds every configured listener.
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
         crate::observability::memory::start(config.mqtt.memory_limit)?;
+        let (store, recovered) = open_store(&config)?;
         let mut listeners = Vec::with_capacity(config.listener.len());
         let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
@@ -77,11 +85,22 @@ impl Broker {
             listeners.push((socket, l.clone()));
         }
         let metrics = Arc::new(Metrics::default());
-        let router = Router::new(RetainStore::default(), metrics.clone());
+        let mut router = Router::new(RetainStore::default(), metrics.clone());
         router.configure(&config);
+        if let Some(store) = &store {
+            router = router.with_store(store.clone());
+        }
+        if let Some(recovered) = &recovered {
+            for (msg, from) in &recovered.retained {
+                router
+                    .retain_store()
+                    .restore(msg, from.clone().map(Arc::new));
+            }
+        }
         let policy = Policy::load(&config.auth).map_err(StartError::Auth)?;
         let shared = Arc::new(Shared {
             router,
+            store,
             registry: Registry::new(),
             metrics,
             policy: ArcSwap::from_pointee(policy),
@@ -142,7 +161,63 @@ impl Broker {
         {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
+        if let Some(store) = shared.store.clone() {
+            // Everything submitted is written and synced before the process goes.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
     }
+
+    /// Completes with the reason if the store fails (a write or sync error): from then on
+    /// nothing more is acknowledged, and the program should stop. Never completes without a
+    /// store.
+    pub fn store_failure(&self) -> impl Future<Output = String> + Send + 'static {
+        let store = self.shared.store.clone();
+        async move {
+            let Some(store) = store else {
+                return std::future::pending().await;
+            };
+            let mut durable = store.durable();
+            loop {
+                if let Some(reason) = store.failed() {
+                    return reason;
+                }
+                if durable.changed().await.is_err() {
+                    return store.failed().unwrap_or_else(|| "the store stopped".into());
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store if `[persistence]` is on, and reads back what it holds.
+fn open_store(
+    config: &Config,
+) -> Result<(Option<Store>, Option<crate::store::Recovered>), StartError> {
+    let p = &config.persistence;
+    if !p.persistence {
+        return Ok((None, None));
+    }
+    // Until sessions and their queues are written too, `persistence = true` would promise
+    // what it does not keep: refused, except where the tests of what exists ask for it.
+    if std::env::var_os("TERN_UNFINISHED_PERSISTENCE").is_none_or(|v| v != "1") {
+        return Err(StartError::Unfinished(
+            "persistence = true is not available yet: retained messages are kept on disk, \
+             sessions and their queued messages are not",
+        ));
+    }
+    let sync = match p.sync {
+        SyncMode::Always => SyncPolicy::Always,
+        SyncMode::Interval => SyncPolicy::Interval(p.sync_interval),
+        SyncMode::Never => SyncPolicy::Never,
+    };
+    let (store, recovered) = Store::open(&p.persistence_location, sync)?;
+    tracing::info!(
+        dir = %p.persistence_location.display(),
+        sessions = recovered.sessions.len(),
+        retained = recovered.retained.len(),
+        "store opened"
+    );
+    Ok((Some(store), Some(recovered)))
 }
 
 /// Pending connections the kernel queues for one listener before refusing more.

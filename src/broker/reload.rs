@@ -56,6 +56,11 @@ impl Reloader {
         let old = shared.config.load_full();
         let mut new = old.reread()?;
         let mut need_restart = keep_running_listeners(&old, &mut new);
+        if new.persistence != old.persistence {
+            // The store is opened once, before the listeners.
+            new.persistence = old.persistence.clone();
+            need_restart.push("persistence".into());
+        }
         if new.mqtt.memory_limit > 0 && !memory::enabled() {
             // The heap was not counted from the start: a limit now would count wrong.
             new.mqtt.memory_limit = 0;

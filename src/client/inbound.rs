@@ -15,10 +15,11 @@ use crate::sessions::{Outbound, SessionCmd};
 impl<S: Transport> Connection<S> {
     /// Publishes through the router (with its publisher, if retained), noting congested
     /// subscribers when `backpressure` is on.
-    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) {
+    /// The LSN its acknowledgement waits for (0: none).
+    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> u64 {
         let from = msg.retain.then(|| client.publisher());
         let congested = backpressure.then_some(&mut self.congested);
-        self.shared.router.publish_from(msg, from, congested);
+        self.shared.router.publish_from(msg, from, congested).lsn
     }
 
     #[inline]
@@ -26,11 +27,11 @@ impl<S: Transport> Connection<S> {
         match out {
             Outbound::PubRel(id) => {
                 trace!(packet = "PUBREL", id, "sending");
-                codec::encode(&Packet::PubRel(id), &mut self.wbuf);
+                codec::encode(&Packet::PubRel(id), self.out(0));
             }
             Outbound::Packet(p) => {
                 trace!(packet = p.name(), "sending");
-                codec::encode(&p, &mut self.wbuf);
+                codec::encode(&p, self.out(0));
             }
             Outbound::Publish {
                 msg,
@@ -54,7 +55,7 @@ impl<S: Transport> Connection<S> {
                     pkid,
                     dup,
                     retain,
-                    &mut self.wbuf,
+                    self.out(0),
                 );
             }
         }
@@ -124,26 +125,23 @@ impl<S: Transport> Connection<S> {
                         }
                     }
                     (QoS::AtLeastOnce, Some(id)) => {
-                        // PUBACK only after routing: the message is now owed to every subscriber.
-                        if let Some(msg) = msg {
-                            self.route(msg, client, backpressure);
-                        }
-                        codec::encode(&Packet::PubAck(id), &mut self.wbuf);
+                        // PUBACK only after routing: the message is now owed to every
+                        // subscriber (and with a store, once its records are durable).
+                        let lsn = msg.map_or(0, |msg| self.route(msg, client, backpressure));
+                        codec::encode(&Packet::PubAck(id), self.out(lsn));
                     }
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
                         let max = max_awaiting_rel;
-                        match client.session.mailbox.receive_qos2(pkid, max) {
+                        let lsn = match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
-                                if let Some(msg) = msg {
-                                    self.route(msg, client, backpressure);
-                                }
+                                msg.map_or(0, |msg| self.route(msg, client, backpressure))
                             }
-                            Some(false) => {}
+                            Some(false) => 0,
                             None => return Err(ProtocolError::TooManyAwaitingRel.into()),
-                        }
-                        codec::encode(&Packet::PubRec(pkid), &mut self.wbuf);
+                        };
+                        codec::encode(&Packet::PubRec(pkid), self.out(lsn));
                     }
                 }
                 return Ok(Flow::Continue);
@@ -154,7 +152,7 @@ impl<S: Transport> Connection<S> {
             Packet::PubRel(id) => {
                 // [MQTT-4.3.3-2] the id is free again; answer with PUBCOMP.
                 client.session.mailbox.release_qos2(id);
-                codec::encode(&Packet::PubComp(id), &mut self.wbuf);
+                codec::encode(&Packet::PubComp(id), self.out(0));
                 return Ok(Flow::Continue);
             }
             Packet::PubComp(id) => SessionCmd::PubComp(id),
@@ -178,7 +176,7 @@ impl<S: Transport> Connection<S> {
             },
             Packet::PingReq => {
                 // [MQTT-3.12.4-1]
-                codec::encode(&Packet::PingResp, &mut self.wbuf);
+                codec::encode(&Packet::PingResp, self.out(0));
                 return Ok(Flow::Continue);
             }
             Packet::Disconnect => {

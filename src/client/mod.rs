@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+mod gated;
 mod handshake;
 mod inbound;
 pub mod keepalive;
@@ -93,6 +94,9 @@ pub enum CloseReason {
     /// A PUBLISH arrived while the heap was over `memory_limit`.
     #[error("memory limit reached")]
     MemoryLimit,
+    /// The store failed: nothing waiting for it will be acknowledged.
+    #[error("the store failed")]
+    StoreFailed,
 }
 
 impl CloseReason {
@@ -154,6 +158,7 @@ pub fn serve<S: Transport + 'static>(
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         flushing: false,
+        gated: None,
         config: Cache::new(shared.config.clone()),
         shared,
         conn_id,
@@ -215,6 +220,8 @@ struct Connection<S> {
     wbuf: BytesMut,
     /// Bytes were written and not yet flushed (TLS keeps them in its own buffer until then).
     flushing: bool,
+    /// Replies waiting for the store (only with `[persistence]`, and only while any waits).
+    gated: Option<Box<gated::Gated>>,
     shared: Arc<Shared>,
     /// The configuration in force: re-read only when a reload swapped it (a pointer compare
     /// per use instead of an `ArcSwap` load).
@@ -231,6 +238,29 @@ struct Client {
     publisher: Option<Arc<Publisher>>,
     session: SessionHandle,
     outbound: OutboundRx,
+}
+
+impl<S> Connection<S> {
+    /// Where the next encoded packet goes: the write buffer, or behind the replies that wait
+    /// for the store if any does or this one must (`lsn` not yet durable; 0 = nothing to
+    /// wait for).
+    fn out(&mut self, lsn: u64) -> &mut BytesMut {
+        let ready = lsn == 0
+            || self
+                .shared
+                .store
+                .as_ref()
+                .is_none_or(|s| s.durable_lsn() >= lsn);
+        if ready && self.gated.is_none() {
+            return &mut self.wbuf;
+        }
+        self.gated.get_or_insert_with(Default::default).tail(lsn)
+    }
+
+    /// Bytes encoded and not yet written: the write buffer and what waits for the store.
+    fn unwritten(&self) -> usize {
+        self.wbuf.len() + self.gated.as_ref().map_or(0, |g| g.len())
+    }
 }
 
 impl Client {

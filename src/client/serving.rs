@@ -157,6 +157,9 @@ impl<S: Transport + 'static> Connected<S> {
         if let Some(step) = self.poll_keepalive(cx) {
             return step;
         }
+        if let Some(step) = self.poll_gated(cx) {
+            return step;
+        }
         let writing = match self.poll_flush(cx) {
             Err(e) => return Step::Close(e.into()),
             Ok(Poll::Ready(true)) => return Step::Progress,
@@ -164,17 +167,37 @@ impl<S: Transport + 'static> Connected<S> {
             Ok(Poll::Pending) => true,
         };
         self.read_first = !self.read_first;
-        if !writing && !self.read_first && self.poll_fill(cx).is_ready() {
+        // While replies wait for the store, the session's packets wait in its link (bounded)
+        // rather than pile up behind them here.
+        let fill = !writing && self.conn.gated.is_none();
+        if fill && !self.read_first && self.poll_fill(cx).is_ready() {
             return Step::Progress;
         }
         match self.poll_read(cx) {
             Step::Idle => {}
             step => return step,
         }
-        if !writing && self.read_first && self.poll_fill(cx).is_ready() {
+        if fill && self.read_first && self.poll_fill(cx).is_ready() {
             return Step::Progress;
         }
         Step::Idle
+    }
+
+    /// Replies whose records became durable move to the write buffer.
+    fn poll_gated(&mut self, cx: &mut Context<'_>) -> Option<Step> {
+        let conn = &mut self.conn;
+        let (Some(gated), Some(store)) = (&mut conn.gated, &conn.shared.store) else {
+            return None;
+        };
+        let released = gated.poll_release(store, &mut conn.wbuf, cx);
+        if gated.is_empty() {
+            conn.gated = None;
+        }
+        match released {
+            Poll::Ready(Err(())) => Some(Step::Close(CloseReason::StoreFailed)),
+            Poll::Ready(Ok(true)) => Some(Step::Progress),
+            Poll::Ready(Ok(false)) | Poll::Pending => None,
+        }
     }
 
     /// A client that neither reads nor sends must still time out.
@@ -205,7 +228,8 @@ impl<S: Transport + 'static> Connected<S> {
             Poll::Pending => Ok(Poll::Pending),
             Poll::Ready(Err(e)) => Err(e),
             Poll::Ready(Ok(())) => {
-                self.acked = 0;
+                // What waits for the store still counts against reading on.
+                self.acked = conn.gated.as_ref().map_or(0, |g| g.len());
                 // Hold no buffer while idle; keep it while more is queued.
                 if self.client.outbound.release_if_idle() {
                     conn.wbuf = BytesMut::new();
@@ -276,9 +300,9 @@ impl<S: Transport + 'static> Connected<S> {
     }
 
     fn input_step(&mut self, cx: &mut Context<'_>) -> Step {
-        let before = self.conn.wbuf.len();
+        let before = self.conn.unwritten();
         let handled = self.poll_input(cx);
-        self.acked += self.conn.wbuf.len().saturating_sub(before);
+        self.acked += self.conn.unwritten().saturating_sub(before);
         match handled {
             Poll::Pending => Step::Idle,
             Poll::Ready(Ok(())) if self.peer_closed && self.pause.is_none() => {
@@ -308,7 +332,7 @@ impl<S: Transport + 'static> Connected<S> {
             // later Attach (the mailbox refuses a taken-over connection's commands), so a
             // resend after a reconnect or a takeover is the PUBREL, never the PUBLISH.
             if let Some(id) = self.pubrec.take() {
-                codec::encode(&Packet::PubRel(id), &mut self.conn.wbuf);
+                codec::encode(&Packet::PubRel(id), self.conn.out(0));
             }
             let next = if self.pause.is_none() {
                 codec::decode(&mut self.conn.rbuf, max_packet)

@@ -23,6 +23,10 @@ impl Config {
                 &mut l.crlfile,
             ]
         });
+        let location = &mut config.persistence.persistence_location;
+        if location.is_relative() && !location.as_os_str().is_empty() {
+            *location = base.join(&*location);
+        }
         for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
             .into_iter()
             .chain(listener_files)

@@ -60,6 +60,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The `$SYS` topics (`[sys]`).
     pub sys: SysConfig,
+    /// Durable state (`[persistence]`).
+    pub persistence: PersistenceConfig,
     /// Where this configuration was read from, so SIGHUP can read it again.
     #[serde(skip)]
     pub origin: Origin,
@@ -212,6 +214,44 @@ pub struct SysConfig {
     pub sys_interval: Duration,
 }
 
+/// When an acknowledgement may go out, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// After fdatasync.
+    Always,
+    /// After the write; the disk is synced every `sync_interval`.
+    Interval,
+    /// After the write; the OS flushes.
+    Never,
+}
+
+/// `[persistence]`: sessions and retained messages on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// Keep state on disk; false = everything in memory (Mosquitto's `persistence`).
+    pub persistence: bool,
+    /// The store's directory; relative paths are relative to the config file.
+    pub persistence_location: PathBuf,
+    /// When acknowledgements wait for the disk.
+    pub sync: SyncMode,
+    /// With `sync = "interval"`, how often the disk is synced.
+    #[serde(deserialize_with = "duration")]
+    pub sync_interval: Duration,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            persistence: false,
+            persistence_location: PathBuf::from("tern-data"),
+            sync: SyncMode::Always,
+            sync_interval: Duration::from_millis(10),
+        }
+    }
+}
+
 impl Default for SysConfig {
     fn default() -> Self {
         SysConfig {
@@ -230,6 +270,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             sys: SysConfig::default(),
+            persistence: PersistenceConfig::default(),
             origin: Origin::default(),
         }
     }

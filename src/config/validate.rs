@@ -24,6 +24,10 @@ impl Config {
                 self.session.persistent_client_expiration,
             ),
             ("sys.sys_interval", Some(self.sys.sys_interval)),
+            (
+                "persistence.sync_interval",
+                Some(self.persistence.sync_interval),
+            ),
         ] {
             if d.is_some_and(|d| d > century) {
                 return Err((key, "must be at most 100 years".into()));
@@ -109,6 +113,19 @@ impl Config {
             return Err((
                 "session.max_queued_messages",
                 "must be between 1 and 10000000".into(),
+            ));
+        }
+        let p = &self.persistence;
+        if p.persistence && p.persistence_location.as_os_str().is_empty() {
+            return Err((
+                "persistence.persistence_location",
+                "must name a directory".into(),
+            ));
+        }
+        if p.sync == super::SyncMode::Interval && p.sync_interval.is_zero() {
+            return Err((
+                "persistence.sync_interval",
+                "must be greater than 0s with sync = \"interval\"".into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

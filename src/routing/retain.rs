@@ -129,17 +129,18 @@ impl RetainStore {
     /// Stores, replaces or (for an empty payload) deletes the topic's retained message
     /// [MQTT-3.3.1-5, MQTT-3.3.1-7, MQTT-3.3.1-10, MQTT-3.3.1-11].
     pub fn set(&self, msg: &Message) -> RetainOutcome {
-        self.set_then(msg, None, || ()).0
+        self.set_then(msg, None, |_, _| ()).0
     }
 
-    /// As `set`, then runs `then` (the publisher matching its subscribers) under the same
+    /// As `set`, then runs `then` with the outcome and the copy stored, if one was (the
+    /// publisher writing it to disk and matching its subscribers) under the same
     /// lock as `subscribe_then` takes: a subscriber either finds the message stored and is
     /// not matched, or is matched and does not find it, never both (one copy, not two).
     pub fn set_then<R>(
         &self,
         msg: &Message,
         from: Option<&Arc<Publisher>>,
-        then: impl FnOnce() -> R,
+        then: impl FnOnce(RetainOutcome, Option<&Retained>) -> R,
     ) -> (RetainOutcome, R) {
         let payload_limit = self.payload_limit.load(Ordering::Relaxed);
         let change = if msg.payload.is_empty() {
@@ -160,9 +161,14 @@ impl RetainStore {
                 from: from.cloned(),
             })
         };
+        let stored = match &change {
+            Change::Store(r) => Some(r.clone()),
+            Change::Delete(_) => None,
+        };
         let mut tree = self.tree.write();
         let outcome = self.apply(&mut tree, &msg.topic, change);
-        (outcome, then())
+        let stored = stored.filter(|_| outcome == RetainOutcome::Stored);
+        (outcome, then(outcome, stored.as_ref()))
     }
 
     fn apply(&self, tree: &mut Tree, topic: &[u8], change: Change) -> RetainOutcome {
@@ -201,6 +207,11 @@ impl RetainStore {
         tree.len = len + usize::from(added);
         tree.bytes = bytes - old + new;
         RetainOutcome::Stored
+    }
+
+    /// Puts back a retained message read from the store at start (limits apply as to any).
+    pub fn restore(&self, msg: &Message, from: Option<Arc<Publisher>>) -> RetainOutcome {
+        self.set_then(msg, from.as_ref(), |_, _| ()).0
     }
 
     /// Every retained message whose topic matches `filter` (assumed valid); wildcards at the

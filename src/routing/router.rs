@@ -26,6 +26,7 @@ use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
 use crate::routing::topic;
 use crate::routing::trie::Trie;
+use crate::store::{Op, Store};
 
 /// A message on its way from the router to one session, at the QoS it is owed.
 #[derive(Debug, Clone)]
@@ -92,6 +93,9 @@ pub struct Published {
     pub delivered: usize,
     /// Sessions whose mailbox was full (counted as `mailbox_full`).
     pub dropped: usize,
+    /// The store's LSN that must be durable before the message is acknowledged; 0 if it
+    /// wrote nothing.
+    pub lsn: u64,
 }
 
 /// Routes and retained messages, shared by every connection and session; `I` is where a
@@ -103,6 +107,8 @@ pub struct Router<I> {
     wild_count: AtomicUsize,
     retain: RetainStore,
     metrics: Arc<Metrics>,
+    /// The store, with `[persistence]` on.
+    store: Option<Store>,
     upgrade_outgoing_qos: AtomicBool,
 }
 
@@ -151,8 +157,15 @@ impl<I: Inbox> Router<I> {
             wild_count: AtomicUsize::new(0),
             retain,
             metrics,
+            store: None,
             upgrade_outgoing_qos: AtomicBool::new(false),
         }
+    }
+
+    /// Writes retained messages (and, later, messages owed to persistent sessions) to `store`.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Applies the settings the router follows (`upgrade_outgoing_qos`, the retained limits):
@@ -240,10 +253,27 @@ impl<I: Inbox> Router<I> {
         from: Option<&Arc<Publisher>>,
         congested: Option<&mut Vec<Arc<I>>>,
     ) -> Published {
+        let mut out_lsn = 0;
         let matched = if msg.retain {
-            let (outcome, matched) = self
-                .retain
-                .set_then(&msg, from, || self.matched(&msg.topic));
+            let (outcome, (matched, lsn)) = self.retain.set_then(&msg, from, |outcome, stored| {
+                // Submitted under the store's lock, so the disk sees the topic's changes in
+                // the order memory does.
+                let lsn = self
+                    .store
+                    .as_ref()
+                    .map_or(0, |store| match (outcome, stored) {
+                        (RetainOutcome::Stored, Some(r)) => store.submit(Op::Retain {
+                            msg: r.msg.clone(),
+                            from: r.from.clone(),
+                        }),
+                        (RetainOutcome::StoreFull, _) => 0,
+                        _ => store.submit(Op::Unretain {
+                            topic: msg.topic.clone(),
+                        }),
+                    });
+                (self.matched(&msg.topic), lsn)
+            });
+            out_lsn = lsn;
             if !matches!(outcome, RetainOutcome::Stored | RetainOutcome::Deleted) {
                 self.metrics
                     .retained_refused(msg.topic_str(), outcome.as_str());
@@ -253,7 +283,10 @@ impl<I: Inbox> Router<I> {
             self.matched(&msg.topic)
         };
         let Matched { exact, wild } = matched;
-        let mut out = Published::default();
+        let mut out = Published {
+            lsn: out_lsn,
+            ..Published::default()
+        };
         match (exact, wild.len()) {
             (None, 0) => {}
             (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested),
@@ -403,7 +436,8 @@ mod tests {
             out,
             Published {
                 delivered: 1,
-                dropped: 0
+                dropped: 0,
+                lsn: 0
             }
         );
         let d = next(&rx).expect("one delivery");

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::observability::metrics::Metrics;
 use crate::observability::sys::{Gauges, SysSource};
 use crate::routing::router::Router;
+use crate::store::Store;
 
 /// State shared by every task of one broker.
 pub struct Shared {
@@ -27,6 +28,8 @@ pub struct Shared {
     pub reloaded: tokio::sync::Notify,
     /// Routes and retained messages.
     pub router: Router<Mailbox>,
+    /// Durable state, with `[persistence]` on.
+    pub store: Option<Store>,
     /// Sessions by client id.
     pub registry: Registry,
     /// Counters.

@@ -177,6 +177,22 @@ impl Store {
         self.writer.durable()
     }
 
+    /// `Ready(true)` once `lsn` is durable, `Ready(false)` if it never will be (the store
+    /// failed); otherwise the task is woken when the next batch is.
+    pub fn poll_durable(&self, lsn: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        self.writer.poll_durable(lsn, cx)
+    }
+
+    /// The highest durable LSN now.
+    pub fn durable_lsn(&self) -> u64 {
+        self.writer.durable_lsn()
+    }
+
+    /// Waits until `lsn` is durable; false if it never will be.
+    pub async fn wait(&self, lsn: u64) -> bool {
+        std::future::poll_fn(|cx| self.poll_durable(lsn, cx)).await
+    }
+
     /// Set once a write or sync failed: nothing more will become durable.
     pub fn failed(&self) -> Option<String> {
         self.writer.failed()

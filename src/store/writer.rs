@@ -35,6 +35,10 @@ struct Open {
 
 struct Inner {
     open: Mutex<Open>,
+    /// The highest durable LSN, for `poll_durable` (the watch channel serves async waiters).
+    durable_lsn: std::sync::atomic::AtomicU64,
+    /// Tasks waiting for `durable_lsn` to move; woken (and dropped) after every batch.
+    waiters: Mutex<Vec<std::task::Waker>>,
     /// The writer's count of stored messages, published after each batch (for tests).
     #[cfg(test)]
     messages: std::sync::atomic::AtomicUsize,
@@ -69,6 +73,8 @@ impl Writer {
                 closing: false,
             }),
             wake: Condvar::new(),
+            durable_lsn: std::sync::atomic::AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
             durable: watch::channel(0).0,
             failed: Mutex::new(None),
             #[cfg(test)]
@@ -110,6 +116,39 @@ impl Writer {
         lock(&self.inner.failed).clone()
     }
 
+    /// `Ready(true)` once `lsn` is durable, `Ready(false)` if the store failed (it never will
+    /// be); otherwise registers the task's waker.
+    pub(super) fn poll_durable(
+        &self,
+        lsn: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<bool> {
+        use std::sync::atomic::Ordering;
+        use std::task::Poll;
+        if self.inner.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Poll::Ready(true);
+        }
+        let mut waiters = lock(&self.inner.waiters);
+        // Checked again under the lock the writer wakes under, so no wake-up is missed.
+        if self.inner.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Poll::Ready(true);
+        }
+        if lock(&self.inner.failed).is_some() {
+            return Poll::Ready(false);
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The highest durable LSN.
+    pub(super) fn durable_lsn(&self) -> u64 {
+        self.inner
+            .durable_lsn
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     #[cfg(test)]
     pub(super) fn message_count(&self) -> usize {
         self.inner
@@ -122,6 +161,15 @@ impl Writer {
         self.inner.wake.notify_one();
         if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *lock(&self.waiters));
+        for w in waiters {
+            w.wake();
         }
     }
 }
@@ -191,13 +239,18 @@ impl State {
                 *lock(&inner.failed) = Some(reason);
                 // Wakes the waiters, who find `failed` set.
                 inner.durable.send_modify(|_| {});
+                inner.wake_waiters();
                 return;
             }
             #[cfg(test)]
             inner
                 .messages
                 .store(self.refs.len(), std::sync::atomic::Ordering::Relaxed);
+            inner
+                .durable_lsn
+                .store(last, std::sync::atomic::Ordering::Release);
             inner.durable.send_replace(last);
+            inner.wake_waiters();
             if closing && lock(&inner.open).ops.is_empty() {
                 return;
             }

@@ -20,6 +20,11 @@ impl BinaryBroker {
     /// logs the address it listens on. The broker picks its own port: a port found free here
     /// and handed over could be taken by another test in between.
     pub async fn start(config: &str) -> BinaryBroker {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// As `start`, with these environment variables set for the broker.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> BinaryBroker {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
@@ -32,6 +37,7 @@ impl BinaryBroker {
             .arg("-c")
             .arg(file.path())
             .args(["-p", "0"])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::from(log_out))
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -1,0 +1,132 @@
+//! Durable state with the real binary on a temporary directory: what is wired so far
+//! (retained messages, acknowledged only once on disk) survives kill -9 and SIGTERM, and a
+//! store that cannot be used stops the start with one line.
+//!
+//! `persistence = true` is refused until sessions and their queues are stored too; these tests
+//! set `TERN_UNFINISHED_PERSISTENCE=1` to reach what exists.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{BinaryBroker, Raw};
+use tern::codec::Packet;
+use tern::message::QoS;
+
+const UNFINISHED: [(&str, &str); 1] = [("TERN_UNFINISHED_PERSISTENCE", "1")];
+
+fn config(dir: &Path, sync: &str) -> String {
+    format!(
+        "[persistence]\npersistence = true\npersistence_location = \"{}\"\nsync = \"{sync}\"\n\
+         [sys]\nsys_interval = \"0s\"\n",
+        dir.display()
+    )
+}
+
+/// Publishes retained QoS 1 values 1..=n to `topic`, each waited for; then an empty
+/// payload to `gone` (deleting it) after a value.
+async fn publish_retained(addr: std::net::SocketAddr, topic: &str, n: u16) {
+    let (mut p, _) = Raw::connect(addr, "retainer", true, 60).await;
+    for i in 1..=n {
+        p.publish(
+            topic,
+            QoS::AtLeastOnce,
+            Some(i),
+            true,
+            i.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(p.recv().await, Packet::PubAck(i));
+    }
+    p.publish("gone", QoS::AtLeastOnce, Some(1), true, b"x")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(1));
+    p.publish("gone", QoS::AtLeastOnce, Some(2), true, b"")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(2));
+}
+
+/// The retained payloads a fresh subscriber to `#` gets.
+async fn retained(addr: std::net::SocketAddr) -> Vec<(String, String)> {
+    let (mut s, _) = Raw::connect(addr, "reader", true, 60).await;
+    s.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+    let mut got = Vec::new();
+    while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), s.recv()).await {
+        if let Packet::Publish(p) = p {
+            got.push((
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            ));
+        }
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test]
+async fn acknowledged_retained_messages_survive_kill_9_and_sigterm() {
+    for sync in ["always", "interval", "never"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = config(dir.path(), sync);
+        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        publish_retained(broker.addr, "r/t", 50).await;
+        // SIGKILL right after the last PUBACK: what was acknowledged is on disk.
+        broker.child.start_kill().expect("kill -9");
+        let _ = broker.child.wait().await;
+        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let want = vec![("r/t".to_owned(), "50".to_owned())];
+        assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
+        // A graceful stop, then a second restart on the same directory.
+        publish_retained(broker.addr, "r/t", 7).await;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &broker.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = broker.child.wait().await.expect("exits");
+        assert!(exit.success(), "{exit}");
+        let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let want = vec![("r/t".to_owned(), "7".to_owned())];
+        assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
+    }
+}
+
+/// Runs `tern -c FILE -p 0` with `config`; its exit status and standard error.
+fn start_fails(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tern.toml");
+    std::fs::write(&file, config).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("-c")
+        .arg(&file)
+        .args(["-p", "0"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tern");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err)
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    // Not yet available without the switch: refused rather than half kept.
+    let (code, err) = start_fails(&conf, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not available yet"), "{err}");
+    // Locked by a running broker.
+    let _running = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (code, err) = start_fails(&conf, &UNFINISHED);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A location that cannot be a directory.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let (code, err) = start_fails(&config(&file.join("store"), "always"), &UNFINISHED);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a-file"), "{err}");
+}
