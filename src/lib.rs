@@ -86,8 +86,11 @@
 //! the LSN the acknowledgement waits for; the connection encodes that PUBACK or PUBREC into a
 //! group that goes out once the store's durable LSN passes it, and everything it encodes
 //! meanwhile goes behind (`client::gated`). One writer thread commits whatever was submitted
-//! as one batch and syncs it per `sync`. Sessions and queues are not written yet, so the
-//! broker refuses `persistence = true` for now.
+//! as one batch and syncs it per `sync`. Persistent sessions write their record (the CONNACK
+//! of a new one waits for it) and their subscriptions (SUBACK and UNSUBACK wait, as
+//! `Outbound::Stored`), and are restored detached, routes installed, before the listeners
+//! serve. Queued and in-flight messages are not written yet, so the broker refuses
+//! `persistence = true` for now.
 //!
 //! # Backpressure and memory bounds
 //!

@@ -130,3 +130,83 @@ async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a-file"), "{err}");
 }
+
+/// SIGKILL, and waits for the process to be gone.
+async fn kill_9(broker: &mut BinaryBroker) {
+    broker.child.start_kill().expect("kill -9");
+    let _ = broker.child.wait().await;
+}
+
+/// SIGTERM, and waits for a clean exit.
+async fn stop(broker: &mut BinaryBroker) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = broker.child.wait().await.expect("exits");
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test]
+async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(!ack.session_present);
+    // Each SUBACK came once its record was durable: kill -9 right after keeps them.
+    sub.subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtLeastOnce)])
+        .await;
+    sub.send_packet(&Packet::Unsubscribe(tern::codec::Unsubscribe {
+        pkid: 2,
+        filters: vec!["b".into()],
+    }))
+    .await;
+    assert_eq!(sub.recv().await, Packet::UnsubAck(2));
+    let (_clean, _) = common::connect_as(broker.addr, "passer", true, None, None).await;
+    kill_9(&mut broker).await;
+
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    // Published before the subscriber is back: the restored subscription is in the router.
+    let (mut publ, _) = Raw::connect(broker.addr, "pub", true, 60).await;
+    for (i, topic) in [(1u16, "a/1"), (2, "b")] {
+        publ.publish(topic, QoS::AtLeastOnce, Some(i), false, topic.as_bytes())
+            .await;
+        assert_eq!(publ.recv().await, Packet::PubAck(i));
+    }
+    // [MQTT-3.2.2-2] the stored session is resumed.
+    let (mut sub, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(ack.session_present);
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.topic[..], b"a/1");
+    sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    // A clean session leaves nothing: its client id starts afresh.
+    let (_, ack) = common::connect_as(broker.addr, "passer", false, None, None).await;
+    assert!(!ack.session_present);
+    stop(&mut broker).await;
+    // Two restarts in a row change nothing.
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (_, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(ack.session_present);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_gone_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = format!(
+        "{}[session]\npersistent_client_expiration = \"1s\"\n",
+        config(dir.path(), "always")
+    );
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (sub, _) = common::connect_as(broker.addr, "brief", false, None, None).await;
+    sub.disconnect().await;
+    // Graceful: every record, the detach time included, is written before the exit.
+    stop(&mut broker).await;
+    // Wall-clock time has to pass here, and nothing signals it: its expiry is measured from when it was detached, across the restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (_, ack) = common::connect_as(broker.addr, "brief", false, None, None).await;
+    assert!(!ack.session_present, "expired while the broker was down");
+}

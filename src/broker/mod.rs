@@ -109,6 +109,11 @@ impl Broker {
             config: Arc::new(ArcSwap::from_pointee(config)),
             reloaded: tokio::sync::Notify::new(),
         });
+        if let Some(recovered) = recovered {
+            for session in recovered.sessions {
+                shared.registry.restore(&shared, session);
+            }
+        }
         Ok(Broker {
             shared,
             listeners,

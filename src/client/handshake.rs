@@ -117,7 +117,17 @@ impl<S: Transport + 'static> Connection<S> {
                     .open(&shared, &accepted.client_id, accepted.clean_session, link);
             let (session, link) = match opened {
                 // A new session starts attached to us: no round trip.
-                Opened::Fresh(session) => {
+                Opened::Fresh(session, lsn) => {
+                    // A new persistent session is on disk before the client hears of it.
+                    if lsn > 0 {
+                        let stored = match &shared.store {
+                            Some(store) => store.wait(lsn).await,
+                            None => true,
+                        };
+                        if !stored {
+                            return Err(CloseReason::StoreFailed);
+                        }
+                    }
                     attached = Some((session, false, out_rx));
                     break;
                 }

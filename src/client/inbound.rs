@@ -33,6 +33,11 @@ impl<S: Transport> Connection<S> {
                 trace!(packet = p.name(), "sending");
                 codec::encode(&p, self.out(0));
             }
+            Outbound::Stored(reply) => {
+                let (p, lsn) = *reply;
+                trace!(packet = p.name(), lsn, "sending once stored");
+                codec::encode(&p, self.out(lsn));
+            }
             Outbound::Publish {
                 msg,
                 qos,

@@ -70,6 +70,9 @@ pub struct Attach {
 pub enum Outbound {
     /// SUBACK or UNSUBACK (rare, so boxed).
     Packet(Box<Packet>),
+    /// A reply that may go out only once the store's LSN beside it is durable (a SUBACK or
+    /// UNSUBACK of a persistent session).
+    Stored(Box<(Packet, u64)>),
     /// PUBREL for an outbound QoS 2 flow.
     PubRel(u16),
     /// A PUBLISH of a shared message.

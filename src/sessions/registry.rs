@@ -26,8 +26,9 @@ pub struct SessionHandle {
 /// What `Registry::open` found.
 #[derive(Debug)]
 pub enum Opened {
-    /// A new session, already attached to the connection (session present = 0).
-    Fresh(SessionHandle),
+    /// A new session, already attached to the connection (session present = 0); its CONNACK
+    /// waits for the store's LSN beside it (0 = nothing to wait for).
+    Fresh(SessionHandle, u64),
     /// A stored persistent session to attach to with the returned link (session present = 1).
     Existing(SessionHandle, ConnLink),
 }
@@ -77,9 +78,14 @@ impl Registry {
         link: ConnLink,
     ) -> Opened {
         let username = link.username.clone();
-        let spawn = |link| Registered {
-            handle: Session::spawn(shared, client_id.clone(), !clean, link),
-            username: username.clone(),
+        let mut lsn = 0;
+        let mut spawn = |link| {
+            let (handle, stored) = Session::spawn(shared, client_id.clone(), !clean, link);
+            lsn = stored;
+            Registered {
+                handle,
+                username: username.clone(),
+            }
         };
         let handle = match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
@@ -103,7 +109,16 @@ impl Registry {
         if shared.shutdown.is_cancelled() {
             handle.mailbox.discard(Kick::Shutdown);
         }
-        Opened::Fresh(handle)
+        Opened::Fresh(handle, lsn)
+    }
+
+    /// Registers a persistent session read back from the store (at start, before any client).
+    pub fn restore(&self, shared: &Arc<Shared>, stored: crate::store::RecoveredSession) {
+        let client_id = stored.client_id.clone();
+        let username = stored.username.clone();
+        let handle = Session::restore(shared, stored);
+        self.sessions
+            .insert(client_id, Registered { handle, username });
     }
 
     /// Removes the entry for `client_id` only if it is still session `id`.

@@ -36,6 +36,7 @@ use crate::sessions::Shared;
 
 use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 use super::pending::Pending;
+use crate::store::{Op, RecoveredSession};
 
 /// The current connection, as the session keeps it.
 struct Linked {
@@ -61,6 +62,8 @@ pub struct Session {
     /// User name of the latest connection: deliveries are checked against the ACL as it.
     username: Option<Arc<str>>,
     persistent: bool,
+    /// Its id in the store: a persistent session with `[persistence]` on.
+    sid: Option<u64>,
     shared: Arc<Shared>,
     /// The configuration in force when the session was made: its limits stay those.
     config: Arc<Config>,
@@ -90,7 +93,12 @@ impl Session {
         client_id: ClientId,
         persistent: bool,
         link: ConnLink,
-    ) -> SessionHandle {
+    ) -> (SessionHandle, u64) {
+        let sid = shared
+            .store
+            .as_ref()
+            .filter(|_| persistent)
+            .map(|s| s.new_sid());
         let config = shared.config.load_full();
         let cfg = &config.session;
         let mailbox = Arc::new(Mailbox::new(
@@ -104,6 +112,7 @@ impl Session {
             id,
             client_id,
             persistent,
+            sid,
             shared: shared.clone(),
             config,
             subscriptions: BTreeMap::new(),
@@ -114,11 +123,99 @@ impl Session {
             blocked: false,
             expiry: None,
         };
+        // The CONNACK of a new persistent session waits for its record.
+        let lsn = session.record(0);
+        shared.tracker.spawn(Actor(Some(session)));
+        let handle = SessionHandle {
+            id,
+            mailbox,
+            persistent,
+        };
+        (handle, lsn)
+    }
+
+    /// Starts, detached, a persistent session read back from the store: its subscriptions go
+    /// back into the router before any client is served.
+    pub fn restore(shared: &Arc<Shared>, stored: RecoveredSession) -> SessionHandle {
+        let config = shared.config.load_full();
+        let cfg = &config.session;
+        let mailbox = Arc::new(Mailbox::new(
+            cfg.max_queued_messages.max(64) + 64,
+            cfg.max_queued_messages / 2,
+            0,
+        ));
+        mailbox.backlog().set_attached(false);
+        let id = next_id();
+        // Expiry runs from when it was detached, across the restart.
+        let now_ms = wall_clock_ms();
+        let expiry = cfg.persistent_client_expiration.map(|e| {
+            let since = if stored.detached_at_ms == 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_millis(now_ms.saturating_sub(stored.detached_at_ms))
+            };
+            Box::pin(tokio::time::sleep_until(
+                Instant::now() + e.saturating_sub(since),
+            ))
+        });
+        let mut session = Session {
+            id,
+            client_id: stored.client_id,
+            persistent: true,
+            sid: Some(stored.sid),
+            shared: shared.clone(),
+            config,
+            subscriptions: BTreeMap::new(),
+            mailbox: mailbox.clone(),
+            pending: None,
+            username: stored.username,
+            link: None,
+            blocked: false,
+            expiry,
+        };
+        for (filter, qos) in stored.subscriptions {
+            let route = session.route(qos);
+            // A restored subscription owes no retained messages: they were sent when it was made.
+            shared.router.subscribe(&filter, route, 0);
+            session.subscriptions.insert(filter.to_string(), qos);
+        }
+        if stored.detached_at_ms == 0 {
+            session.record(now_ms);
+        }
         shared.tracker.spawn(Actor(Some(session)));
         SessionHandle {
             id,
             mailbox,
-            persistent,
+            persistent: true,
+        }
+    }
+
+    /// Writes the session's record (detached at `detached_at_ms`, 0 = attached); the LSN to
+    /// wait for, 0 without a store.
+    fn record(&self, detached_at_ms: u64) -> u64 {
+        self.store_op(|sid| Op::Session {
+            sid,
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            detached_at_ms,
+        })
+    }
+
+    /// Submits the op `make` builds for a stored session; its LSN, or 0.
+    fn store_op(&self, make: impl FnOnce(u64) -> Op) -> u64 {
+        match (&self.shared.store, self.sid) {
+            (Some(store), Some(sid)) => store.submit(make(sid)),
+            _ => 0,
+        }
+    }
+
+    /// This session's route at `qos`.
+    fn route(&self, qos: QoS) -> Route<Mailbox> {
+        Route {
+            session: self.id,
+            client_id: self.client_id.clone(),
+            qos,
+            mailbox: self.mailbox.clone(),
         }
     }
 
@@ -189,15 +286,19 @@ impl Session {
             }
             SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, &filters),
             SessionCmd::Unsubscribe { pkid, filters } => {
+                let mut lsn = 0;
                 for f in filters.iter() {
                     if self.subscriptions.remove(f).is_some() {
                         self.shared.router.unsubscribe(f, self.id);
+                        lsn = self.store_op(|sid| Op::Unsubscribe {
+                            sid,
+                            filter: f.as_str().into(),
+                        });
                     }
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
-                self.pending()
-                    .control
-                    .push_back(Outbound::Packet(Box::new(Packet::UnsubAck(pkid))));
+                let reply = Packet::UnsubAck(pkid);
+                self.pending().control.push_back(stored_reply(reply, lsn));
             }
             SessionCmd::PubAck(id) => {
                 if let Some(p) = &mut self.pending {
@@ -238,6 +339,7 @@ impl Session {
         self.username = username;
         self.link = Some(linked);
         self.expiry = None;
+        self.record(0);
         self.mailbox.backlog().set_attached(true);
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
         let Some(p) = &mut self.pending else {
@@ -289,14 +391,19 @@ impl Session {
             granted.push((filter, qos));
             codes.push(SubAckCode::Granted(qos));
         }
+        // A persistent session's SUBACK waits for its subscriptions' records.
+        let mut lsn = 0;
+        for (filter, qos) in &granted {
+            lsn = self.store_op(|sid| Op::Subscribe {
+                sid,
+                filter: (*filter).into(),
+                qos: *qos,
+            });
+        }
         // [MQTT-3.8.4-1], [MQTT-3.8.4-4], [MQTT-3.8.4-5]: one SUBACK, codes in order, and it goes
         // out before the retained messages of these filters.
-        self.pending()
-            .control
-            .push_back(Outbound::Packet(Box::new(Packet::SubAck(SubAck {
-                pkid,
-                codes,
-            }))));
+        let reply = Packet::SubAck(SubAck { pkid, codes });
+        self.pending().control.push_back(stored_reply(reply, lsn));
         let live = self.shared.config.load();
         let upgrade = live.mqtt.upgrade_outgoing_qos;
         let policy = live
@@ -308,12 +415,7 @@ impl Session {
             // [MQTT-3.3.1-6]; no more than the queue has room for, so one SUBSCRIBE cannot
             // make the session walk and drop the whole store.
             let room = self.pending().mqueue.room();
-            let route = Route {
-                session: self.id,
-                client_id: self.client_id.clone(),
-                qos,
-                mailbox: self.mailbox.clone(),
-            };
+            let route = self.route(qos);
             let batch = self.shared.router.subscribe(filter, route, room);
             tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
             self.subscriptions.insert(filter.to_owned(), qos);
@@ -407,6 +509,8 @@ impl Session {
             self.mailbox.backlog().set_attached(false);
             let expiry = self.config.session.persistent_client_expiration;
             self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
+            // When it went, so its expiry can be measured across a restart.
+            self.record(wall_clock_ms());
             if let Some(k) = kick {
                 link.outbound.kick(k);
             }
@@ -428,11 +532,34 @@ impl Session {
         for filter in self.subscriptions.keys() {
             self.shared.router.unsubscribe(filter, self.id);
         }
+        // On shutdown a persistent session stays on disk for the next start.
+        if discarded != Some(Kick::Shutdown) {
+            self.store_op(|sid| Op::SessionEnd {
+                sid,
+                client_id: self.client_id.clone(),
+            });
+        }
         if discarded.is_none() {
             self.shared.registry.remove_if(&self.client_id, self.id);
         }
         tracing::debug!(client_id = &*self.client_id, ?discarded, "session ended");
     }
+}
+
+/// A reply that waits for `lsn` (0: sent as soon as it can be).
+fn stored_reply(packet: Packet, lsn: u64) -> Outbound {
+    if lsn == 0 {
+        Outbound::Packet(Box::new(packet))
+    } else {
+        Outbound::Stored(Box::new((packet, lsn)))
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The session's task: a hand-written future that is exactly the session's state, where an

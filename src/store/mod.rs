@@ -152,6 +152,7 @@ pub enum Op {
 #[derive(Clone)]
 pub struct Store {
     writer: Arc<writer::Writer>,
+    next_sid: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -159,12 +160,20 @@ impl Store {
     pub fn open(dir: &Path, sync: SyncPolicy) -> Result<(Store, Recovered), StoreError> {
         let (db, recovered) = recover::open(dir)?;
         let writer = writer::Writer::start(db, dir.to_owned(), sync, &recovered)?;
+        let next_sid = Arc::new(std::sync::atomic::AtomicU64::new(recovered.next_sid));
         Ok((
             Store {
                 writer: Arc::new(writer),
+                next_sid,
             },
             recovered,
         ))
+    }
+
+    /// A session id no stored session has.
+    pub fn new_sid(&self) -> u64 {
+        self.next_sid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds `op` to the open batch; the LSN that `durable` must reach for it to be on disk.

@@ -81,11 +81,21 @@ impl Writer {
             messages: std::sync::atomic::AtomicUsize::new(0),
         });
         let refs = recovered.message_refs();
+        let owners = recovered
+            .sessions
+            .iter()
+            .map(|s| (s.client_id.clone(), s.sid))
+            .collect();
         let thread_inner = inner.clone();
         let thread = std::thread::Builder::new()
             .name("tern-store".into())
             .spawn(move || {
-                let mut state = State { spaces, refs, dir };
+                let mut state = State {
+                    spaces,
+                    refs,
+                    dir,
+                    owners,
+                };
                 state.run(&thread_inner, sync);
             })
             .map_err(|e| StoreError::Io {
@@ -183,6 +193,9 @@ impl Drop for Writer {
 /// What the thread owns.
 struct State {
     spaces: Spaces,
+    /// Which session each stored client id belongs to: a session that ends after another
+    /// took its client id must not delete the newer one's record.
+    owners: HashMap<std::sync::Arc<str>, u64>,
     /// Queue entries per stored message: the message goes with its last entry.
     refs: HashMap<u64, u32>,
     dir: PathBuf,
@@ -285,9 +298,13 @@ impl State {
                     detached_at_ms,
                 };
                 batch.insert(&s.sessions, client_id.as_bytes(), record.encode());
+                self.owners.insert(client_id, sid);
             }
             Op::SessionEnd { sid, client_id } => {
-                batch.remove(&s.sessions, client_id.as_bytes());
+                if self.owners.get(&client_id) == Some(&sid) {
+                    self.owners.remove(&client_id);
+                    batch.remove(&s.sessions, client_id.as_bytes());
+                }
                 let prefix = sid.to_be_bytes();
                 for space in [&s.subs, &s.await_rel] {
                     for kv in space.prefix(prefix) {
