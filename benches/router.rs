@@ -24,6 +24,7 @@ fn fanout(c: &mut Criterion) {
                     session: i as u64 + 1,
                     client_id: format!("c{i}").into(),
                     qos: QoS::AtLeastOnce,
+                    stored: None,
                     mailbox: mailbox.clone(),
                 },
                 0,

@@ -89,8 +89,12 @@
 //! as one batch and syncs it per `sync`. Persistent sessions write their record (the CONNACK
 //! of a new one waits for it) and their subscriptions (SUBACK and UNSUBACK wait, as
 //! `Outbound::Stored`), and are restored detached, routes installed, before the listeners
-//! serve. Queued and in-flight messages are not written yet, so the broker refuses
-//! `persistence = true` for now.
+//! serve. A QoS 1/2 message routed to persistent sessions is written once, with an entry per
+//! session (`Route::stored`, `Delivery::stored`), in the batch the publisher's PUBACK waits
+//! for; the session records its packet id, its PUBREC and its end (acknowledged or dropped),
+//! and a restored session queues its messages again in order or puts them back in flight.
+//! The inbound QoS 2 state is not written yet, so the broker refuses `persistence = true` for
+//! now.
 //!
 //! # Backpressure and memory bounds
 //!

@@ -210,3 +210,146 @@ async fn an_expired_session_is_gone_after_a_restart() {
     let (_, ack) = common::connect_as(broker.addr, "brief", false, None, None).await;
     assert!(!ack.session_present, "expired while the broker was down");
 }
+
+/// A publisher sending QoS 1 messages "P:i" to `t/P`, one at a time, until its connection
+/// goes; the highest i acknowledged. Each acknowledgement is counted in `acked`.
+async fn publish_until_cut(
+    addr: std::net::SocketAddr,
+    name: &'static str,
+    from: u32,
+    limit: u32,
+    acked: std::sync::Arc<tokio::sync::Semaphore>,
+) -> u32 {
+    let (mut p, _) = Raw::connect(addr, name, true, 60).await;
+    let mut last = 0;
+    for i in from..from + limit {
+        let payload = format!("{name}:{i}");
+        let pkid = (i % 60_000 + 1) as u16;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            tern_send(&mut p, &format!("t/{name}"), pkid, payload.as_bytes()),
+        )
+        .await;
+        match sent {
+            Ok(true) => {
+                last = i;
+                acked.add_permits(1);
+            }
+            _ => break,
+        }
+    }
+    last
+}
+
+/// One QoS 1 PUBLISH and its PUBACK; false if the connection went first.
+async fn tern_send(p: &mut Raw, topic: &str, pkid: u16, payload: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = bytes::BytesMut::new();
+    tern::codec::encode(
+        &Packet::Publish(tern::codec::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            pkid: Some(pkid),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }),
+        &mut buf,
+    );
+    if p.stream.write_all(&buf).await.is_err() {
+        return false;
+    }
+    let mut ack = [0u8; 4];
+    match p.stream.read_exact(&mut ack).await {
+        Ok(_) => ack == [0x40, 0x02, (pkid >> 8) as u8, pkid as u8],
+        Err(_) => false,
+    }
+}
+
+/// Reconnects `id` (clean_session = 0) and takes every message until it falls quiet,
+/// acknowledging each; the payloads in arrival order.
+async fn drain_session(addr: std::net::SocketAddr, id: &str) -> Vec<String> {
+    let (mut s, ack) = common::connect_as(addr, id, false, None, None).await;
+    assert!(ack.session_present, "{id}: [MQTT-3.2.2-2]");
+    let mut got = Vec::new();
+    while let Ok(p) = tokio::time::timeout(Duration::from_millis(500), s.recv()).await {
+        let Packet::Publish(p) = p else { continue };
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if let Some(pkid) = p.pkid {
+            s.send_packet(&Packet::PubAck(pkid)).await;
+        }
+    }
+    got
+}
+
+/// Every acknowledged value of each publisher arrived, in order of first arrival.
+fn check_delivery(got: &[String], acked: &[(&str, std::ops::RangeInclusive<u32>)], who: &str) {
+    for (name, range) in acked {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut last = 0;
+        for v in got
+            .iter()
+            .filter_map(|g| g.strip_prefix(&format!("{name}:")))
+        {
+            let v: u32 = v.parse().expect("number");
+            if seen.insert(v) {
+                assert!(v > last, "{who}: {name}:{v} after {name}:{last}");
+                last = v;
+            }
+        }
+        for i in range.clone() {
+            assert!(seen.contains(&i), "{who}: acknowledged {name}:{i} was lost");
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_qos1_messages_survive_kill_9_for_offline_and_slow_subscribers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = format!(
+        "{}[session]\nmax_queued_messages = 100000\n",
+        config(dir.path(), "always")
+    );
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    for id in ["offline", "slow"] {
+        let (mut s, _) = common::connect_as(broker.addr, id, false, None, None).await;
+        s.subscribe(1, &[("t/#", QoS::AtLeastOnce)]).await;
+        if id == "offline" {
+            s.disconnect().await;
+        } else {
+            // Online and never acknowledging: its window fills, the rest queues.
+            std::mem::forget(s);
+        }
+    }
+    let acked = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let publishers: Vec<_> = ["p1", "p2", "p3"]
+        .into_iter()
+        .map(|name| {
+            let (addr, acked) = (broker.addr, acked.clone());
+            tokio::spawn(
+                async move { (name, publish_until_cut(addr, name, 1, 100_000, acked).await) },
+            )
+        })
+        .collect();
+    // Killed mid-stream, once a few hundred messages were acknowledged.
+    let _ = tokio::time::timeout(Duration::from_secs(20), acked.acquire_many(300)).await;
+    kill_9(&mut broker).await;
+    let mut before = Vec::new();
+    for p in publishers {
+        before.push(p.await.expect("publisher"));
+    }
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    // More before the subscribers come back.
+    let mut after = Vec::new();
+    for (name, last) in &before {
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let upto = publish_until_cut(broker.addr, name, last + 1, 20, sem).await;
+        assert_eq!(upto, last + 20);
+        after.push((*name, 1..=upto));
+    }
+    assert!(before.iter().all(|(_, last)| *last > 0), "{before:?}");
+    for id in ["offline", "slow"] {
+        let got = drain_session(broker.addr, id).await;
+        check_delivery(&got, &after, id);
+    }
+}

@@ -35,6 +35,8 @@ pub struct Delivery {
     pub msg: Arc<Message>,
     /// `min(published QoS, granted QoS)`.
     pub qos: QoS,
+    /// Its id in the store when it was written there for this (persistent) session; 0 if not.
+    pub stored: u64,
 }
 
 /// Where the router hands a delivery, without waiting: a session's mailbox
@@ -69,6 +71,9 @@ pub struct Route<I> {
     pub client_id: ClientId,
     /// Granted QoS.
     pub qos: QoS,
+    /// The session's id in the store, for a persistent session with `[persistence]` on: QoS 1
+    /// and 2 messages for it are written there before they are acknowledged.
+    pub stored: Option<u64>,
     /// The session's mailbox, with its backlog gauge for publisher backpressure.
     pub mailbox: Arc<I>,
 }
@@ -79,6 +84,7 @@ impl<I> Clone for Route<I> {
             session: self.session,
             client_id: self.client_id.clone(),
             qos: self.qos,
+            stored: self.stored,
             mailbox: self.mailbox.clone(),
         }
     }
@@ -321,22 +327,59 @@ impl<I: Inbox> Router<I> {
     fn fan_out<'a>(
         &self,
         msg: &Arc<Message>,
-        routes: impl Iterator<Item = &'a Route<I>>,
+        routes: impl Iterator<Item = &'a Route<I>> + Clone,
         out: &mut Published,
         mut congested: Option<&mut Vec<Arc<I>>>,
     ) {
         let upgrade = self.upgrade_outgoing_qos.load(Ordering::Relaxed);
-        for route in routes {
-            let qos = if upgrade {
+        let qos_for = |route: &Route<I>| {
+            if upgrade {
                 route.qos
             } else {
                 msg.qos.min(route.qos)
+            }
+        };
+        // Persistent sessions owed it at QoS 1 or 2 get it on disk first, stored once, in the
+        // same batch as the publisher's own records; its acknowledgement waits for them.
+        let mut stored = 0;
+        if let Some(store) = &self.store {
+            let sessions: Vec<(u64, QoS)> = routes
+                .clone()
+                .filter_map(|r| Some((r.stored?, qos_for(r))))
+                .filter(|(_, q)| *q != QoS::AtMostOnce)
+                .collect();
+            if !sessions.is_empty() {
+                stored = store.new_message_id();
+                let lsn = store.submit(Op::Message {
+                    id: stored,
+                    msg: msg.clone(),
+                    sessions,
+                });
+                out.lsn = out.lsn.max(lsn);
+            }
+        }
+        for route in routes {
+            let qos = qos_for(route);
+            let id = match route.stored {
+                Some(_) if stored > 0 && qos != QoS::AtMostOnce => stored,
+                _ => 0,
             };
             let delivery = Delivery {
                 msg: msg.clone(),
                 qos,
+                stored: id,
             };
-            match route.mailbox.offer(delivery) {
+            let offered = route.mailbox.offer(delivery);
+            if let (Some(sid), true) = (
+                route.stored,
+                id > 0 && !matches!(offered, Offered::Taken { .. }),
+            ) {
+                // Not queued after all: it owes the session nothing on disk either.
+                if let Some(store) = &self.store {
+                    store.submit(Op::Done { sid, id });
+                }
+            }
+            match offered {
                 Offered::Taken { congested: now } => {
                     out.delivered += 1;
                     if now {
@@ -395,6 +438,7 @@ mod tests {
                 session,
                 client_id: format!("c{session}").into(),
                 qos,
+                stored: None,
                 mailbox: mailbox.clone(),
             },
             mailbox,

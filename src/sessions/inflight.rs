@@ -14,8 +14,9 @@ use crate::sessions::mqueue::Queued;
 pub enum Flight {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Queued),
-    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer kept [MQTT-4.3.3-1].
-    PubRel,
+    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer kept [MQTT-4.3.3-1],
+    /// only its id in the store (0 if it is not stored).
+    PubRel(u64),
 }
 
 /// The inflight table of one session.
@@ -100,12 +101,16 @@ impl Inflight {
     pub fn pubrec(&mut self, id: u16) -> bool {
         match self.entries.get_mut(&id) {
             Some((_, flight @ Flight::Publish(_))) => {
-                if let Flight::Publish(q) = std::mem::replace(flight, Flight::PubRel) {
+                let stored = match flight {
+                    Flight::Publish(q) => q.stored,
+                    Flight::PubRel(s) => *s,
+                };
+                if let Flight::Publish(q) = std::mem::replace(flight, Flight::PubRel(stored)) {
                     self.bytes -= q.msg.payload.len();
                 }
                 true
             }
-            Some((_, Flight::PubRel)) => true,
+            Some((_, Flight::PubRel(_))) => true,
             None => false,
         }
     }
@@ -113,9 +118,31 @@ impl Inflight {
     /// PUBCOMP: ends a QoS 2 flow. False if the id was not awaiting one.
     pub fn pubcomp(&mut self, id: u16) -> bool {
         match self.entries.get(&id) {
-            Some((_, Flight::PubRel)) => self.entries.remove(&id).is_some(),
+            Some((_, Flight::PubRel(_))) => self.entries.remove(&id).is_some(),
             _ => false,
         }
+    }
+
+    /// The store id of the message in flight as `id` (0: none, or not stored).
+    pub fn stored(&self, id: u16) -> u64 {
+        match self.entries.get(&id) {
+            Some((_, Flight::Publish(q))) => q.stored,
+            Some((_, Flight::PubRel(s))) => *s,
+            None => 0,
+        }
+    }
+
+    /// Puts back a flow read from the store, under its original packet id (resent in the
+    /// order restored, after the others).
+    pub fn restore(&mut self, id: u16, flight: Flight) {
+        if id == 0 || self.entries.contains_key(&id) {
+            return;
+        }
+        if let Flight::Publish(q) = &flight {
+            self.bytes += q.msg.payload.len();
+        }
+        self.seq += 1;
+        self.entries.insert(id, (self.seq, flight));
     }
 
     /// Every flow in the order it started, for resending after a reconnect [MQTT-4.4.0-1].
@@ -151,6 +178,7 @@ mod tests {
             }),
             qos: QoS::AtLeastOnce,
             retain: false,
+            stored: 0,
         }
     }
 
@@ -209,7 +237,7 @@ mod tests {
         assert!(!f.puback(b), "b awaits PUBCOMP");
         let order: Vec<u16> = f.in_order().iter().map(|(id, _)| *id).collect();
         assert_eq!(order, [a, b, c]);
-        assert!(matches!(f.in_order()[1].1, Flight::PubRel));
+        assert!(matches!(f.in_order()[1].1, Flight::PubRel(_)));
         assert!(f.pubcomp(b));
         assert_eq!(f.len(), 2);
     }

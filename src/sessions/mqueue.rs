@@ -22,6 +22,8 @@ pub struct Queued {
     pub qos: QoS,
     /// RETAIN flag for the outgoing PUBLISH (1 only for retained-on-subscribe deliveries).
     pub retain: bool,
+    /// Its id in the store, for a persistent session (0: not stored).
+    pub stored: u64,
 }
 
 /// A bounded FIFO of `Queued` messages with an overflow policy.
@@ -155,6 +157,7 @@ mod tests {
             }),
             qos,
             retain: false,
+            stored: 0,
         }
     }
 

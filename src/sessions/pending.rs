@@ -9,7 +9,7 @@ use crate::message::QoS;
 use crate::observability::metrics::Metrics;
 use crate::sessions::backlog::Backlog;
 use crate::sessions::inflight::Inflight;
-use crate::sessions::mqueue::MQueue;
+use crate::sessions::mqueue::{MQueue, Queued};
 
 /// Everything waiting to be sent to the connection, or for its acknowledgement.
 pub(super) struct Pending {
@@ -54,7 +54,13 @@ impl Pending {
 
     /// The next packet for the connection: control first, then the queue head if the
     /// inflight window lets it go.
-    pub(super) fn next(&mut self, metrics: &Metrics, backlog: &Backlog) -> Option<Outbound> {
+    /// `on_sent` hears of each stored message given a packet id.
+    pub(super) fn next(
+        &mut self,
+        metrics: &Metrics,
+        backlog: &Backlog,
+        on_sent: &mut impl FnMut(&Queued, u16),
+    ) -> Option<Outbound> {
         if let Some(out) = self.control.pop_front() {
             return Some(out);
         }
@@ -65,6 +71,11 @@ impl Pending {
             Some(self.inflight.insert(front.clone())?)
         };
         let q = self.mqueue.pop()?;
+        if let Some(id) = pkid {
+            if q.stored > 0 {
+                on_sent(&q, id);
+            }
+        }
         backlog.removed(1, true);
         Metrics::incr(&metrics.messages_sent);
         Some(Outbound::Publish {

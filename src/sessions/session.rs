@@ -36,7 +36,7 @@ use crate::sessions::Shared;
 
 use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 use super::pending::Pending;
-use crate::store::{Op, RecoveredSession};
+use crate::store::{Op, QueueEntry, RecoveredSession};
 
 /// The current connection, as the session keeps it.
 struct Linked {
@@ -182,6 +182,27 @@ impl Session {
         if stored.detached_at_ms == 0 {
             session.record(now_ms);
         }
+        // Its messages, in the order they were stored: those sent go back in flight under
+        // their packet ids (resent with DUP on attach [MQTT-4.4.0-1]), the rest queue.
+        for (id, msg, entry) in stored.queue {
+            let queued = Queued {
+                msg,
+                qos: entry.qos,
+                retain: false,
+                stored: id,
+            };
+            if entry.pkid == 0 {
+                session.mailbox.backlog().added_directly();
+                session.deliver_restored(queued);
+            } else {
+                let flight = if entry.released {
+                    Flight::PubRel(id)
+                } else {
+                    Flight::Publish(queued)
+                };
+                session.pending().inflight.restore(entry.pkid, flight);
+            }
+        }
         shared.tracker.spawn(Actor(Some(session)));
         SessionHandle {
             id,
@@ -215,6 +236,7 @@ impl Session {
             session: self.id,
             client_id: self.client_id.clone(),
             qos,
+            stored: self.sid.filter(|_| self.shared.store.is_some()),
             mailbox: self.mailbox.clone(),
         }
     }
@@ -301,22 +323,37 @@ impl Session {
                 self.pending().control.push_back(stored_reply(reply, lsn));
             }
             SessionCmd::PubAck(id) => {
-                if let Some(p) = &mut self.pending {
-                    p.inflight.puback(id);
+                let Some(p) = &mut self.pending else { return };
+                let stored = p.inflight.stored(id);
+                if p.inflight.puback(id) && stored > 0 {
+                    self.store_op(|sid| Op::Done { sid, id: stored });
                 }
             }
             SessionCmd::PubRec(id) => {
                 // The connection has answered with PUBREL; only the state moves here.
-                if let Some(p) = &mut self.pending {
-                    p.inflight.pubrec(id);
+                let Some(p) = &mut self.pending else { return };
+                let stored = p.inflight.stored(id);
+                if p.inflight.pubrec(id) && stored > 0 {
+                    let entry = QueueEntry {
+                        qos: QoS::ExactlyOnce,
+                        pkid: id,
+                        released: true,
+                    };
+                    self.store_op(|sid| Op::Sent {
+                        sid,
+                        id: stored,
+                        entry,
+                    });
                 }
             }
             SessionCmd::PubComp(id) => {
-                if let Some(p) = &mut self.pending {
-                    p.inflight.pubcomp(id);
+                let Some(p) = &mut self.pending else { return };
+                let stored = p.inflight.stored(id);
+                if p.inflight.pubcomp(id) && stored > 0 {
+                    self.store_op(|sid| Op::Done { sid, id: stored });
                 }
             }
-            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false),
+            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored),
         }
     }
 
@@ -357,7 +394,7 @@ impl Session {
                     dup: true,
                     retain: q.retain,
                 },
-                Flight::PubRel => Outbound::PubRel(id),
+                Flight::PubRel(_) => Outbound::PubRel(id),
             });
         }
     }
@@ -431,7 +468,7 @@ impl Session {
                 // As a live delivery would be [MQTT-3.8.4-6], or upgraded if so configured.
                 let q = if upgrade { qos } else { msg.qos.min(qos) };
                 self.mailbox.backlog().added_directly();
-                self.deliver(msg, q, true);
+                self.deliver(msg, q, true, 0);
             }
             if batch.more {
                 // At least one more retained message matched than the queue could take.
@@ -442,8 +479,16 @@ impl Session {
     }
 
     /// Queues a message owed to this session.
-    fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool) {
+    /// Queues a message owed to this session (`stored`: its id in the store, or 0).
+    fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool, stored: u64) {
         let metrics = &self.shared.metrics;
+        let (store, sid) = (&self.shared.store, self.sid);
+        // A stored message that is not queued after all is done with on disk too.
+        let done = |id: u64| {
+            if let (Some(store), Some(sid), true) = (store, sid, id > 0) {
+                store.submit(Op::Done { sid, id });
+            }
+        };
         // A wildcard subscription may cover topics this client may not read: check each message.
         let policy = self.shared.policy.load();
         if policy.checks_reads()
@@ -456,6 +501,7 @@ impl Session {
         {
             self.mailbox.backlog().removed(1, false);
             Metrics::incr(&metrics.acl_denied);
+            done(stored);
             return;
         }
         if self.link.is_none() && qos == QoS::AtMostOnce && !self.config.session.queue_qos0_messages
@@ -467,8 +513,32 @@ impl Session {
         let (config, client_id) = (&self.config, &self.client_id);
         let dropped = Pending::made(&mut self.pending, &config.session)
             .mqueue
-            .push_with(Queued { msg, qos, retain }, |q| {
-                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str())
+            .push_with(
+                Queued {
+                    msg,
+                    qos,
+                    retain,
+                    stored,
+                },
+                |q| {
+                    metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
+                    done(q.stored);
+                },
+            );
+        self.mailbox.backlog().removed(dropped, false);
+    }
+
+    /// Queues a message read back from the store (limits apply; a drop is done on disk).
+    fn deliver_restored(&mut self, queued: Queued) {
+        let (store, sid) = (&self.shared.store, self.sid);
+        let (metrics, client_id) = (&self.shared.metrics, &self.client_id);
+        let dropped = Pending::made(&mut self.pending, &self.config.session)
+            .mqueue
+            .push_with(queued, |q| {
+                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
+                if let (Some(store), Some(sid)) = (store, sid) {
+                    store.submit(Op::Done { sid, id: q.stored });
+                }
             });
         self.mailbox.backlog().removed(dropped, false);
     }
@@ -496,7 +566,26 @@ impl Session {
             return;
         };
         let (metrics, backlog) = (&self.shared.metrics, self.mailbox.backlog());
-        match link.outbound.fill(|| pending.next(metrics, backlog)) {
+        let (store, sid) = (&self.shared.store, self.sid);
+        // A stored message given a packet id: on disk, so a restart resends it under that id.
+        let mut on_sent = |q: &Queued, pkid: u16| {
+            if let (Some(store), Some(sid)) = (store, sid) {
+                let entry = QueueEntry {
+                    qos: q.qos,
+                    pkid,
+                    released: false,
+                };
+                store.submit(Op::Sent {
+                    sid,
+                    id: q.stored,
+                    entry,
+                });
+            }
+        };
+        match link
+            .outbound
+            .fill(|| pending.next(metrics, backlog, &mut on_sent))
+        {
             Ok(full) => self.blocked = full && pending.has_work(),
             Err(Closed) => self.unlink(None),
         }

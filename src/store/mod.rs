@@ -153,6 +153,7 @@ pub enum Op {
 pub struct Store {
     writer: Arc<writer::Writer>,
     next_sid: Arc<std::sync::atomic::AtomicU64>,
+    next_message_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -161,10 +162,13 @@ impl Store {
         let (db, recovered) = recover::open(dir)?;
         let writer = writer::Writer::start(db, dir.to_owned(), sync, &recovered)?;
         let next_sid = Arc::new(std::sync::atomic::AtomicU64::new(recovered.next_sid));
+        let next_message_id =
+            Arc::new(std::sync::atomic::AtomicU64::new(recovered.next_message_id));
         Ok((
             Store {
                 writer: Arc::new(writer),
                 next_sid,
+                next_message_id,
             },
             recovered,
         ))
@@ -173,6 +177,12 @@ impl Store {
     /// A session id no stored session has.
     pub fn new_sid(&self) -> u64 {
         self.next_sid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A message id no stored message has (never 0).
+    pub fn new_message_id(&self) -> u64 {
+        self.next_message_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
