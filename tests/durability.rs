@@ -353,3 +353,56 @@ async fn acknowledged_qos1_messages_survive_kill_9_for_offline_and_slow_subscrib
         check_delivery(&got, &after, id);
     }
 }
+
+#[tokio::test]
+async fn a_qos2_message_acknowledged_with_pubrec_is_delivered_once_across_a_kill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "q2-sub", false, None, None).await;
+    sub.subscribe(1, &[("q2", QoS::ExactlyOnce)]).await;
+    sub.disconnect().await;
+    // A persistent publisher gets its PUBREC; then the broker is killed before the PUBREL.
+    let (mut publ, _) = common::connect_as(broker.addr, "q2-pub", false, None, None).await;
+    publ.publish("q2", QoS::ExactlyOnce, Some(5), false, b"once")
+        .await;
+    assert_eq!(publ.recv().await, Packet::PubRec(5));
+    kill_9(&mut broker).await;
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    // The publisher, not sure of anything, sends it again (DUP) and then PUBREL
+    // [MQTT-4.3.3-2]: id 5 still awaits its PUBREL, so the copy is not routed again.
+    let (mut publ, ack) = common::connect_as(broker.addr, "q2-pub", false, None, None).await;
+    assert!(ack.session_present);
+    publ.send_packet(&Packet::Publish(tern::codec::Publish {
+        dup: true,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: bytes::Bytes::from_static(b"q2"),
+        pkid: Some(5),
+        payload: bytes::Bytes::from_static(b"once"),
+    }))
+    .await;
+    assert_eq!(publ.recv().await, Packet::PubRec(5));
+    publ.send_packet(&Packet::PubRel(5)).await;
+    assert_eq!(publ.recv().await, Packet::PubComp(5));
+    // Id 5 is free again: a new message under it is a new message.
+    publ.publish("q2", QoS::ExactlyOnce, Some(5), false, b"twice")
+        .await;
+    assert_eq!(publ.recv().await, Packet::PubRec(5));
+    publ.send_packet(&Packet::PubRel(5)).await;
+    assert_eq!(publ.recv().await, Packet::PubComp(5));
+    let (mut sub, ack) = common::connect_as(broker.addr, "q2-sub", false, None, None).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while let Ok(p) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await {
+        match p {
+            Packet::Publish(p) => {
+                got.push(p.payload.to_vec());
+                sub.send_packet(&Packet::PubRec(p.pkid.expect("id"))).await;
+            }
+            Packet::PubRel(id) => sub.send_packet(&Packet::PubComp(id)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, [b"once".to_vec(), b"twice".to_vec()]);
+}

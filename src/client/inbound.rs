@@ -11,10 +11,19 @@ use crate::codec::{self, Packet};
 use crate::message::{Message, QoS};
 use crate::observability::metrics::Metrics;
 use crate::sessions::{Outbound, SessionCmd};
+use crate::store::Op;
 
 impl<S: Transport> Connection<S> {
     /// Publishes through the router (with its publisher, if retained), noting congested
     /// subscribers when `backpressure` is on.
+    /// Submits the op `make` builds for the client's stored session; its LSN, or 0.
+    fn stored(&self, client: &Client, make: impl FnOnce(u64) -> Op) -> u64 {
+        match (&self.shared.store, client.session.stored) {
+            (Some(store), Some(sid)) => store.submit(make(sid)),
+            _ => 0,
+        }
+    }
+
     /// The LSN its acknowledgement waits for (0: none).
     fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> u64 {
         let from = msg.retain.then(|| client.publisher());
@@ -141,7 +150,13 @@ impl<S: Transport> Connection<S> {
                         let max = max_awaiting_rel;
                         let lsn = match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
-                                msg.map_or(0, |msg| self.route(msg, client, backpressure))
+                                // Its id is kept with the message, so a PUBLISH resent after a
+                                // restart is still known as a duplicate.
+                                let awaiting =
+                                    self.stored(client, |sid| Op::AwaitRel { sid, pkid });
+                                let routed =
+                                    msg.map_or(0, |msg| self.route(msg, client, backpressure));
+                                awaiting.max(routed)
                             }
                             Some(false) => 0,
                             None => return Err(ProtocolError::TooManyAwaitingRel.into()),
@@ -157,7 +172,10 @@ impl<S: Transport> Connection<S> {
             Packet::PubRel(id) => {
                 // [MQTT-4.3.3-2] the id is free again; answer with PUBCOMP.
                 client.session.mailbox.release_qos2(id);
-                codec::encode(&Packet::PubComp(id), self.out(0));
+                // PUBCOMP once the id is free on disk too: a stale id would make the client's
+                // next PUBLISH under it look like a duplicate after a restart.
+                let lsn = self.stored(client, |sid| Op::Released { sid, pkid: id });
+                codec::encode(&Packet::PubComp(id), self.out(lsn));
                 return Ok(Flow::Continue);
             }
             Packet::PubComp(id) => SessionCmd::PubComp(id),

@@ -21,6 +21,9 @@ pub struct SessionHandle {
     pub mailbox: Arc<Mailbox>,
     /// True for clean_session = 0: the session outlives its connections.
     pub persistent: bool,
+    /// Its id in the store (a persistent session with `[persistence]` on): the connection
+    /// writes the inbound QoS 2 state under it.
+    pub stored: Option<u64>,
 }
 
 /// What `Registry::open` found.

@@ -130,6 +130,7 @@ impl Session {
             id,
             mailbox,
             persistent,
+            stored: sid,
         };
         (handle, lsn)
     }
@@ -158,6 +159,11 @@ impl Session {
                 Instant::now() + e.saturating_sub(since),
             ))
         });
+        let stored_sid = stored.sid;
+        // Inbound QoS 2 ids still awaiting their PUBREL: a resent PUBLISH is a duplicate.
+        for pkid in &stored.awaiting_rel {
+            mailbox.receive_qos2(*pkid, usize::MAX);
+        }
         let mut session = Session {
             id,
             client_id: stored.client_id,
@@ -208,6 +214,7 @@ impl Session {
             id,
             mailbox,
             persistent: true,
+            stored: Some(stored_sid),
         }
     }
 
