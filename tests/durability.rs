@@ -406,3 +406,44 @@ async fn a_qos2_message_acknowledged_with_pubrec_is_delivered_once_across_a_kill
     }
     assert_eq!(got, [b"once".to_vec(), b"twice".to_vec()]);
 }
+
+#[tokio::test]
+async fn an_outbound_qos2_flow_resumes_under_its_packet_id_after_a_kill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "q2-out", false, None, None).await;
+    sub.subscribe(1, &[("o/#", QoS::ExactlyOnce)]).await;
+    let (mut publ, _) = Raw::connect(broker.addr, "o-pub", true, 60).await;
+    for (i, topic) in [(1u16, "o/released"), (2, "o/unanswered")] {
+        publ.publish(topic, QoS::ExactlyOnce, Some(i), false, topic.as_bytes())
+            .await;
+        assert_eq!(publ.recv().await, Packet::PubRec(i));
+        publ.send_packet(&Packet::PubRel(i)).await;
+        assert_eq!(publ.recv().await, Packet::PubComp(i));
+    }
+    // The first is taken up to PUBREL (so the client has released it); the second is only
+    // received.
+    let first = sub.recv_publish().await;
+    let second = sub.recv_publish().await;
+    let (a, b) = (first.pkid.expect("id"), second.pkid.expect("id"));
+    sub.send_packet(&Packet::PubRec(a)).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(a));
+    kill_9(&mut broker).await;
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, ack) = common::connect_as(broker.addr, "q2-out", false, None, None).await;
+    assert!(ack.session_present);
+    // [MQTT-4.4.0-1] the PUBREL again for the first, the PUBLISH again (DUP, same id) for
+    // the second; never the first PUBLISH under a new id.
+    assert_eq!(sub.recv().await, Packet::PubRel(a));
+    let again = sub.recv_publish().await;
+    assert_eq!(
+        (again.pkid, again.dup, &again.topic[..]),
+        (Some(b), true, &b"o/unanswered"[..])
+    );
+    sub.send_packet(&Packet::PubComp(a)).await;
+    sub.send_packet(&Packet::PubRec(b)).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(b));
+    sub.send_packet(&Packet::PubComp(b)).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+}

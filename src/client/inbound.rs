@@ -32,11 +32,21 @@ impl<S: Transport> Connection<S> {
     }
 
     #[inline]
-    pub(super) fn encode_outbound(&mut self, out: Outbound) {
+    /// `stored_session`: the client's session is on disk, so its QoS 2 PUBLISH and PUBREL go
+    /// out only once the session's record of them is (it was submitted before the packet
+    /// reached the link, so the store's latest LSN covers it); otherwise a restart would
+    /// resend under a new id a message the client already has, or resend a PUBLISH the
+    /// client already released.
+    pub(super) fn encode_outbound(&mut self, out: Outbound, stored_session: bool) {
+        let after_records = |conn: &Self| match (&conn.shared.store, stored_session) {
+            (Some(store), true) => store.submitted(),
+            _ => 0,
+        };
         match out {
             Outbound::PubRel(id) => {
                 trace!(packet = "PUBREL", id, "sending");
-                codec::encode(&Packet::PubRel(id), self.out(0));
+                let lsn = after_records(self);
+                codec::encode(&Packet::PubRel(id), self.out(lsn));
             }
             Outbound::Packet(p) => {
                 trace!(packet = p.name(), "sending");
@@ -62,6 +72,11 @@ impl<S: Transport> Connection<S> {
                     retain,
                     "sending PUBLISH"
                 );
+                let lsn = if qos == QoS::ExactlyOnce {
+                    after_records(self)
+                } else {
+                    0
+                };
                 codec::encode_publish(
                     &msg.topic,
                     &msg.payload,
@@ -69,7 +84,7 @@ impl<S: Transport> Connection<S> {
                     pkid,
                     dup,
                     retain,
-                    self.out(0),
+                    self.out(lsn),
                 );
             }
         }

@@ -242,11 +242,12 @@ impl<S: Transport + 'static> Connected<S> {
     /// Takes a batch of packets from the session into the (empty) write buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let out = ready!(self.client.outbound.poll_recv(cx));
-        self.conn.encode_outbound(out);
+        let stored = self.client.session.stored.is_some();
+        self.conn.encode_outbound(out, stored);
         let mut n = 1;
         while n < WRITE_BATCH_PACKETS && self.conn.wbuf.len() < WRITE_BATCH_BYTES {
             match self.client.outbound.try_recv() {
-                Some(out) => self.conn.encode_outbound(out),
+                Some(out) => self.conn.encode_outbound(out, stored),
                 None => break,
             }
             n += 1;
@@ -331,8 +332,12 @@ impl<S: Transport + 'static> Connected<S> {
             // longer knows, so the client can finish its side. Taken means queued before any
             // later Attach (the mailbox refuses a taken-over connection's commands), so a
             // resend after a reconnect or a takeover is the PUBREL, never the PUBLISH.
+            // (A stored session sends that PUBREL itself, once its record of the PUBREC is
+            // submitted; see `encode_outbound`.)
             if let Some(id) = self.pubrec.take() {
-                codec::encode(&Packet::PubRel(id), self.conn.out(0));
+                if self.client.session.stored.is_none() {
+                    codec::encode(&Packet::PubRel(id), self.conn.out(0));
+                }
             }
             let next = if self.pause.is_none() {
                 codec::decode(&mut self.conn.rbuf, max_packet)

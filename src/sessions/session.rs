@@ -337,20 +337,29 @@ impl Session {
                 }
             }
             SessionCmd::PubRec(id) => {
-                // The connection has answered with PUBREL; only the state moves here.
-                let Some(p) = &mut self.pending else { return };
-                let stored = p.inflight.stored(id);
-                if p.inflight.pubrec(id) && stored > 0 {
-                    let entry = QueueEntry {
-                        qos: QoS::ExactlyOnce,
-                        pkid: id,
-                        released: true,
-                    };
-                    self.store_op(|sid| Op::Sent {
-                        sid,
-                        id: stored,
-                        entry,
-                    });
+                // The connection has answered with PUBREL, unless the session is stored.
+                let known = self
+                    .pending
+                    .as_mut()
+                    .map(|p| (p.inflight.stored(id), p.inflight.pubrec(id)));
+                if let Some((stored, true)) = known {
+                    if stored > 0 {
+                        let entry = QueueEntry {
+                            qos: QoS::ExactlyOnce,
+                            pkid: id,
+                            released: true,
+                        };
+                        self.store_op(|sid| Op::Sent {
+                            sid,
+                            id: stored,
+                            entry,
+                        });
+                    }
+                }
+                // A stored session answers with PUBREL itself, after its record (for an id it
+                // no longer knows too, so the client can finish its side).
+                if self.sid.is_some() && self.shared.store.is_some() {
+                    self.pending().control.push_back(Outbound::PubRel(id));
                 }
             }
             SessionCmd::PubComp(id) => {

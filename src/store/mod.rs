@@ -202,6 +202,12 @@ impl Store {
         self.writer.poll_durable(lsn, cx)
     }
 
+    /// The LSN of the last op submitted by anyone: waiting for it covers every op this
+    /// thread submitted before.
+    pub fn submitted(&self) -> u64 {
+        self.writer.submitted()
+    }
+
     /// The highest durable LSN now.
     pub fn durable_lsn(&self) -> u64 {
         self.writer.durable_lsn()

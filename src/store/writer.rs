@@ -37,6 +37,8 @@ struct Inner {
     open: Mutex<Open>,
     /// The highest durable LSN, for `poll_durable` (the watch channel serves async waiters).
     durable_lsn: std::sync::atomic::AtomicU64,
+    /// The LSN of the last op submitted.
+    submitted: std::sync::atomic::AtomicU64,
     /// Tasks waiting for `durable_lsn` to move; woken (and dropped) after every batch.
     waiters: Mutex<Vec<std::task::Waker>>,
     /// The writer's count of stored messages, published after each batch (for tests).
@@ -74,6 +76,7 @@ impl Writer {
             }),
             wake: Condvar::new(),
             durable_lsn: std::sync::atomic::AtomicU64::new(0),
+            submitted: std::sync::atomic::AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             durable: watch::channel(0).0,
             failed: Mutex::new(None),
@@ -113,6 +116,9 @@ impl Writer {
         open.ops.push(op);
         open.last += 1;
         let lsn = open.last;
+        self.inner
+            .submitted
+            .store(lsn, std::sync::atomic::Ordering::Release);
         drop(open);
         self.inner.wake.notify_one();
         lsn
@@ -150,6 +156,13 @@ impl Writer {
             waiters.push(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// The LSN of the last op submitted.
+    pub(super) fn submitted(&self) -> u64 {
+        self.inner
+            .submitted
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The highest durable LSN.
