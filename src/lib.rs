@@ -93,8 +93,10 @@
 //! session (`Route::stored`, `Delivery::stored`), in the batch the publisher's PUBACK waits
 //! for; the session records its packet id, its PUBREC and its end (acknowledged or dropped),
 //! and a restored session queues its messages again in order or puts them back in flight.
-//! The inbound QoS 2 state is not written yet, so the broker refuses `persistence = true` for
-//! now.
+//! The connection writes the inbound QoS 2 ids awaiting PUBREL, and delivers an inbound QoS 2
+//! message of a stored session only once it is durable (`Router::publish_deferred`, held in
+//! the connection's gated groups); a stored session's QoS 2 PUBLISH and PUBREL wait for its
+//! records. Until the rest of issue 12 is done the broker refuses `persistence = true`.
 //!
 //! # Backpressure and memory bounds
 //!

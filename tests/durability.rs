@@ -101,6 +101,7 @@ fn start_fails(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .arg("-c")
         .arg(&file)
         .args(["-p", "0"])
+        .env_remove("TERN_UNFINISHED_PERSISTENCE")
         .envs(env.iter().copied())
         .output()
         .expect("run tern");
@@ -446,4 +447,25 @@ async fn an_outbound_qos2_flow_resumes_under_its_packet_id_after_a_kill() {
     assert_eq!(sub.recv().await, Packet::PubRel(b));
     sub.send_packet(&Packet::PubComp(b)).await;
     sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_stored_publishers_qos2_messages_reach_online_subscribers_once_they_are_on_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BinaryBroker::start_with_env(&config(dir.path(), "always"), &UNFINISHED).await;
+    let (mut live, _) = Raw::connect(broker.addr, "live", true, 60).await;
+    live.subscribe(1, &[("d", QoS::AtMostOnce)]).await;
+    let (mut publ, _) = common::connect_as(broker.addr, "d-pub", false, None, None).await;
+    for i in 1..=50u16 {
+        publ.publish("d", QoS::ExactlyOnce, Some(i), false, &i.to_be_bytes())
+            .await;
+        // The PUBREC comes once it is on disk, and the delivery no earlier.
+        assert_eq!(publ.recv().await, Packet::PubRec(i));
+        publ.send_packet(&Packet::PubRel(i)).await;
+        assert_eq!(publ.recv().await, Packet::PubComp(i));
+    }
+    for i in 1..=50u16 {
+        assert_eq!(&live.recv_publish().await.payload[..], &i.to_be_bytes());
+    }
+    live.expect_silence(Duration::from_millis(300)).await;
 }

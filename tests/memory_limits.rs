@@ -113,6 +113,9 @@ async fn memory_limit_disconnects_the_flooder_and_keeps_what_was_acknowledged() 
     let rss_mib = broker.rss_kib() / 1024;
     assert!(rss_mib < 256, "{rss_mib} MiB resident");
     broker.wait_for_log("why=\"memory_limit\"", 1).await;
-    // Everything acknowledged was stored and is delivered.
-    assert_eq!(retained_count(broker.addr).await, acks);
+    // Everything acknowledged was stored and is delivered. A few more may have been stored
+    // than the flooder saw acknowledged: closing a socket with unread input resets it, and
+    // the reset can discard acks already sent.
+    let stored = retained_count(broker.addr).await;
+    assert!(stored >= acks && stored <= acks + 64, "{stored} stored, {acks} acknowledged");
 }

@@ -24,6 +24,18 @@ impl<S: Transport> Connection<S> {
         }
     }
 
+    /// Routes a message whose deliveries wait for the store (see `Router::publish_deferred`);
+    /// the LSN its acknowledgement waits for, at least `after`.
+    fn route_later(&mut self, msg: Arc<Message>, client: &mut Client, after: u64) -> u64 {
+        let from = msg.retain.then(|| client.publisher());
+        let (published, later) = self.shared.router.publish_deferred(msg, from);
+        let lsn = published.lsn.max(after);
+        self.gated
+            .get_or_insert_with(Default::default)
+            .defer(lsn, later);
+        lsn
+    }
+
     /// The LSN its acknowledgement waits for (0: none).
     fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> u64 {
         let from = msg.retain.then(|| client.publisher());
@@ -169,9 +181,15 @@ impl<S: Transport> Connection<S> {
                                 // restart is still known as a duplicate.
                                 let awaiting =
                                     self.stored(client, |sid| Op::AwaitRel { sid, pkid });
-                                let routed =
-                                    msg.map_or(0, |msg| self.route(msg, client, backpressure));
-                                awaiting.max(routed)
+                                match msg {
+                                    None => awaiting,
+                                    // Delivered only once on disk with its id: a crash before
+                                    // then leaves the publisher's resend as its first delivery.
+                                    Some(msg) if awaiting > 0 => {
+                                        self.route_later(msg, client, awaiting)
+                                    }
+                                    Some(msg) => self.route(msg, client, backpressure),
+                                }
                             }
                             Some(false) => 0,
                             None => return Err(ProtocolError::TooManyAwaitingRel.into()),

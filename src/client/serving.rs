@@ -189,7 +189,7 @@ impl<S: Transport + 'static> Connected<S> {
         let (Some(gated), Some(store)) = (&mut conn.gated, &conn.shared.store) else {
             return None;
         };
-        let released = gated.poll_release(store, &mut conn.wbuf, cx);
+        let released = gated.poll_release(store, &conn.shared.router, &mut conn.wbuf, cx);
         if gated.is_empty() {
             conn.gated = None;
         }
@@ -467,6 +467,11 @@ impl<S: Transport + 'static> Connected<S> {
         let shared = &conn.shared;
         if reason.is_protocol_error() {
             Metrics::incr(&shared.metrics.protocol_errors);
+        }
+        // Deliveries that waited for the store go out now: their records are submitted, and
+        // the publisher's resend would be taken for a duplicate (its id awaits PUBREL).
+        if let Some(gated) = conn.gated.take() {
+            gated.deliver_all(&shared.router);
         }
         if reason.publishes_will() {
             if let Some(will) = client.accepted.will.take() {

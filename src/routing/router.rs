@@ -92,6 +92,9 @@ impl<I> Clone for Route<I> {
 
 type Routes<I> = Arc<Vec<Route<I>>>;
 
+/// Deliveries planned by `Router::publish_deferred`, to hand out once they are on disk.
+pub struct Deferred<I>(Vec<(Route<I>, Delivery)>);
+
 /// What a publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -259,6 +262,31 @@ impl<I: Inbox> Router<I> {
         from: Option<&Arc<Publisher>>,
         congested: Option<&mut Vec<Arc<I>>>,
     ) -> Published {
+        self.route_message(msg, from, congested, None)
+    }
+
+    /// As `publish_from`, but the matching sessions are only planned: the message is stored
+    /// (retained, and for persistent sessions) now, and handed out by `deliver_deferred` once
+    /// `Published::lsn` is durable. An inbound QoS 2 message of a stored session is routed so:
+    /// a crash before its records are on disk then delivers it to nobody, and the publisher's
+    /// resend is its first delivery, not a second one.
+    pub fn publish_deferred(
+        &self,
+        msg: Arc<Message>,
+        from: Option<&Arc<Publisher>>,
+    ) -> (Published, Deferred<I>) {
+        let mut later = Deferred(Vec::new());
+        let out = self.route_message(msg, from, None, Some(&mut later));
+        (out, later)
+    }
+
+    fn route_message(
+        &self,
+        msg: Arc<Message>,
+        from: Option<&Arc<Publisher>>,
+        congested: Option<&mut Vec<Arc<I>>>,
+        deferred: Option<&mut Deferred<I>>,
+    ) -> Published {
         let mut out_lsn = 0;
         let matched = if msg.retain {
             let (outcome, (matched, lsn)) = self.retain.set_then(&msg, from, |outcome, stored| {
@@ -295,8 +323,8 @@ impl<I: Inbox> Router<I> {
         };
         match (exact, wild.len()) {
             (None, 0) => {}
-            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested),
-            (None, 1) => self.fan_out(&msg, wild[0].iter(), &mut out, congested),
+            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested, deferred),
+            (None, 1) => self.fan_out(&msg, wild[0].iter(), &mut out, congested, deferred),
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
                 let mut all: Vec<&Route<I>> = exact
@@ -306,7 +334,7 @@ impl<I: Inbox> Router<I> {
                     .collect();
                 all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
                 all.dedup_by_key(|r| r.session);
-                self.fan_out(&msg, all.into_iter(), &mut out, congested);
+                self.fan_out(&msg, all.into_iter(), &mut out, congested, deferred);
             }
         }
         out
@@ -330,6 +358,7 @@ impl<I: Inbox> Router<I> {
         routes: impl Iterator<Item = &'a Route<I>> + Clone,
         out: &mut Published,
         mut congested: Option<&mut Vec<Arc<I>>>,
+        mut deferred: Option<&mut Deferred<I>>,
     ) {
         let upgrade = self.upgrade_outgoing_qos.load(Ordering::Relaxed);
         let qos_for = |route: &Route<I>| {
@@ -369,36 +398,58 @@ impl<I: Inbox> Router<I> {
                 qos,
                 stored: id,
             };
-            let offered = route.mailbox.offer(delivery);
-            if let (Some(sid), true) = (
-                route.stored,
-                id > 0 && !matches!(offered, Offered::Taken { .. }),
-            ) {
-                // Not queued after all: it owes the session nothing on disk either.
-                if let Some(store) = &self.store {
-                    store.submit(Op::Done { sid, id });
-                }
-            }
-            match offered {
-                Offered::Taken { congested: now } => {
-                    out.delivered += 1;
-                    if now {
-                        if let Some(c) = congested.as_deref_mut() {
-                            c.push(route.mailbox.clone());
-                        }
-                    }
-                }
-                Offered::Full => {
-                    out.dropped += 1;
-                    self.metrics.dropped(
-                        DropReason::MailboxFull,
-                        &route.client_id,
-                        msg.topic_str(),
-                    );
-                }
-                Offered::Gone => {}
+            match deferred.as_deref_mut() {
+                Some(later) => later.0.push((route.clone(), delivery)),
+                None => self.offer(route, delivery, out, congested.as_deref_mut()),
             }
         }
+    }
+
+    /// Hands one delivery to its route's session, and counts what happened.
+    fn offer(
+        &self,
+        route: &Route<I>,
+        delivery: Delivery,
+        out: &mut Published,
+        congested: Option<&mut Vec<Arc<I>>>,
+    ) {
+        let id = delivery.stored;
+        let topic = delivery.msg.clone();
+        let offered = route.mailbox.offer(delivery);
+        if let (Some(sid), true) = (
+            route.stored,
+            id > 0 && !matches!(offered, Offered::Taken { .. }),
+        ) {
+            // Not queued after all: it owes the session nothing on disk either.
+            if let Some(store) = &self.store {
+                store.submit(Op::Done { sid, id });
+            }
+        }
+        match offered {
+            Offered::Taken { congested: now } => {
+                out.delivered += 1;
+                if now {
+                    if let Some(c) = congested {
+                        c.push(route.mailbox.clone());
+                    }
+                }
+            }
+            Offered::Full => {
+                out.dropped += 1;
+                self.metrics
+                    .dropped(DropReason::MailboxFull, &route.client_id, topic.topic_str());
+            }
+            Offered::Gone => {}
+        }
+    }
+
+    /// Hands out deliveries `publish_deferred` planned, now that their records are durable.
+    pub fn deliver_deferred(&self, deferred: Deferred<I>) -> Published {
+        let mut out = Published::default();
+        for (route, delivery) in deferred.0 {
+            self.offer(&route, delivery, &mut out, None);
+        }
+        out
     }
 }
 
