@@ -117,5 +117,8 @@ async fn memory_limit_disconnects_the_flooder_and_keeps_what_was_acknowledged() 
     // than the flooder saw acknowledged: closing a socket with unread input resets it, and
     // the reset can discard acks already sent.
     let stored = retained_count(broker.addr).await;
-    assert!(stored >= acks && stored <= acks + 64, "{stored} stored, {acks} acknowledged");
+    assert!(
+        stored >= acks && stored <= acks + 64,
+        "{stored} stored, {acks} acknowledged"
+    );
 }

@@ -400,7 +400,7 @@ impl<I: Inbox> Router<I> {
             };
             match deferred.as_deref_mut() {
                 Some(later) => later.0.push((route.clone(), delivery)),
-                None => self.offer(route, delivery, out, congested.as_deref_mut()),
+                None => self.offer(route, delivery, msg, out, congested.as_deref_mut()),
             }
         }
     }
@@ -410,11 +410,11 @@ impl<I: Inbox> Router<I> {
         &self,
         route: &Route<I>,
         delivery: Delivery,
+        msg: &Message,
         out: &mut Published,
         congested: Option<&mut Vec<Arc<I>>>,
     ) {
         let id = delivery.stored;
-        let topic = delivery.msg.clone();
         let offered = route.mailbox.offer(delivery);
         if let (Some(sid), true) = (
             route.stored,
@@ -437,7 +437,7 @@ impl<I: Inbox> Router<I> {
             Offered::Full => {
                 out.dropped += 1;
                 self.metrics
-                    .dropped(DropReason::MailboxFull, &route.client_id, topic.topic_str());
+                    .dropped(DropReason::MailboxFull, &route.client_id, msg.topic_str());
             }
             Offered::Gone => {}
         }
@@ -447,7 +447,8 @@ impl<I: Inbox> Router<I> {
     pub fn deliver_deferred(&self, deferred: Deferred<I>) -> Published {
         let mut out = Published::default();
         for (route, delivery) in deferred.0 {
-            self.offer(&route, delivery, &mut out, None);
+            let msg = delivery.msg.clone();
+            self.offer(&route, delivery, &msg, &mut out, None);
         }
         out
     }

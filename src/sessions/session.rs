@@ -331,7 +331,12 @@ impl Session {
             }
             SessionCmd::PubAck(id) => {
                 let Some(p) = &mut self.pending else { return };
-                let stored = p.inflight.stored(id);
+                // One more search of the window, only for a stored session.
+                let stored = if self.sid.is_some() {
+                    p.inflight.stored(id)
+                } else {
+                    0
+                };
                 if p.inflight.puback(id) && stored > 0 {
                     self.store_op(|sid| Op::Done { sid, id: stored });
                 }
@@ -364,7 +369,12 @@ impl Session {
             }
             SessionCmd::PubComp(id) => {
                 let Some(p) = &mut self.pending else { return };
-                let stored = p.inflight.stored(id);
+                // One more search of the window, only for a stored session.
+                let stored = if self.sid.is_some() {
+                    p.inflight.stored(id)
+                } else {
+                    0
+                };
                 if p.inflight.pubcomp(id) && stored > 0 {
                     self.store_op(|sid| Op::Done { sid, id: stored });
                 }
