@@ -343,10 +343,15 @@ impl Session {
             }
             SessionCmd::PubRec(id) => {
                 // The connection has answered with PUBREL, unless the session is stored.
-                let known = self
-                    .pending
-                    .as_mut()
-                    .map(|p| (p.inflight.stored(id), p.inflight.pubrec(id)));
+                let sid = self.sid;
+                let known = self.pending.as_mut().map(|p| {
+                    let stored = if sid.is_some() {
+                        p.inflight.stored(id)
+                    } else {
+                        0
+                    };
+                    (stored, p.inflight.pubrec(id))
+                });
                 if let Some((stored, true)) = known {
                     if stored > 0 {
                         let entry = QueueEntry {
