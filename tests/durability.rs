@@ -469,3 +469,26 @@ async fn a_stored_publishers_qos2_messages_reach_online_subscribers_once_they_ar
     }
     live.expect_silence(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_retained_message_owed_on_subscribe_is_sent_again_after_a_kill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    publish_retained(broker.addr, "kept", 1).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "late", false, None, None).await;
+    sub.subscribe(1, &[("kept", QoS::AtLeastOnce)]).await;
+    // Received, never acknowledged; then the broker dies.
+    let first = sub.recv_publish().await;
+    assert!(first.retain);
+    kill_9(&mut broker).await;
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, ack) = common::connect_as(broker.addr, "late", false, None, None).await;
+    assert!(ack.session_present);
+    // [MQTT-4.4.0-1] sent again, under the same packet id.
+    let again = sub.recv_publish().await;
+    assert_eq!(
+        (&again.payload[..], again.pkid, again.dup),
+        (&b"1"[..], first.pkid, true)
+    );
+}

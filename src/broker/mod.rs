@@ -202,7 +202,7 @@ fn open_store(
     if !p.persistence {
         return Ok((None, None));
     }
-    // Until issue 12 is done (retained messages owed on SUBSCRIBE, disk use, the tools),
+    // Until issue 12 is done (disk use under load, the tools, the benchmarks),
     // `persistence = true` is refused, except where the tests of what exists ask for it.
     if std::env::var_os("TERN_UNFINISHED_PERSISTENCE").is_none_or(|v| v != "1") {
         return Err(StartError::Unfinished(

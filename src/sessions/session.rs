@@ -498,8 +498,22 @@ impl Session {
                 }
                 // As a live delivery would be [MQTT-3.8.4-6], or upgraded if so configured.
                 let q = if upgrade { qos } else { msg.qos.min(qos) };
+                // Owed to a stored session like any other message: on disk too, so a restart
+                // before it is acknowledged sends it again.
+                let stored = match (&self.shared.store, self.sid) {
+                    (Some(store), Some(sid)) if q != QoS::AtMostOnce => {
+                        let id = store.new_message_id();
+                        store.submit(Op::Message {
+                            id,
+                            msg: msg.clone(),
+                            sessions: vec![(sid, q)],
+                        });
+                        id
+                    }
+                    _ => 0,
+                };
                 self.mailbox.backlog().added_directly();
-                self.deliver(msg, q, true, 0);
+                self.deliver(msg, q, true, stored);
             }
             if batch.more {
                 // At least one more retained message matched than the queue could take.
