@@ -15,6 +15,7 @@
 
 pub mod backlog;
 pub mod commands;
+mod durable;
 pub mod inflight;
 pub mod mailbox;
 pub mod mqueue;
@@ -23,6 +24,7 @@ mod pending;
 pub mod registry;
 pub mod session;
 mod shared;
+mod subscribing;
 
 pub use commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 pub use session::Session;

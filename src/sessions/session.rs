@@ -11,7 +11,7 @@
 //! holding a select of channel futures and a timer; what is pending (`pending`) is boxed only
 //! while something is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,11 +21,10 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Access, Acl};
-use crate::codec::{Packet, SubAck, SubAckCode};
+use crate::codec::Packet;
 use crate::config::Config;
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
-use crate::routing::retain::Retained;
 use crate::routing::router::Route;
 use crate::sessions::inflight::Flight;
 use crate::sessions::mailbox::{Mailbox, Received};
@@ -36,10 +35,12 @@ use crate::sessions::Shared;
 
 use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 use super::pending::Pending;
-use crate::store::{Op, QueueEntry, RecoveredSession};
+use crate::store::{Op, QueueEntry};
+
+use super::durable::{stored_reply, wall_clock_ms};
 
 /// The current connection, as the session keeps it.
-struct Linked {
+pub(super) struct Linked {
     conn: ConnId,
     outbound: OutboundTx,
 }
@@ -57,30 +58,30 @@ impl ConnLink {
 
 /// The session actor's state.
 pub struct Session {
-    id: SessionId,
-    client_id: ClientId,
+    pub(super) id: SessionId,
+    pub(super) client_id: ClientId,
     /// User name of the latest connection: deliveries are checked against the ACL as it.
-    username: Option<Arc<str>>,
-    persistent: bool,
+    pub(super) username: Option<Arc<str>>,
+    pub(super) persistent: bool,
     /// Its id in the store: a persistent session with `[persistence]` on.
-    sid: Option<u64>,
-    shared: Arc<Shared>,
+    pub(super) sid: Option<u64>,
+    pub(super) shared: Arc<Shared>,
     /// The configuration in force when the session was made: its limits stay those.
-    config: Arc<Config>,
+    pub(super) config: Arc<Config>,
     /// A B-tree: smaller than a hash map in every session, and no hashing of client input.
-    subscriptions: BTreeMap<String, QoS>,
+    pub(super) subscriptions: BTreeMap<String, QoS>,
     /// Our mailbox; its backlog gauge (mailbox + mqueue length, and progress) is shared with
     /// publishers.
-    mailbox: Arc<Mailbox>,
+    pub(super) mailbox: Arc<Mailbox>,
     /// Boxed, and only while something is pending: most sessions are idle most of the time,
     /// and this is over half of a session's size.
-    pending: Option<Box<Pending>>,
-    link: Option<Linked>,
+    pub(super) pending: Option<Box<Pending>>,
+    pub(super) link: Option<Linked>,
     /// True when the last `fill` found the outbound queue full with work left.
-    blocked: bool,
+    pub(super) blocked: bool,
     /// Fires when a detached persistent session is discarded (`persistent_client_expiration`).
     /// Boxed and only while detached: a timer is the largest thing a waiting task can hold.
-    expiry: Option<Pin<Box<Sleep>>>,
+    pub(super) expiry: Option<Pin<Box<Sleep>>>,
 }
 
 /// Deliveries handled per wake before the outbound is pumped.
@@ -135,110 +136,8 @@ impl Session {
         (handle, lsn)
     }
 
-    /// Starts, detached, a persistent session read back from the store: its subscriptions go
-    /// back into the router before any client is served.
-    pub fn restore(shared: &Arc<Shared>, stored: RecoveredSession) -> SessionHandle {
-        let config = shared.config.load_full();
-        let cfg = &config.session;
-        let mailbox = Arc::new(Mailbox::new(
-            cfg.max_queued_messages.max(64) + 64,
-            cfg.max_queued_messages / 2,
-            0,
-        ));
-        mailbox.backlog().set_attached(false);
-        let id = next_id();
-        // Expiry runs from when it was detached, across the restart.
-        let now_ms = wall_clock_ms();
-        let expiry = cfg.persistent_client_expiration.map(|e| {
-            let since = if stored.detached_at_ms == 0 {
-                std::time::Duration::ZERO
-            } else {
-                std::time::Duration::from_millis(now_ms.saturating_sub(stored.detached_at_ms))
-            };
-            Box::pin(tokio::time::sleep_until(
-                Instant::now() + e.saturating_sub(since),
-            ))
-        });
-        let stored_sid = stored.sid;
-        // Inbound QoS 2 ids still awaiting their PUBREL: a resent PUBLISH is a duplicate.
-        for pkid in &stored.awaiting_rel {
-            mailbox.receive_qos2(*pkid, usize::MAX);
-        }
-        let mut session = Session {
-            id,
-            client_id: stored.client_id,
-            persistent: true,
-            sid: Some(stored.sid),
-            shared: shared.clone(),
-            config,
-            subscriptions: BTreeMap::new(),
-            mailbox: mailbox.clone(),
-            pending: None,
-            username: stored.username,
-            link: None,
-            blocked: false,
-            expiry,
-        };
-        for (filter, qos) in stored.subscriptions {
-            let route = session.route(qos);
-            // A restored subscription owes no retained messages: they were sent when it was made.
-            shared.router.subscribe(&filter, route, 0);
-            session.subscriptions.insert(filter.to_string(), qos);
-        }
-        if stored.detached_at_ms == 0 {
-            session.record(now_ms);
-        }
-        // Its messages, in the order they were stored: those sent go back in flight under
-        // their packet ids (resent with DUP on attach [MQTT-4.4.0-1]), the rest queue.
-        for (id, msg, entry) in stored.queue {
-            let queued = Queued {
-                msg,
-                qos: entry.qos,
-                retain: false,
-                stored: id,
-            };
-            if entry.pkid == 0 {
-                session.mailbox.backlog().added_directly();
-                session.deliver_restored(queued);
-            } else {
-                let flight = if entry.released {
-                    Flight::PubRel(id)
-                } else {
-                    Flight::Publish(queued)
-                };
-                session.pending().inflight.restore(entry.pkid, flight);
-            }
-        }
-        shared.tracker.spawn(Actor(Some(session)));
-        SessionHandle {
-            id,
-            mailbox,
-            persistent: true,
-            stored: Some(stored_sid),
-        }
-    }
-
-    /// Writes the session's record (detached at `detached_at_ms`, 0 = attached); the LSN to
-    /// wait for, 0 without a store.
-    fn record(&self, detached_at_ms: u64) -> u64 {
-        self.store_op(|sid| Op::Session {
-            sid,
-            client_id: self.client_id.clone(),
-            username: self.username.clone(),
-            detached_at_ms,
-        })
-    }
-
-    /// Submits the op `make` builds for a stored session; its LSN, or 0.
-    fn store_op(&self, make: impl FnOnce(u64) -> Op) -> u64 {
-        match (&self.shared.store, self.sid) {
-            (Some(store), Some(sid)) => store.submit(make(sid)),
-            _ => 0,
-        }
-    }
-
     /// This session's route at `qos`.
-    fn route(&self, qos: QoS) -> Route<Mailbox> {
+    pub(super) fn route(&self, qos: QoS) -> Route<Mailbox> {
         Route {
             session: self.id,
             client_id: self.client_id.clone(),
@@ -430,102 +329,8 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: &[(String, Option<QoS>)]) {
-        let max = self.config.session.max_subscriptions;
-        let mut codes = Vec::with_capacity(filters.len());
-        // Copies of one filter in one SUBSCRIBE are one subscription, at the QoS of the last
-        // copy (each replaces the one before [MQTT-3.8.4-3]); every copy gets its code.
-        let mut granted: Vec<(&str, QoS)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        // Filters this SUBSCRIBE adds to those the session holds, for `max_subscriptions`.
-        let mut added = 0;
-        for (filter, qos) in filters.iter() {
-            let Some(qos) = *qos else {
-                codes.push(SubAckCode::Failure);
-                continue;
-            };
-            if let Some(&i) = index.get(filter.as_str()) {
-                granted[i].1 = qos;
-                codes.push(SubAckCode::Granted(qos));
-                continue;
-            }
-            let known = self.subscriptions.contains_key(filter);
-            if max > 0 && !known && self.subscriptions.len() + added >= max {
-                codes.push(SubAckCode::Failure);
-                continue;
-            }
-            added += usize::from(!known);
-            index.insert(filter, granted.len());
-            granted.push((filter, qos));
-            codes.push(SubAckCode::Granted(qos));
-        }
-        // A persistent session's SUBACK waits for its subscriptions' records.
-        let mut lsn = 0;
-        for (filter, qos) in &granted {
-            lsn = self.store_op(|sid| Op::Subscribe {
-                sid,
-                filter: (*filter).into(),
-                qos: *qos,
-            });
-        }
-        // [MQTT-3.8.4-1], [MQTT-3.8.4-4], [MQTT-3.8.4-5]: one SUBACK, codes in order, and it goes
-        // out before the retained messages of these filters.
-        let reply = Packet::SubAck(SubAck { pkid, codes });
-        self.pending().control.push_back(stored_reply(reply, lsn));
-        let live = self.shared.config.load();
-        let upgrade = live.mqtt.upgrade_outgoing_qos;
-        let policy = live
-            .auth
-            .check_retain_source
-            .then(|| self.shared.policy.load());
-        for (filter, qos) in granted {
-            // The retained messages owed are read with the route installed, so none is missed
-            // [MQTT-3.3.1-6]; no more than the queue has room for, so one SUBSCRIBE cannot
-            // make the session walk and drop the whole store.
-            let room = self.pending().mqueue.room();
-            let route = self.route(qos);
-            let batch = self.shared.router.subscribe(filter, route, room);
-            tracing::debug!(client_id = &*self.client_id, filter, ?qos, "subscribed");
-            self.subscriptions.insert(filter.to_owned(), qos);
-            for Retained { msg, from } in batch.messages {
-                // `check_retain_source`: only while its publisher may still publish it.
-                if let (Some(policy), Some(from)) = (&policy, &from) {
-                    let (id, user) = (&from.client_id, from.username.as_deref());
-                    if !crate::auth::may_publish(policy.as_ref(), id, user, msg.topic_str()) {
-                        Metrics::incr(&self.shared.metrics.acl_denied);
-                        continue;
-                    }
-                }
-                // As a live delivery would be [MQTT-3.8.4-6], or upgraded if so configured.
-                let q = if upgrade { qos } else { msg.qos.min(qos) };
-                // Owed to a stored session like any other message: on disk too, so a restart
-                // before it is acknowledged sends it again.
-                let stored = match (&self.shared.store, self.sid) {
-                    (Some(store), Some(sid)) if q != QoS::AtMostOnce => {
-                        let id = store.new_message_id();
-                        store.submit(Op::Message {
-                            id,
-                            msg: msg.clone(),
-                            sessions: vec![(sid, q)],
-                        });
-                        id
-                    }
-                    _ => 0,
-                };
-                self.mailbox.backlog().added_directly();
-                self.deliver(msg, q, true, stored);
-            }
-            if batch.more {
-                // At least one more retained message matched than the queue could take.
-                let metrics = &self.shared.metrics;
-                metrics.dropped(DropReason::QueueFull, &self.client_id, filter);
-            }
-        }
-    }
-
-    /// Queues a message owed to this session.
     /// Queues a message owed to this session (`stored`: its id in the store, or 0).
-    fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool, stored: u64) {
+    pub(super) fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool, stored: u64) {
         let metrics = &self.shared.metrics;
         let (store, sid) = (&self.shared.store, self.sid);
         // A stored message that is not queued after all is done with on disk too.
@@ -573,27 +378,12 @@ impl Session {
         self.mailbox.backlog().removed(dropped, false);
     }
 
-    /// Queues a message read back from the store (limits apply; a drop is done on disk).
-    fn deliver_restored(&mut self, queued: Queued) {
-        let (store, sid) = (&self.shared.store, self.sid);
-        let (metrics, client_id) = (&self.shared.metrics, &self.client_id);
-        let dropped = Pending::made(&mut self.pending, &self.config.session)
-            .mqueue
-            .push_with(queued, |q| {
-                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
-                if let (Some(store), Some(sid)) = (store, sid) {
-                    store.submit(Op::Done { sid, id: q.stored });
-                }
-            });
-        self.mailbox.backlog().removed(dropped, false);
-    }
-
     fn has_work(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.has_work())
     }
 
     /// The pending state, made when first needed.
-    fn pending(&mut self) -> &mut Pending {
+    pub(super) fn pending(&mut self) -> &mut Pending {
         Pending::made(&mut self.pending, &self.config.session)
     }
 
@@ -680,25 +470,9 @@ impl Session {
     }
 }
 
-/// A reply that waits for `lsn` (0: sent as soon as it can be).
-fn stored_reply(packet: Packet, lsn: u64) -> Outbound {
-    if lsn == 0 {
-        Outbound::Packet(Box::new(packet))
-    } else {
-        Outbound::Stored(Box::new((packet, lsn)))
-    }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The session's task: a hand-written future that is exactly the session's state, where an
 /// `async fn` would add the state of its waits (and keep its argument twice).
-struct Actor(Option<Session>);
+pub(super) struct Actor(pub(super) Option<Session>);
 
 /// The drop guard: a session dropped without ending (a panic while handling an event, or the
 /// runtime going away) still closes its mailbox, drops its routes and leaves the registry,
