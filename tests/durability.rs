@@ -492,3 +492,25 @@ async fn a_retained_message_owed_on_subscribe_is_sent_again_after_a_kill() {
         (&b"1"[..], first.pkid, true)
     );
 }
+
+#[tokio::test]
+async fn a_filter_too_long_to_store_is_refused_and_the_store_lives_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BinaryBroker::start_with_env(&config(dir.path(), "always"), &UNFINISHED).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "long", false, None, None).await;
+    // The longest a SUBSCRIBE can carry: 65,535 bytes, past what one stored key holds.
+    let longest = "f".repeat(65_535);
+    let fits = "f".repeat(tern::store::MAX_FILTER_LEN);
+    let codes = sub
+        .subscribe(
+            1,
+            &[(&longest, QoS::AtLeastOnce), (&fits, QoS::AtLeastOnce)],
+        )
+        .await;
+    use tern::codec::SubAckCode::{Failure, Granted};
+    assert_eq!(codes, [Failure, Granted(QoS::AtLeastOnce)]);
+    // Still acknowledging: the store did not fail.
+    sub.subscribe(2, &[("ok", QoS::AtLeastOnce)]).await;
+    sub.send(&[0xc0, 0]).await;
+    assert_eq!(sub.recv().await, Packet::PingResp);
+}

@@ -22,8 +22,12 @@ impl Session {
         let mut index: HashMap<&str, usize> = HashMap::new();
         // Filters this SUBSCRIBE adds to those the session holds, for `max_subscriptions`.
         let mut added = 0;
+        let stored = self.sid.is_some() && self.shared.store.is_some();
         for (filter, qos) in filters.iter() {
-            let Some(qos) = *qos else {
+            // A stored subscription's key is the session id and the filter, and keys have
+            // a size limit: a longer filter is refused rather than fail the store.
+            let too_long = stored && filter.len() > crate::store::MAX_FILTER_LEN;
+            let Some(qos) = qos.filter(|_| !too_long) else {
                 codes.push(SubAckCode::Failure);
                 continue;
             };

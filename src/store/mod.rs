@@ -31,6 +31,11 @@ pub use records::QueueEntry;
 pub use recover::{Recovered, RecoveredSession};
 pub use writer::SyncPolicy;
 
+/// The longest subscription filter a stored session may hold: a subscription's key is its
+/// session id (8 bytes) and the filter, and fjall keys are at most 65,535 bytes. (Client
+/// ids and topics, at most 65,535 bytes, always fit.)
+pub const MAX_FILTER_LEN: usize = 65_535 - 8;
+
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -99,7 +99,16 @@ impl Writer {
                     dir,
                     owners,
                 };
-                state.run(&thread_inner, sync);
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    state.run(&thread_inner, sync)
+                }));
+                if ran.is_err() {
+                    // As fatal as a failed write: nothing more becomes durable, and the
+                    // waiters hear so instead of waiting forever.
+                    *lock(&thread_inner.failed) = Some("the store's writer panicked".into());
+                    thread_inner.durable.send_modify(|_| {});
+                    thread_inner.wake_waiters();
+                }
             })
             .map_err(|e| StoreError::Io {
                 path: PathBuf::new(),
