@@ -52,6 +52,73 @@ enum Command {
         /// The password (with -b only).
         password: Option<String>,
     },
+    /// Read a stopped broker's store (`[persistence]`): `stats` or `dump`.
+    Store {
+        #[command(subcommand)]
+        what: StoreCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum StoreCommand {
+    /// Counts: sessions, subscriptions, queued and inflight messages, retained, bytes.
+    Stats {
+        /// The broker's configuration file (its `persistence_location` is read).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Every stored session, subscription, queued message and retained message, a line each.
+    Dump {
+        /// The broker's configuration file (its `persistence_location` is read).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `tern store`: one line on error, exit 2 (the broker's exit for a store it cannot open).
+fn store(what: StoreCommand, top_config: Option<PathBuf>) -> ExitCode {
+    let (config, dump) = match what {
+        StoreCommand::Stats { config } => (config, false),
+        StoreCommand::Dump { config } => (config, true),
+    };
+    let config = match config.or(top_config) {
+        Some(path) => match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tern store: config error: {e}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
+        },
+        None => Config::default(),
+    };
+    let dir = &config.persistence.persistence_location;
+    let contents = match tern::store::inspect(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tern store: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = if dump {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        contents.dump(&mut out, now_ms)
+    } else {
+        use std::io::Write;
+        writeln!(out, "store:         {}", dir.display())
+            .and_then(|()| write!(out, "{}", contents.stats()))
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern store: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `tern passwd`: one line on error, exit 1.
@@ -63,7 +130,10 @@ fn passwd(command: Command) -> ExitCode {
         file,
         user,
         password,
-    } = command;
+    } = command
+    else {
+        return ExitCode::FAILURE;
+    };
     let password = match (delete, batch, password) {
         (true, _, _) => None,
         (false, true, Some(p)) => Some(p),
@@ -115,8 +185,10 @@ const STORE_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(command) = cli.command {
-        return passwd(command);
+    match cli.command {
+        Some(Command::Store { what }) => return store(what, cli.config),
+        Some(command) => return passwd(command),
+        None => {}
     }
     if cli.print_default_config {
         print!("{DEFAULT_CONFIG_TOML}");
@@ -161,7 +233,7 @@ fn main() -> ExitCode {
     };
     // RUST_LOG and -v win over the file, on start and on reload.
     let fixed_level = cli.verbose || std::env::var_os("RUST_LOG").is_some();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| log_filter_for(level));
     // Colours only on a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let logger = tracing_subscriber::fmt()
@@ -173,7 +245,7 @@ fn main() -> ExitCode {
     let set_log_level = move |level: &str| {
         if fixed_level {
             tracing::info!(level, "log level not changed: RUST_LOG or -v is in force");
-        } else if let Err(e) = log_filter.reload(EnvFilter::new(level)) {
+        } else if let Err(e) = log_filter.reload(log_filter_for(level)) {
             tracing::warn!(error = %e, "cannot change the log level");
         }
     };
@@ -218,6 +290,20 @@ fn main() -> ExitCode {
         broker.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The filter for `[log] level`: the store engine's routine progress lines (flushes,
+/// compactions) only at debug, where the operator asked for detail.
+fn log_filter_for(level: &str) -> EnvFilter {
+    let quiet = !matches!(level, "debug" | "trace");
+    let filter = EnvFilter::new(level);
+    if !quiet {
+        return filter;
+    }
+    ["fjall=warn", "lsm_tree=warn"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive)
 }
 
 /// Grows the descriptor table for every connection the listeners may hold (all of

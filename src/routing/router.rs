@@ -215,10 +215,12 @@ impl<I: Inbox> Router<I> {
         let matched = if msg.retain {
             let (outcome, (matched, lsn)) = self.retain.set_then(&msg, from, |outcome, stored| {
                 // Submitted under the store's lock, so the disk sees the topic's changes in
-                // the order memory does.
+                // the order memory does. The broker's own values (`$SYS`, no publisher) are
+                // made afresh after a start, so they never reach the disk.
                 let lsn = self
                     .store
                     .as_ref()
+                    .filter(|_| from.is_some())
                     .map_or(0, |store| match (outcome, stored) {
                         (RetainOutcome::Stored, Some(r)) => store.submit(Op::Retain {
                             msg: r.msg.clone(),
@@ -307,6 +309,7 @@ impl<I: Inbox> Router<I> {
                     id: stored,
                     msg: msg.clone(),
                     sessions,
+                    retain: false,
                 });
                 out.lsn = out.lsn.max(lsn);
             }
@@ -340,11 +343,10 @@ impl<I: Inbox> Router<I> {
     ) {
         let id = delivery.stored;
         let offered = route.mailbox.offer(delivery);
-        if let (Some(sid), true) = (
-            route.stored,
-            id > 0 && !matches!(offered, Offered::Taken { .. }),
-        ) {
-            // Not queued after all: it owes the session nothing on disk either.
+        if let (Some(sid), true) = (route.stored, id > 0 && matches!(offered, Offered::Full)) {
+            // Dropped by the session's limit: it owes the session nothing on disk either. A
+            // session that is going keeps its entry: if it is ending, its end deletes the
+            // entry with the rest; if the broker is stopping, a restart delivers it.
             if let Some(store) = &self.store {
                 store.submit(Op::Done { sid, id });
             }

@@ -80,7 +80,7 @@ impl Session {
             let queued = Queued {
                 msg,
                 qos: entry.qos,
-                retain: false,
+                retain: entry.retain,
                 stored: id,
             };
             if entry.pkid == 0 {

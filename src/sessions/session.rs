@@ -257,6 +257,7 @@ impl Session {
                             qos: QoS::ExactlyOnce,
                             pkid: id,
                             released: true,
+                            retain: false,
                         };
                         self.store_op(|sid| Op::Sent {
                             sid,
@@ -409,6 +410,7 @@ impl Session {
                     qos: q.qos,
                     pkid,
                     released: false,
+                    retain: q.retain,
                 };
                 store.submit(Op::Sent {
                     sid,
@@ -453,8 +455,13 @@ impl Session {
         if let Some(link) = self.link.take() {
             link.outbound.kick(discarded.unwrap_or(Kick::Discarded));
         }
-        for filter in self.subscriptions.keys() {
-            self.shared.router.unsubscribe(filter, self.id);
+        // A stored session keeps its routes while the broker stops: a message acknowledged
+        // in that window is still written to its queue on disk (the offer itself is refused),
+        // so the next start delivers it.
+        if discarded != Some(Kick::Shutdown) || self.sid.is_none() {
+            for filter in self.subscriptions.keys() {
+                self.shared.router.unsubscribe(filter, self.id);
+            }
         }
         // On shutdown a persistent session stays on disk for the next start.
         if discarded != Some(Kick::Shutdown) {

@@ -94,6 +94,7 @@ impl Session {
                             id,
                             msg: msg.clone(),
                             sessions: vec![(sid, q)],
+                            retain: true,
                         });
                         id
                     }

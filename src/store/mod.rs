@@ -14,8 +14,9 @@
 //! A message is stored once, with a queue entry per persistent session it was routed to; the
 //! writer counts the entries and deletes the message with the last one, so the disk holds only
 //! live state (fjall's compaction reclaims the rest in the background). `recover` reads it all
-//! back before the listeners open.
+//! back before the listeners open; `inspect` reads it for the `tern store` tools.
 
+mod inspect;
 mod records;
 mod recover;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use crate::message::{Message, Publisher, QoS};
 
+pub use inspect::{inspect, Contents, Stats};
 pub use records::QueueEntry;
 pub use recover::{Recovered, RecoveredSession};
 pub use writer::SyncPolicy;
@@ -108,6 +110,8 @@ pub enum Op {
         msg: Arc<Message>,
         /// The sessions it is owed to, with the QoS each gets.
         sessions: Vec<(u64, QoS)>,
+        /// Owed as a retained message on SUBSCRIBE (sent with RETAIN = 1).
+        retain: bool,
     },
     /// A queued message was sent with this packet id.
     Sent {

@@ -50,6 +50,9 @@ pub struct QueueEntry {
     pub pkid: u16,
     /// PUBREC received: only PUBREL is owed.
     pub released: bool,
+    /// The outgoing PUBLISH carries RETAIN = 1: it was owed as a retained message on
+    /// SUBSCRIBE [MQTT-3.3.1-8], not routed live.
+    pub retain: bool,
 }
 
 /// Reads fields off a value, failing as `Malformed` on a short one.
@@ -180,16 +183,24 @@ impl QueueEntry {
     /// The stored value.
     pub fn encode(&self) -> [u8; 4] {
         let [a, b] = self.pkid.to_be_bytes();
-        [self.qos as u8, a, b, u8::from(self.released)]
+        let flags = u8::from(self.released) | u8::from(self.retain) << 1;
+        [self.qos as u8, a, b, flags]
     }
 
     /// Reads a stored value.
     pub fn decode(bytes: &[u8]) -> Result<QueueEntry, Malformed> {
         let mut r = reader(bytes, "queue");
+        let (qos, pkid, flags) = (r.qos()?, r.u16()?, r.u8()?);
+        if flags > 3 {
+            return Err(Malformed {
+                what: "queue entry flags",
+            });
+        }
         let entry = QueueEntry {
-            qos: r.qos()?,
-            pkid: r.u16()?,
-            released: r.u8()? != 0,
+            qos,
+            pkid,
+            released: flags & 1 != 0,
+            retain: flags & 2 != 0,
         };
         r.end()?;
         Ok(entry)
@@ -285,6 +296,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             pkid: 65_535,
             released: true,
+            retain: true,
         };
         assert_eq!(QueueEntry::decode(&q.encode()), Ok(q));
         assert!(QueueEntry::decode(&[3, 0, 0, 0]).is_err(), "QoS 3");

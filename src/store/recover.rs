@@ -87,18 +87,109 @@ fn corrupt(dir: &Path, e: impl std::fmt::Display) -> StoreError {
 /// Opens the database in `dir` (creating it) and reads everything back.
 pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create: {e}")))?;
-    let db = Database::builder(dir).open().map_err(|e| match e {
+    let before = journal_contents(dir);
+    let db = Database::builder(dir)
+        .open()
+        .map_err(|e| open_error(dir, e))?;
+    // fjall drops a batch that was cut off mid-write (it cannot be whole) and truncates the
+    // journal there; a damaged batch before the last one fails the open instead.
+    for (file, size) in journal_sizes(dir) {
+        if let Some(old) = before.get(&file).filter(|&&old| old > size) {
+            tracing::warn!(
+                journal = %file.display(),
+                dropped_bytes = old - size,
+                "store: a torn last batch was dropped (cut off mid-write by a crash)"
+            );
+        }
+    }
+    let spaces = spaces(dir, db)?;
+    let recovered = read(dir, &spaces, Tidy::Yes)?;
+    Ok((spaces, recovered))
+}
+
+/// Whether reading the store also deletes what nothing refers to any more.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Tidy {
+    /// Delete leftovers (the broker, before it serves).
+    Yes,
+    /// Change nothing (the `tern store` tools).
+    No,
+}
+
+/// Opens an existing store in `dir` and reads it without changing it.
+pub(super) fn open_existing(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
+    if !dir.is_dir() {
+        return Err(io(dir, "no store here (the directory does not exist)"));
+    }
+    let db = Database::builder(dir)
+        .open()
+        .map_err(|e| open_error(dir, e))?;
+    let spaces = spaces(dir, db)?;
+    let recovered = read(dir, &spaces, Tidy::No)?;
+    Ok((spaces, recovered))
+}
+
+/// The journal files in the store's directory.
+fn journals(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+}
+
+/// The size of each journal file.
+fn journal_sizes(dir: &Path) -> HashMap<std::path::PathBuf, u64> {
+    journals(dir)
+        .filter_map(|p| Some((p.clone(), std::fs::metadata(&p).ok()?.len())))
+        .collect()
+}
+
+/// How far each journal holds written bytes: fjall grows a journal ahead of its writes with
+/// zeros, and trims them when it opens the store, which is not a loss.
+fn journal_contents(dir: &Path) -> HashMap<std::path::PathBuf, u64> {
+    journals(dir)
+        .filter_map(|p| Some((p.clone(), written_len(&p).ok()?)))
+        .collect()
+}
+
+/// The offset just past the last non-zero byte of `file`.
+fn written_len(file: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(file)?;
+    let mut end = f.metadata()?.len();
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
+    match e {
         fjall::Error::Locked => StoreError::Locked {
             path: dir.to_owned(),
         },
         fjall::Error::Io(e) => io(dir, e),
         other => corrupt(dir, other),
-    })?;
+    }
+}
+
+fn spaces(dir: &Path, db: Database) -> Result<Spaces, StoreError> {
     let space = |name: &str| {
         db.keyspace(name, KeyspaceCreateOptions::default)
             .map_err(|e| io(dir, e))
     };
-    let spaces = Spaces {
+    Ok(Spaces {
         sessions: space(records::SESSIONS)?,
         subs: space(records::SUBS)?,
         msgs: space(records::MSGS)?,
@@ -106,12 +197,10 @@ pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
         await_rel: space(records::AWAIT_REL)?,
         retained: space(records::RETAINED)?,
         db: db.clone(),
-    };
-    let recovered = read(dir, &spaces)?;
-    Ok((spaces, recovered))
+    })
 }
 
-fn read(dir: &Path, s: &Spaces) -> Result<Recovered, StoreError> {
+fn read(dir: &Path, s: &Spaces, tidy: Tidy) -> Result<Recovered, StoreError> {
     let mut by_sid: BTreeMap<u64, RecoveredSession> = BTreeMap::new();
     for kv in s.sessions.iter() {
         let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
@@ -194,7 +283,9 @@ fn read(dir: &Path, s: &Spaces) -> Result<Recovered, StoreError> {
         retained.push(records::decode_retained(&key, &value).map_err(|e| corrupt(dir, e))?);
     }
     // Leftovers go now, as one batch; a crash before it only means doing it again.
-    batch.commit().map_err(|e| io(dir, e))?;
+    if tidy == Tidy::Yes {
+        batch.commit().map_err(|e| io(dir, e))?;
+    }
     let next_sid = by_sid.keys().next_back().map_or(1, |m| m + 1);
     Ok(Recovered {
         sessions: by_sid.into_values().collect(),

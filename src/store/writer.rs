@@ -351,7 +351,12 @@ impl State {
             Op::Unsubscribe { sid, filter } => {
                 batch.remove(&s.subs, records::session_key(sid, filter.as_bytes()));
             }
-            Op::Message { id, msg, sessions } => {
+            Op::Message {
+                id,
+                msg,
+                sessions,
+                retain,
+            } => {
                 if sessions.is_empty() {
                     return Ok(());
                 }
@@ -361,6 +366,7 @@ impl State {
                         qos: *qos,
                         pkid: 0,
                         released: false,
+                        retain,
                     };
                     let key = records::session_key(*sid, &id.to_be_bytes());
                     batch.insert(&s.queue, key, entry.encode());

@@ -113,6 +113,11 @@ impl BinaryBroker {
         .await
     }
 
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config.path()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")

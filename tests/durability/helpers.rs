@@ -1,0 +1,104 @@
+//! What the durability tests share: the config, stopping the broker (kill -9, SIGTERM), a
+//! start that must fail, the `tern store` tools, and retained values published and read back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{BinaryBroker, Raw};
+use tern::codec::Packet;
+use tern::message::QoS;
+
+pub const UNFINISHED: [(&str, &str); 1] = [("TERN_UNFINISHED_PERSISTENCE", "1")];
+
+pub fn config(dir: &Path, sync: &str) -> String {
+    format!(
+        "[persistence]\npersistence = true\npersistence_location = \"{}\"\nsync = \"{sync}\"\n\
+         [sys]\nsys_interval = \"0s\"\n",
+        dir.display()
+    )
+}
+
+/// Publishes retained QoS 1 values 1..=n to `topic`, each waited for; then an empty
+/// payload to `gone` (deleting it) after a value.
+pub async fn publish_retained(addr: std::net::SocketAddr, topic: &str, n: u16) {
+    let (mut p, _) = Raw::connect(addr, "retainer", true, 60).await;
+    for i in 1..=n {
+        p.publish(
+            topic,
+            QoS::AtLeastOnce,
+            Some(i),
+            true,
+            i.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(p.recv().await, Packet::PubAck(i));
+    }
+    p.publish("gone", QoS::AtLeastOnce, Some(1), true, b"x")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(1));
+    p.publish("gone", QoS::AtLeastOnce, Some(2), true, b"")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(2));
+}
+
+/// The retained payloads a fresh subscriber to `#` gets.
+pub async fn retained(addr: std::net::SocketAddr) -> Vec<(String, String)> {
+    let (mut s, _) = Raw::connect(addr, "reader", true, 60).await;
+    s.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+    let mut got = Vec::new();
+    while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), s.recv()).await {
+        if let Packet::Publish(p) = p {
+            got.push((
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            ));
+        }
+    }
+    got.sort();
+    got
+}
+
+/// Runs `tern -c FILE -p 0` with `config`; its exit status and standard error.
+pub fn start_fails(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tern.toml");
+    std::fs::write(&file, config).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("-c")
+        .arg(&file)
+        .args(["-p", "0"])
+        .env_remove("TERN_UNFINISHED_PERSISTENCE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tern");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err)
+}
+
+/// SIGKILL, and waits for the process to be gone.
+pub async fn kill_9(broker: &mut BinaryBroker) {
+    broker.child.start_kill().expect("kill -9");
+    let _ = broker.child.wait().await;
+}
+
+/// SIGTERM, and waits for a clean exit.
+pub async fn stop(broker: &mut BinaryBroker) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = broker.child.wait().await.expect("exits");
+    assert!(exit.success(), "{exit}");
+}
+
+/// Runs `tern store WHAT -c FILE`: its exit status, standard output and standard error.
+pub fn store_tool(what: &str, config: &Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["store", what, "-c"])
+        .arg(config)
+        .output()
+        .expect("run tern store");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}

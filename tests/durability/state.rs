@@ -1,0 +1,139 @@
+//! Sessions, subscriptions and retained messages across restarts, and a store that cannot be
+//! used.
+
+use std::time::Duration;
+
+use crate::common::{self, BinaryBroker, Raw};
+use crate::helpers::*;
+use tern::codec::Packet;
+use tern::message::QoS;
+
+#[tokio::test]
+async fn acknowledged_retained_messages_survive_kill_9_and_sigterm() {
+    for sync in ["always", "interval", "never"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = config(dir.path(), sync);
+        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        publish_retained(broker.addr, "r/t", 50).await;
+        // SIGKILL right after the last PUBACK: what was acknowledged is on disk.
+        kill_9(&mut broker).await;
+        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let want = vec![("r/t".to_owned(), "50".to_owned())];
+        assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
+        // A graceful stop, then a second restart on the same directory.
+        publish_retained(broker.addr, "r/t", 7).await;
+        stop(&mut broker).await;
+        let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let want = vec![("r/t".to_owned(), "7".to_owned())];
+        assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    // Not yet available without the switch: refused rather than half kept.
+    let (code, err) = start_fails(&conf, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not available yet"), "{err}");
+    // Locked by a running broker.
+    let _running = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (code, err) = start_fails(&conf, &UNFINISHED);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A location that cannot be a directory.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let (code, err) = start_fails(&config(&file.join("store"), "always"), &UNFINISHED);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a-file"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (mut sub, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(!ack.session_present);
+    // Each SUBACK came once its record was durable: kill -9 right after keeps them.
+    sub.subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtLeastOnce)])
+        .await;
+    sub.send_packet(&Packet::Unsubscribe(tern::codec::Unsubscribe {
+        pkid: 2,
+        filters: vec!["b".into()],
+    }))
+    .await;
+    assert_eq!(sub.recv().await, Packet::UnsubAck(2));
+    let (_clean, _) = common::connect_as(broker.addr, "passer", true, None, None).await;
+    kill_9(&mut broker).await;
+
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    // Published before the subscriber is back: the restored subscription is in the router.
+    let (mut publ, _) = Raw::connect(broker.addr, "pub", true, 60).await;
+    for (i, topic) in [(1u16, "a/1"), (2, "b")] {
+        publ.publish(topic, QoS::AtLeastOnce, Some(i), false, topic.as_bytes())
+            .await;
+        assert_eq!(publ.recv().await, Packet::PubAck(i));
+    }
+    // [MQTT-3.2.2-2] the stored session is resumed.
+    let (mut sub, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(ack.session_present);
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.topic[..], b"a/1");
+    sub.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    // A clean session leaves nothing: its client id starts afresh.
+    let (_, ack) = common::connect_as(broker.addr, "passer", false, None, None).await;
+    assert!(!ack.session_present);
+    stop(&mut broker).await;
+    // Two restarts in a row change nothing.
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (_, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
+    assert!(ack.session_present);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_gone_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = format!(
+        "{}[session]\npersistent_client_expiration = \"1s\"\n",
+        config(dir.path(), "always")
+    );
+    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (sub, _) = common::connect_as(broker.addr, "brief", false, None, None).await;
+    sub.disconnect().await;
+    // Graceful: every record, the detach time included, is written before the exit.
+    stop(&mut broker).await;
+    // Wall-clock time has to pass here, and nothing signals it: its expiry is measured from when it was detached, across the restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let (_, ack) = common::connect_as(broker.addr, "brief", false, None, None).await;
+    assert!(!ack.session_present, "expired while the broker was down");
+}
+
+#[tokio::test]
+async fn a_filter_too_long_to_store_is_refused_and_the_store_lives_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BinaryBroker::start_with_env(&config(dir.path(), "always"), &UNFINISHED).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "long", false, None, None).await;
+    // The longest a SUBSCRIBE can carry: 65,535 bytes, past what one stored key holds.
+    let longest = "f".repeat(65_535);
+    let fits = "f".repeat(tern::store::MAX_FILTER_LEN);
+    let codes = sub
+        .subscribe(
+            1,
+            &[(&longest, QoS::AtLeastOnce), (&fits, QoS::AtLeastOnce)],
+        )
+        .await;
+    use tern::codec::SubAckCode::{Failure, Granted};
+    assert_eq!(codes, [Failure, Granted(QoS::AtLeastOnce)]);
+    // Still acknowledging: the store did not fail.
+    sub.subscribe(2, &[("ok", QoS::AtLeastOnce)]).await;
+    sub.send(&[0xc0, 0]).await;
+    assert_eq!(sub.recv().await, Packet::PingResp);
+}
