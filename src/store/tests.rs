@@ -207,3 +207,44 @@ fn a_record_that_does_not_decode_refuses_the_start() {
         "{err}"
     );
 }
+
+#[test]
+fn what_a_batch_undoes_is_never_written_and_released_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (spaces, _) = recover::open(dir.path()).expect("opens");
+    let end = |sid: u64, id: &str| Op::SessionEnd {
+        sid,
+        client_id: id.into(),
+    };
+    let message = |id: u64| Op::Message {
+        id,
+        msg: msg("t", "x", QoS::AtLeastOnce),
+        sessions: vec![(1, QoS::AtLeastOnce), (2, QoS::AtLeastOnce)],
+        retain: false,
+    };
+    let refs = writer::commit_batches(
+        spaces.clone(),
+        vec![
+            vec![session(1, "a"), session(2, "b")],
+            // Stored and done in one batch (session 2 ends in it): nothing reaches the disk.
+            vec![message(1), Op::Done { sid: 1, id: 1 }, end(2, "b")],
+            vec![session(2, "b2")],
+            // Stored for both; then in one batch session 2 is done with it and ends: its
+            // entry is released once, so session 1 still has the message.
+            vec![message(2)],
+            vec![Op::Done { sid: 2, id: 2 }, end(2, "b2")],
+        ],
+    );
+    assert_eq!(refs, std::collections::HashMap::from([(2, 1)]));
+    assert!(spaces
+        .msgs
+        .get(1u64.to_be_bytes())
+        .expect("reads")
+        .is_none());
+    assert!(spaces
+        .msgs
+        .get(2u64.to_be_bytes())
+        .expect("reads")
+        .is_some());
+    assert_eq!(spaces.queue.len().expect("reads"), 1);
+}

@@ -297,15 +297,16 @@ impl State {
         if ops.is_empty() {
             return Ok(false);
         }
+        let undone = Undone::find(&ops);
         let mut batch = self.spaces.db.batch();
         for op in ops {
-            self.apply(&mut batch, op)?;
+            self.apply(&mut batch, op, &undone)?;
         }
         batch.commit().map_err(|e| format!("write failed: {e}"))?;
         Ok(true)
     }
 
-    fn apply(&mut self, batch: &mut WriteBatch, op: Op) -> Result<(), String> {
+    fn apply(&mut self, batch: &mut WriteBatch, op: Op, undone: &Undone) -> Result<(), String> {
         let s = self.spaces.clone();
         match op {
             Op::Session {
@@ -357,11 +358,15 @@ impl State {
                 sessions,
                 retain,
             } => {
-                if sessions.is_empty() {
+                let live: Vec<_> = sessions
+                    .into_iter()
+                    .filter(|&(sid, _)| !undone.entry(sid, id))
+                    .collect();
+                if live.is_empty() {
                     return Ok(());
                 }
                 batch.insert(&s.msgs, id.to_be_bytes(), records::encode_message(&msg));
-                for (sid, qos) in &sessions {
+                for (sid, qos) in &live {
                     let entry = QueueEntry {
                         qos: *qos,
                         pkid: 0,
@@ -371,15 +376,21 @@ impl State {
                     let key = records::session_key(*sid, &id.to_be_bytes());
                     batch.insert(&s.queue, key, entry.encode());
                 }
-                *self.refs.entry(id).or_default() += sessions.len() as u32;
+                *self.refs.entry(id).or_default() += live.len() as u32;
             }
             Op::Sent { sid, id, entry } => {
-                let key = records::session_key(sid, &id.to_be_bytes());
-                batch.insert(&s.queue, key, entry.encode());
+                if !undone.entry(sid, id) {
+                    let key = records::session_key(sid, &id.to_be_bytes());
+                    batch.insert(&s.queue, key, entry.encode());
+                }
             }
             Op::Done { sid, id } => {
-                batch.remove(&s.queue, records::session_key(sid, &id.to_be_bytes()));
-                self.release(batch, id);
+                // An entry of a session ending in this batch goes with the session's end,
+                // which releases it once.
+                if !undone.entry(sid, id) {
+                    batch.remove(&s.queue, records::session_key(sid, &id.to_be_bytes()));
+                    self.release(batch, id);
+                }
             }
             Op::AwaitRel { sid, pkid } => {
                 batch.insert(
@@ -409,5 +420,62 @@ impl State {
                 batch.remove(&self.spaces.msgs, id.to_be_bytes());
             }
         }
+    }
+}
+
+/// Commits each of `batches` as one batch, as the thread would, on a store opened by
+/// `recover::open`; the message reference counts after.
+#[cfg(test)]
+pub(super) fn commit_batches(spaces: Spaces, batches: Vec<Vec<Op>>) -> HashMap<u64, u32> {
+    let mut state = State {
+        spaces,
+        owners: HashMap::new(),
+        refs: HashMap::new(),
+        dir: PathBuf::new(),
+    };
+    for ops in batches {
+        state.commit(ops).expect("commits");
+    }
+    state.refs
+}
+
+/// What a batch need not write because a later op in the same batch undoes it: a queue entry
+/// made and done within the batch (a subscriber that keeps up acknowledges most messages
+/// before the batch that stores them is written), and every entry of a session that ends in
+/// the batch. The batch is atomic, so the disk ends in the same state with less written.
+struct Undone {
+    /// Queue entries (session, message) stored and done within the batch.
+    entries: std::collections::HashSet<(u64, u64)>,
+    /// Sessions that end within the batch.
+    ended: std::collections::HashSet<u64>,
+}
+
+impl Undone {
+    fn find(ops: &[Op]) -> Undone {
+        let mut fresh = std::collections::HashSet::new();
+        let mut undone = Undone {
+            entries: Default::default(),
+            ended: Default::default(),
+        };
+        for op in ops {
+            match op {
+                Op::Message { id, .. } => {
+                    fresh.insert(*id);
+                }
+                Op::Done { sid, id } if fresh.contains(id) => {
+                    undone.entries.insert((*sid, *id));
+                }
+                Op::SessionEnd { sid, .. } => {
+                    undone.ended.insert(*sid);
+                }
+                _ => {}
+            }
+        }
+        undone
+    }
+
+    /// The entry of message `id` for session `sid` is not to be written (or removed) here.
+    fn entry(&self, sid: u64, id: u64) -> bool {
+        self.ended.contains(&sid) || self.entries.contains(&(sid, id))
     }
 }

@@ -139,10 +139,11 @@ async fn a_retained_message_owed_on_subscribe_is_sent_again_after_a_kill() {
     let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
     let (mut sub, ack) = common::connect_as(broker.addr, "late", false, None, None).await;
     assert!(ack.session_present);
-    // [MQTT-4.4.0-1] sent again, under the same packet id.
+    // [MQTT-4.4.0-1] sent again, under the same packet id, and still as a retained
+    // message [MQTT-3.3.1-8].
     let again = sub.recv_publish().await;
     assert_eq!(
-        (&again.payload[..], again.pkid, again.dup),
-        (&b"1"[..], first.pkid, true)
+        (&again.payload[..], again.pkid, again.dup, again.retain),
+        (&b"1"[..], first.pkid, true, true)
     );
 }
