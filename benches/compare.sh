@@ -3,8 +3,14 @@
 # on an ephemeral port with equal limits (inflight 100, queue 10000, no persistence), the broker
 # pinned to CPU 0 and the load generator to CPU 1, and prints one table with the ratios.
 #
-#   benches/compare.sh            # the full run (about 6-8 minutes on 2 cores)
+#   benches/compare.sh            # the full run (about 8-10 minutes on 2 cores)
 #   QUICK=1 benches/compare.sh    # fewer messages, for a smoke test
+#   DURABLE_ONLY=1 benches/compare.sh   # only the persistence table (about 2 minutes)
+#
+# The persistence table runs QoS 1 fan-in (4 publishers, 64 B) to one subscriber with a
+# persistent session and to a clean one, against Tern in memory, Tern with `persistence` on and
+# each `sync` policy, and Mosquitto with `persistence false` and `persistence true`; beside it,
+# the fdatasync rate of the disk under target/compare.
 #
 # Needs: mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd), taskset.
 # Results go to target/compare/ (one log per broker) and the table to stdout.
@@ -31,7 +37,9 @@ LOAD=target/release/examples/load
 TERN=target/release/tern
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
-for b in "$MOSQUITTO" "$RUMQTTD"; do
+NEEDED="$MOSQUITTO"
+[ -n "${DURABLE_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
+for b in $NEEDED; do
   [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
 done
 
@@ -46,17 +54,33 @@ start_broker() { # name port -> sets PID
       tern_config "$port" "$conf"
       taskset -c 0 "$TERN" -c "$conf" > "$OUT/tern.out" 2>&1 &
       ;;
-    mosquitto)
-      conf=$OUT/mosquitto.conf
+    tern-always|tern-interval|tern-never)
+      conf=$OUT/$name.toml
+      tern_config "$port" "$conf"
+      rm -rf "$OUT/$name-data"
+      cat >> "$conf" <<EOF
+[persistence]
+persistence = true
+persistence_location = "$PWD/$OUT/$name-data"
+sync = "${name#tern-}"
+EOF
+      TERN_UNFINISHED_PERSISTENCE=1 taskset -c 0 "$TERN" -c "$conf" > "$OUT/$name.out" 2>&1 &
+      ;;
+    mosquitto|mosquitto-persist)
+      conf=$OUT/$name.conf
+      rm -rf "$OUT/$name-data"; mkdir -p "$OUT/$name-data"
+      local persist=false
+      [ "$name" = mosquitto-persist ] && persist=true
       cat > "$conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
 max_inflight_messages 100
 max_queued_messages 10000
-persistence false
+persistence $persist
+persistence_location $PWD/$OUT/$name-data/
 log_dest none
 EOF
-      taskset -c 0 "$MOSQUITTO" -c "$conf" > "$OUT/mosquitto.out" 2>&1 &
+      taskset -c 0 "$MOSQUITTO" -c "$conf" > "$OUT/$name.out" 2>&1 &
       ;;
     rumqttd)
       conf=$OUT/rumqttd.toml
@@ -95,9 +119,63 @@ run() { # broker port label args...
 }
 
 BROKERS="tern mosquitto rumqttd"
-for broker in $BROKERS; do
+DURABLE_BROKERS="tern tern-always tern-interval tern-never mosquitto mosquitto-persist"
+for broker in $BROKERS $DURABLE_BROKERS; do
   : > "$OUT/$broker.results"; : > "$OUT/$broker.log"; : > "$OUT/$broker.err"
 done
+
+# Persistence: QoS 1 fan-in to a persistent subscriber and to a clean one, each broker fresh.
+durable() {
+  for rep in $(seq 1 "$REPS"); do
+    for broker in $DURABLE_BROKERS; do
+      port=$(free_port); start_broker "$broker" "$port"
+      # Clean first: a broker with persistence on and no persistent session writes nothing.
+      run "$broker" "$port" "durable_clean#$rep" fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 64
+      run "$broker" "$port" "durable_persistent#$rep" fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 64 --persistent-subscriber
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
+  done
+  # The disk's own rate of small write + fdatasync pairs, for scale.
+  python3 - "$OUT" > "$OUT/fdatasync.txt" <<'EOF'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fdatasync.probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+n, start = 0, time.monotonic()
+while time.monotonic() - start < 3 and n < 100000:
+    os.write(fd, b"x" * 128)
+    os.fdatasync(fd)
+    n += 1
+os.close(fd); os.unlink(path)
+print(f"{n / (time.monotonic() - start):.0f}")
+EOF
+  python3 - "$OUT" "$DURABLE_BROKERS" <<'EOF'
+import sys, re, statistics
+out, brokers = sys.argv[1], sys.argv[2].split()
+rows = {}
+for b in brokers:
+    for line in open(f"{out}/{b}.results"):
+        label, _, rest = line.strip().partition(" ")
+        if not label.startswith("durable_"):
+            continue
+        kv = dict(re.findall(r"(\w+)=([^\s]+)", rest))
+        rows.setdefault((label.split("#")[0], b), []).append(kv)
+def med(key, label, b):
+    vals = [float(kv[key]) for kv in rows.get((label, b), []) if key in kv]
+    return statistics.median(vals) if vals else None
+fmt = lambda v: "-" if v is None else f"{v:,.0f}"
+print(f"fdatasync/s on this disk: {open(out + '/fdatasync.txt').read().strip()}")
+print()
+print(f"| {'subscriber':<10} | {'broker':<17} | {'msg/s':>9} | {'vs tern':>7} | {'lost':>7} | {'ack p50 us':>10} | {'ack p99 us':>10} | {'disk B/msg':>10} |")
+print(f"|{'-'*12}|{'-'*19}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*12}|{'-'*12}|{'-'*12}|")
+for label in ("durable_persistent", "durable_clean"):
+    base = med("rate_msg_s", label, "tern")
+    for b in brokers:
+        rate = med("rate_msg_s", label, b)
+        ratio = "-" if rate is None or not base else f"{rate / base:.2f}"
+        print(f"| {label[8:]:<10} | {b:<17} | {fmt(rate):>9} | {ratio:>7} | {fmt(med('lost', label, b)):>7} | {fmt(med('ack_p50_us', label, b)):>10} | {fmt(med('ack_p99_us', label, b)):>10} | {fmt(med('broker_disk_bytes_per_msg', label, b)):>10} |")
+EOF
+}
+if [ -n "${DURABLE_ONLY:-}" ]; then durable; exit 0; fi
 
 # This machine's speed drifts by up to 2x over minutes, so every group of runs goes through
 # the brokers in turn, close together in time: a drift touches all of them alike.
@@ -137,6 +215,8 @@ for rep in $(seq 1 "$CONNECT_REPS"); do
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done
 done
+
+durable > "$OUT/durable.table"
 
 # The table: one row per figure; ratios are Tern / other (higher is better for rates,
 # lower is better for latency, memory and bytes per connection).
@@ -194,3 +274,5 @@ for label, key, name, *scale in figures:
         t, m, r = (None if v is None else v * scale[0] for v in (t, m, r))
     print(f"| {label:<22} | {name:<12} | {fmt(t):>12} | {fmt(m):>12} | {fmt(r):>12} | {ratio(t, m):>7} | {ratio(t, r):>7} |")
 EOF
+echo
+cat "$OUT/durable.table"

@@ -307,7 +307,9 @@ impl State {
     }
 
     fn apply(&mut self, batch: &mut WriteBatch, op: Op, undone: &Undone) -> Result<(), String> {
-        let s = self.spaces.clone();
+        // Borrowed field by field: the handles are not cloned per op.
+        let s = &self.spaces;
+        let refs = &mut self.refs;
         match op {
             Op::Session {
                 sid,
@@ -339,7 +341,7 @@ impl State {
                     let (key, _) = kv.into_inner().map_err(|e| e.to_string())?;
                     if let Ok((_, rest)) = records::split_session_key(&key, "queue") {
                         if let Ok(id) = <[u8; 8]>::try_from(rest) {
-                            self.release(batch, u64::from_be_bytes(id));
+                            release(refs, &s.msgs, batch, u64::from_be_bytes(id));
                         }
                     }
                     batch.remove(&s.queue, key);
@@ -376,7 +378,7 @@ impl State {
                     let key = records::session_key(*sid, &id.to_be_bytes());
                     batch.insert(&s.queue, key, entry.encode());
                 }
-                *self.refs.entry(id).or_default() += live.len() as u32;
+                *refs.entry(id).or_default() += live.len() as u32;
             }
             Op::Sent { sid, id, entry } => {
                 if !undone.entry(sid, id) {
@@ -389,7 +391,7 @@ impl State {
                 // which releases it once.
                 if !undone.entry(sid, id) {
                     batch.remove(&s.queue, records::session_key(sid, &id.to_be_bytes()));
-                    self.release(batch, id);
+                    release(refs, &s.msgs, batch, id);
                 }
             }
             Op::AwaitRel { sid, pkid } => {
@@ -410,15 +412,15 @@ impl State {
         }
         Ok(())
     }
+}
 
-    /// One queue entry of message `id` is gone; the message goes with its last one.
-    fn release(&mut self, batch: &mut WriteBatch, id: u64) {
-        if let Some(n) = self.refs.get_mut(&id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.refs.remove(&id);
-                batch.remove(&self.spaces.msgs, id.to_be_bytes());
-            }
+/// One queue entry of message `id` is gone; the message goes with its last one.
+fn release(refs: &mut HashMap<u64, u32>, msgs: &fjall::Keyspace, batch: &mut WriteBatch, id: u64) {
+    if let Some(n) = refs.get_mut(&id) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            refs.remove(&id);
+            batch.remove(msgs, id.to_be_bytes());
         }
     }
 }
