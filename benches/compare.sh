@@ -64,7 +64,7 @@ persistence = true
 persistence_location = "$PWD/$OUT/$name-data"
 sync = "${name#tern-}"
 EOF
-      TERN_UNFINISHED_PERSISTENCE=1 taskset -c 0 "$TERN" -c "$conf" > "$OUT/$name.out" 2>&1 &
+      taskset -c 0 "$TERN" -c "$conf" > "$OUT/$name.out" 2>&1 &
       ;;
     mosquitto|mosquitto-persist)
       conf=$OUT/$name.conf

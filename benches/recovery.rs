@@ -99,7 +99,7 @@ async fn start_tern(config: &str) -> Result<(Child, SocketAddr), Error> {
         config,
         false,
         |line| line.split("listening addr=").nth(1)?.trim().parse().ok(),
-        &[("TERN_UNFINISHED_PERSISTENCE", "1")],
+        &[],
     )
     .await?;
     Ok((child, addr))

@@ -79,7 +79,7 @@
 //! 5. The subscriber's connection task takes it from the link, encodes it into its write
 //!    buffer and writes many packets per system call.
 //!
-//! # Durable state (in progress)
+//! # Durable state
 //!
 //! With `[persistence]` on, the router writes retained messages to the [`store`] (under the
 //! retained store's lock, so the disk sees a topic's changes in memory's order) and returns
@@ -96,7 +96,13 @@
 //! The connection writes the inbound QoS 2 ids awaiting PUBREL, and delivers an inbound QoS 2
 //! message of a stored session only once it is durable (`Router::publish_deferred`, held in
 //! the connection's gated groups); a stored session's QoS 2 PUBLISH and PUBREL wait for its
-//! records. Until the rest of issue 12 is done the broker refuses `persistence = true`.
+//! records. The writer leaves out of a batch what a later op in the same batch undoes (an
+//! entry stored and acknowledged within it, every entry of a session that ends in it), and
+//! deletes a message with its last entry, so the disk holds live state plus at most fjall's
+//! journals (64 MiB) and tables not yet compacted. On a graceful stop a stored session keeps
+//! its routes until the process ends, so a message acknowledged in that window is still
+//! queued on disk. `tern store stats` and `tern store dump` read a stopped broker's store
+//! (`store::inspect`).
 //!
 //! # Backpressure and memory bounds
 //!

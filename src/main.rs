@@ -268,8 +268,7 @@ fn main() -> ExitCode {
                 e @ (tern::StartError::Auth(_)
                 | tern::StartError::Tls(_)
                 | tern::StartError::Memory(_)
-                | tern::StartError::Store(_)
-                | tern::StartError::Unfinished(_)),
+                | tern::StartError::Store(_)),
             ) => {
                 eprintln!("tern: config error: {e}");
                 return ExitCode::from(CONFIG_ERROR);

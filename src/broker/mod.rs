@@ -50,9 +50,6 @@ pub enum StartError {
     /// The store cannot be opened (locked, unreadable, corrupt).
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// `[persistence]` asks for what is not built yet.
-    #[error("persistence: {0}")]
-    Unfinished(&'static str),
 }
 
 /// A bound, not yet running broker.
@@ -201,13 +198,6 @@ fn open_store(
     let p = &config.persistence;
     if !p.persistence {
         return Ok((None, None));
-    }
-    // Until issue 12 is done (disk use under load, the tools, the benchmarks),
-    // `persistence = true` is refused, except where the tests of what exists ask for it.
-    if std::env::var_os("TERN_UNFINISHED_PERSISTENCE").is_none_or(|v| v != "1") {
-        return Err(StartError::Unfinished(
-            "persistence = true is not available yet (issue 12 is in progress): see the README",
-        ));
     }
     let sync = match p.sync {
         SyncMode::Always => SyncPolicy::Always,

@@ -89,6 +89,7 @@ pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create: {e}")))?;
     let before = journal_contents(dir);
     let db = Database::builder(dir)
+        .max_journaling_size(MAX_JOURNALS)
         .open()
         .map_err(|e| open_error(dir, e))?;
     // fjall drops a batch that was cut off mid-write (it cannot be whole) and truncates the
@@ -128,6 +129,12 @@ pub(super) fn open_existing(dir: &Path) -> Result<(Spaces, Recovered), StoreErro
     let recovered = read(dir, &spaces, Tidy::No)?;
     Ok((spaces, recovered))
 }
+
+/// How much journal fjall keeps before it flushes memtables so older journals can go: the
+/// least it allows. Acknowledged messages are deleted soon after they are written, so most of
+/// a journal is dead by the time it rotates; a small limit keeps that dead weight on disk
+/// small (fjall's default is 512 MiB).
+const MAX_JOURNALS: u64 = 64 * 1024 * 1024;
 
 /// The journal files in the store's directory.
 fn journals(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {

@@ -59,7 +59,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (damaged, torn) = (dir.path().join("damaged"), dir.path().join("torn"));
-    let mut broker = BinaryBroker::start_with_env(&config(&damaged, "always"), &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&config(&damaged, "always")).await;
     let big = noise(4096);
     let (mut p, _) = Raw::connect(broker.addr, "retainer", true, 60).await;
     retain(&mut p, "r/big", 1, &big).await;
@@ -78,7 +78,7 @@ async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() 
         .expect("the payload is in the journal as published");
     bytes[at + 10] ^= 0x01;
     std::fs::write(&file, bytes).expect("write journal");
-    let (code, err) = start_fails(&config(&damaged, "always"), &UNFINISHED);
+    let (code, err) = start_fails(&config(&damaged, "always"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("corrupt"), "{err}");
     assert!(err.contains(&damaged.display().to_string()), "{err}");
@@ -94,7 +94,7 @@ async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() 
         .open(&file)
         .expect("journal");
     cut.set_len(written as u64 - 3).expect("truncate");
-    let broker = BinaryBroker::start_with_env(&config(&torn, "always"), &UNFINISHED).await;
+    let broker = BinaryBroker::start(&config(&torn, "always")).await;
     broker.wait_for_log("torn last batch was dropped", 1).await;
     let (mut s, _) = Raw::connect(broker.addr, "reader", true, 60).await;
     s.subscribe(1, &[("r/+", QoS::AtMostOnce)]).await;
@@ -114,7 +114,7 @@ async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() 
 async fn the_store_tools_list_what_a_stopped_broker_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     let (mut sub, _) = common::connect_as(broker.addr, "keeper", false, None, None).await;
     sub.subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::ExactlyOnce)])
         .await;

@@ -8,8 +8,6 @@ use crate::common::{BinaryBroker, Raw};
 use tern::codec::Packet;
 use tern::message::QoS;
 
-pub const UNFINISHED: [(&str, &str); 1] = [("TERN_UNFINISHED_PERSISTENCE", "1")];
-
 pub fn config(dir: &Path, sync: &str) -> String {
     format!(
         "[persistence]\npersistence = true\npersistence_location = \"{}\"\nsync = \"{sync}\"\n\
@@ -59,7 +57,7 @@ pub async fn retained(addr: std::net::SocketAddr) -> Vec<(String, String)> {
 }
 
 /// Runs `tern -c FILE -p 0` with `config`; its exit status and standard error.
-pub fn start_fails(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+pub fn start_fails(config: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("tern.toml");
     std::fs::write(&file, config).expect("write config");
@@ -67,8 +65,6 @@ pub fn start_fails(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) 
         .arg("-c")
         .arg(&file)
         .args(["-p", "0"])
-        .env_remove("TERN_UNFINISHED_PERSISTENCE")
-        .envs(env.iter().copied())
         .output()
         .expect("run tern");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

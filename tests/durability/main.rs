@@ -2,9 +2,6 @@
 //! sessions, subscriptions and retained messages survive kill -9, SIGTERM and restarts in a
 //! row; a store that cannot be used stops the start with one line; the `tern store` tools
 //! read what is on disk.
-//!
-//! `persistence = true` is refused until issue 12 is finished; these tests set
-//! `TERN_UNFINISHED_PERSISTENCE=1` to reach it.
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -13,7 +13,7 @@ use tern::message::QoS;
 async fn a_qos2_message_acknowledged_with_pubrec_is_delivered_once_across_a_kill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     let (mut sub, _) = common::connect_as(broker.addr, "q2-sub", false, None, None).await;
     sub.subscribe(1, &[("q2", QoS::ExactlyOnce)]).await;
     sub.disconnect().await;
@@ -23,7 +23,7 @@ async fn a_qos2_message_acknowledged_with_pubrec_is_delivered_once_across_a_kill
         .await;
     assert_eq!(publ.recv().await, Packet::PubRec(5));
     kill_9(&mut broker).await;
-    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let broker = BinaryBroker::start(&conf).await;
     // The publisher, not sure of anything, sends it again (DUP) and then PUBREL
     // [MQTT-4.3.3-2]: id 5 still awaits its PUBREL, so the copy is not routed again.
     let (mut publ, ack) = common::connect_as(broker.addr, "q2-pub", false, None, None).await;
@@ -66,7 +66,7 @@ async fn a_qos2_message_acknowledged_with_pubrec_is_delivered_once_across_a_kill
 async fn an_outbound_qos2_flow_resumes_under_its_packet_id_after_a_kill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     let (mut sub, _) = common::connect_as(broker.addr, "q2-out", false, None, None).await;
     sub.subscribe(1, &[("o/#", QoS::ExactlyOnce)]).await;
     let (mut publ, _) = Raw::connect(broker.addr, "o-pub", true, 60).await;
@@ -85,7 +85,7 @@ async fn an_outbound_qos2_flow_resumes_under_its_packet_id_after_a_kill() {
     sub.send_packet(&Packet::PubRec(a)).await;
     assert_eq!(sub.recv().await, Packet::PubRel(a));
     kill_9(&mut broker).await;
-    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let broker = BinaryBroker::start(&conf).await;
     let (mut sub, ack) = common::connect_as(broker.addr, "q2-out", false, None, None).await;
     assert!(ack.session_present);
     // [MQTT-4.4.0-1] the PUBREL again for the first, the PUBLISH again (DUP, same id) for
@@ -106,7 +106,7 @@ async fn an_outbound_qos2_flow_resumes_under_its_packet_id_after_a_kill() {
 #[tokio::test]
 async fn a_stored_publishers_qos2_messages_reach_online_subscribers_once_they_are_on_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = BinaryBroker::start_with_env(&config(dir.path(), "always"), &UNFINISHED).await;
+    let broker = BinaryBroker::start(&config(dir.path(), "always")).await;
     let (mut live, _) = Raw::connect(broker.addr, "live", true, 60).await;
     live.subscribe(1, &[("d", QoS::AtMostOnce)]).await;
     let (mut publ, _) = common::connect_as(broker.addr, "d-pub", false, None, None).await;
@@ -128,7 +128,7 @@ async fn a_stored_publishers_qos2_messages_reach_online_subscribers_once_they_ar
 async fn a_retained_message_owed_on_subscribe_is_sent_again_after_a_kill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     publish_retained(broker.addr, "kept", 1).await;
     let (mut sub, _) = common::connect_as(broker.addr, "late", false, None, None).await;
     sub.subscribe(1, &[("kept", QoS::AtLeastOnce)]).await;
@@ -136,7 +136,7 @@ async fn a_retained_message_owed_on_subscribe_is_sent_again_after_a_kill() {
     let first = sub.recv_publish().await;
     assert!(first.retain);
     kill_9(&mut broker).await;
-    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let broker = BinaryBroker::start(&conf).await;
     let (mut sub, ack) = common::connect_as(broker.addr, "late", false, None, None).await;
     assert!(ack.session_present);
     // [MQTT-4.4.0-1] sent again, under the same packet id, and still as a retained

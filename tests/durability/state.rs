@@ -13,17 +13,17 @@ async fn acknowledged_retained_messages_survive_kill_9_and_sigterm() {
     for sync in ["always", "interval", "never"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = config(dir.path(), sync);
-        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let mut broker = BinaryBroker::start(&conf).await;
         publish_retained(broker.addr, "r/t", 50).await;
         // SIGKILL right after the last PUBACK: what was acknowledged is on disk.
         kill_9(&mut broker).await;
-        let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let mut broker = BinaryBroker::start(&conf).await;
         let want = vec![("r/t".to_owned(), "50".to_owned())];
         assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
         // A graceful stop, then a second restart on the same directory.
         publish_retained(broker.addr, "r/t", 7).await;
         stop(&mut broker).await;
-        let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        let broker = BinaryBroker::start(&conf).await;
         let want = vec![("r/t".to_owned(), "7".to_owned())];
         assert_eq!(retained(broker.addr).await, want, "sync = {sync}");
     }
@@ -33,13 +33,9 @@ async fn acknowledged_retained_messages_survive_kill_9_and_sigterm() {
 async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    // Not yet available without the switch: refused rather than half kept.
-    let (code, err) = start_fails(&conf, &[]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("not available yet"), "{err}");
     // Locked by a running broker.
-    let _running = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
-    let (code, err) = start_fails(&conf, &UNFINISHED);
+    let _running = BinaryBroker::start(&conf).await;
+    let (code, err) = start_fails(&conf);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("locked by another process"), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
@@ -47,7 +43,7 @@ async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
     // A location that cannot be a directory.
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").expect("write");
-    let (code, err) = start_fails(&config(&file.join("store"), "always"), &UNFINISHED);
+    let (code, err) = start_fails(&config(&file.join("store"), "always"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a-file"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -57,7 +53,7 @@ async fn a_store_that_cannot_be_used_stops_the_start_with_one_line() {
 async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = config(dir.path(), "always");
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     let (mut sub, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
     assert!(!ack.session_present);
     // Each SUBACK came once its record was durable: kill -9 right after keeps them.
@@ -72,7 +68,7 @@ async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_noth
     let (_clean, _) = common::connect_as(broker.addr, "passer", true, None, None).await;
     kill_9(&mut broker).await;
 
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     // Published before the subscriber is back: the restored subscription is in the router.
     let (mut publ, _) = Raw::connect(broker.addr, "pub", true, 60).await;
     for (i, topic) in [(1u16, "a/1"), (2, "b")] {
@@ -92,7 +88,7 @@ async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_noth
     assert!(!ack.session_present);
     stop(&mut broker).await;
     // Two restarts in a row change nothing.
-    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let broker = BinaryBroker::start(&conf).await;
     let (_, ack) = common::connect_as(broker.addr, "keeper", false, None, None).await;
     assert!(ack.session_present);
 }
@@ -104,14 +100,14 @@ async fn an_expired_session_is_gone_after_a_restart() {
         "{}[session]\npersistent_client_expiration = \"1s\"\n",
         config(dir.path(), "always")
     );
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     let (sub, _) = common::connect_as(broker.addr, "brief", false, None, None).await;
     sub.disconnect().await;
     // Graceful: every record, the detach time included, is written before the exit.
     stop(&mut broker).await;
     // Wall-clock time has to pass here, and nothing signals it: its expiry is measured from when it was detached, across the restart.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let broker = BinaryBroker::start(&conf).await;
     let (_, ack) = common::connect_as(broker.addr, "brief", false, None, None).await;
     assert!(!ack.session_present, "expired while the broker was down");
 }
@@ -119,7 +115,7 @@ async fn an_expired_session_is_gone_after_a_restart() {
 #[tokio::test]
 async fn a_filter_too_long_to_store_is_refused_and_the_store_lives_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = BinaryBroker::start_with_env(&config(dir.path(), "always"), &UNFINISHED).await;
+    let broker = BinaryBroker::start(&config(dir.path(), "always")).await;
     let (mut sub, _) = common::connect_as(broker.addr, "long", false, None, None).await;
     // The longest a SUBSCRIBE can carry: 65,535 bytes, past what one stored key holds.
     let longest = "f".repeat(65_535);

@@ -237,7 +237,7 @@ async fn stream(qos: QoS, cuts: &[Cut]) {
         "{}[session]\nmax_queued_messages = 100000\nmax_inflight_messages = 10\n",
         config(dir.path(), "always")
     );
-    let mut broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+    let mut broker = BinaryBroker::start(&conf).await;
     subscribe(broker.addr, "offline", qos)
         .await
         .disconnect()
@@ -282,7 +282,7 @@ async fn stream(qos: QoS, cuts: &[Cut]) {
             publishers.push(p.await.expect("publisher"));
         }
         consumer.await.expect("consumer");
-        broker = BinaryBroker::start_with_env(&conf, &UNFINISHED).await;
+        broker = BinaryBroker::start(&conf).await;
         // The last acknowledged value, or the one sent after it if that reached the disk.
         let p1 = &publishers[0];
         let kept = retained_value(broker.addr, p1.name).await;
