@@ -35,28 +35,32 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Create or update a user in a Mosquitto-compatible password file (like mosquitto_passwd).
-    Passwd {
-        /// Batch mode: take the password from the command line instead of prompting.
-        #[arg(short = 'b')]
-        batch: bool,
-        /// Delete the user instead of setting its password.
-        #[arg(short = 'D', conflicts_with = "batch")]
-        delete: bool,
-        /// Create a new file, overwriting an existing one.
-        #[arg(short = 'c')]
-        create: bool,
-        /// The password file.
-        file: PathBuf,
-        /// The user name.
-        user: String,
-        /// The password (with -b only).
-        password: Option<String>,
-    },
+    Passwd(PasswdArgs),
     /// Read a stopped broker's store (`[persistence]`): `stats` or `dump`.
     Store {
         #[command(subcommand)]
         what: StoreCommand,
     },
+}
+
+/// `tern passwd`'s arguments.
+#[derive(Debug, clap::Args)]
+struct PasswdArgs {
+    /// Batch mode: take the password from the command line instead of prompting.
+    #[arg(short = 'b')]
+    batch: bool,
+    /// Delete the user instead of setting its password.
+    #[arg(short = 'D', conflicts_with = "batch")]
+    delete: bool,
+    /// Create a new file, overwriting an existing one.
+    #[arg(short = 'c')]
+    create: bool,
+    /// The password file.
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// The password (with -b only).
+    password: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -122,18 +126,15 @@ fn store(what: StoreCommand, top_config: Option<PathBuf>) -> ExitCode {
 }
 
 /// `tern passwd`: one line on error, exit 1.
-fn passwd(command: Command) -> ExitCode {
-    let Command::Passwd {
+fn passwd(args: PasswdArgs) -> ExitCode {
+    let PasswdArgs {
         batch,
         delete,
         create,
         file,
         user,
         password,
-    } = command
-    else {
-        return ExitCode::FAILURE;
-    };
+    } = args;
     let password = match (delete, batch, password) {
         (true, _, _) => None,
         (false, true, Some(p)) => Some(p),
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Store { what }) => return store(what, cli.config),
-        Some(command) => return passwd(command),
+        Some(Command::Passwd(args)) => return passwd(args),
         None => {}
     }
     if cli.print_default_config {

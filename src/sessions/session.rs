@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::router::Route;
-use crate::sessions::inflight::Flight;
+use crate::sessions::inflight::{Flight, Inflight};
 use crate::sessions::mailbox::{Mailbox, Received};
 use crate::sessions::mqueue::Queued;
 use crate::sessions::outbound::{Closed, OutboundTx};
@@ -228,18 +228,7 @@ impl Session {
                 let reply = Packet::UnsubAck(pkid);
                 self.pending().control.push_back(stored_reply(reply, lsn));
             }
-            SessionCmd::PubAck(id) => {
-                let Some(p) = &mut self.pending else { return };
-                // One more search of the window, only for a stored session.
-                let stored = if self.sid.is_some() {
-                    p.inflight.stored(id)
-                } else {
-                    0
-                };
-                if p.inflight.puback(id) && stored > 0 {
-                    self.store_op(|sid| Op::Done { sid, id: stored });
-                }
-            }
+            SessionCmd::PubAck(id) => self.finish(id, Inflight::puback),
             SessionCmd::PubRec(id) => {
                 // The connection has answered with PUBREL, unless the session is stored.
                 let sid = self.sid;
@@ -272,19 +261,23 @@ impl Session {
                     self.pending().control.push_back(Outbound::PubRel(id));
                 }
             }
-            SessionCmd::PubComp(id) => {
-                let Some(p) = &mut self.pending else { return };
-                // One more search of the window, only for a stored session.
-                let stored = if self.sid.is_some() {
-                    p.inflight.stored(id)
-                } else {
-                    0
-                };
-                if p.inflight.pubcomp(id) && stored > 0 {
-                    self.store_op(|sid| Op::Done { sid, id: stored });
-                }
-            }
+            SessionCmd::PubComp(id) => self.finish(id, Inflight::pubcomp),
             SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored),
+        }
+    }
+
+    /// Ends the flow of packet id `id` with `end` (PUBACK or PUBCOMP); a stored message is
+    /// then done on disk too.
+    fn finish(&mut self, id: u16, end: fn(&mut Inflight, u16) -> bool) {
+        let Some(p) = &mut self.pending else { return };
+        // One more search of the window, only for a stored session.
+        let stored = if self.sid.is_some() {
+            p.inflight.stored(id)
+        } else {
+            0
+        };
+        if end(&mut p.inflight, id) && stored > 0 {
+            self.store_op(|sid| Op::Done { sid, id: stored });
         }
     }
 

@@ -360,10 +360,8 @@ impl State {
                 sessions,
                 retain,
             } => {
-                let live: Vec<_> = sessions
-                    .into_iter()
-                    .filter(|&(sid, _)| !undone.entry(sid, id))
-                    .collect();
+                let mut live = sessions;
+                live.retain(|&(sid, _)| !undone.entry(sid, id));
                 if live.is_empty() {
                     return Ok(());
                 }
