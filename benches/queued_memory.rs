@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use support::{rss_kib, start, Conn, Error};
-use tern::codec::{self, Packet, Subscribe};
+use tern::codec::{self, Packet};
 use tern::message::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
@@ -47,15 +47,7 @@ fn report(broker: &str, n: usize, grown_kib: u64) {
 /// The broker's RSS growth in KiB while `n` messages are queued for an offline session.
 async fn measure(broker: &Child, addr: SocketAddr, n: usize) -> Result<u64, Error> {
     let pid = broker.id().ok_or("broker exited")?;
-    let mut sub = Conn::open(addr, "offline", false).await?;
-    sub.send(&Packet::Subscribe(Subscribe {
-        pkid: 1,
-        filters: vec![("q".into(), QoS::AtLeastOnce)],
-    }))
-    .await?;
-    sub.recv().await?;
-    sub.send(&Packet::Disconnect).await?;
-    drop(sub);
+    Conn::leave_subscribed(addr, "offline", "q").await?;
     let mut publisher = Conn::open(addr, "sensor", true).await?;
     // Warm up the publisher's own buffers before the baseline.
     publisher.ping().await?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use support::{rss_kib, start, Conn, Error};
-use tern::codec::{self, Packet, Subscribe};
+use tern::codec::{self, Packet};
 use tern::message::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
@@ -45,15 +45,7 @@ async fn run(n: usize) -> Result<(), Error> {
         dir.path().display()
     );
     let (mut broker, addr) = start_tern(&config).await?;
-    let mut sub = Conn::open(addr, "offline", false).await?;
-    sub.send(&Packet::Subscribe(Subscribe {
-        pkid: 1,
-        filters: vec![("q/#".into(), QoS::AtLeastOnce)],
-    }))
-    .await?;
-    sub.recv().await?;
-    sub.send(&Packet::Disconnect).await?;
-    drop(sub);
+    Conn::leave_subscribed(addr, "offline", "q/#").await?;
     let began = Instant::now();
     let fill: Vec<_> = (0..PUBLISHERS)
         .map(|i| tokio::spawn(publish(addr, i, n / PUBLISHERS)))

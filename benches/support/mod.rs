@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern::codec::{self, Connect, Packet, Protocol};
+use tern::codec::{self, Connect, Packet, Protocol, Subscribe};
+use tern::message::QoS;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -42,6 +43,20 @@ impl Conn {
             Packet::ConnAck(_) => Ok(c),
             other => Err(format!("expected CONNACK, got {other:?}").into()),
         }
+    }
+
+    /// Makes a persistent session `id` subscribed to `filter` at QoS 1, then leaves it
+    /// offline, so what is published to `filter` queues for it.
+    pub async fn leave_subscribed(addr: SocketAddr, id: &str, filter: &str) -> Result<(), Error> {
+        let mut sub = Conn::open(addr, id, false).await?;
+        sub.send(&Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![(filter.into(), QoS::AtLeastOnce)],
+        }))
+        .await?;
+        sub.recv().await?;
+        sub.send(&Packet::Disconnect).await?;
+        Ok(())
     }
 
     pub async fn send(&mut self, p: &Packet) -> Result<(), Error> {

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::stats::percentile;
-use crate::{connect, connect_session, now_ns, qos_of, Flow, Result};
+use crate::{connect, connect_session, now_ns, qos_of, Flow, Ran, Result};
 
 /// Per-publisher delivery accounting at one subscriber.
 #[derive(Default, Clone)]
@@ -295,13 +295,13 @@ pub async fn run_flow(
     topics: Vec<String>,
     filters: Vec<String>,
     deadline: Duration,
-) -> Result<String> {
+) -> Result<Ran> {
     let qos = qos_of(flow.qos);
     let pairs = name == "pairs";
     let mut subs = Vec::new();
     for (i, filter) in filters.iter().enumerate() {
         let id = format!("load-sub-{i}");
-        let mut s = connect_session(broker, None, &id, !flow.persistent_subscriber).await?;
+        let mut s = connect_session(broker, &id, !flow.persistent_subscriber).await?;
         subscribe(&mut s, filter, qos).await?;
         let expected = if pairs {
             flow.count
@@ -350,7 +350,7 @@ pub async fn run_flow(
         }
     }
     let secs = (last_ns - started_ns) as f64 / 1e9;
-    Ok(format!(
+    let line = format!(
         "scenario={name} qos={} payload={} publishers={} subscribers={} persistent={} published={published} delivered={delivered} rate_msg_s={:.0} lost={lost} dup={dup} out_of_order={ooo} ack_p50_us={} ack_p99_us={}",
         flow.qos,
         flow.payload.max(20),
@@ -360,7 +360,8 @@ pub async fn run_flow(
         delivered as f64 / secs.max(1e-9),
         percentile(&ack_us, 0.50),
         percentile(&ack_us, 0.99),
-    ))
+    );
+    Ok(Ran { line, published })
 }
 
 pub async fn latency(
@@ -369,7 +370,7 @@ pub async fn latency(
     rate: u64,
     seconds: u64,
     deadline: Duration,
-) -> Result<String> {
+) -> Result<Ran> {
     let qos = qos_of(flow.qos);
     let count = rate * seconds;
     let mut s = connect(broker, None, "load-lat-sub").await?;
@@ -389,7 +390,7 @@ pub async fn latency(
     let l = &mut report.latencies_us;
     l.sort_unstable();
     let pct = |q: f64| percentile(l, q);
-    Ok(format!(
+    let line = format!(
         "scenario=latency qos={} payload={} rate_msg_s={rate} published={} delivered={} lost={} dup={} out_of_order={} p50_us={} p99_us={} p999_us={} max_us={} ack_p50_us={} ack_p99_us={}",
         flow.qos,
         flow.payload.max(20),
@@ -404,5 +405,9 @@ pub async fn latency(
         l.last().copied().unwrap_or(0),
         percentile(&ack_us, 0.50),
         percentile(&ack_us, 0.99),
-    ))
+    );
+    Ok(Ran {
+        line,
+        published: sent.sent,
+    })
 }

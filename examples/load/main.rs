@@ -116,6 +116,12 @@ fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// A scenario's result line, and how many messages it published.
+struct Ran {
+    line: String,
+    published: u64,
+}
+
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
@@ -129,7 +135,7 @@ async fn main() -> Result<()> {
     let deadline = Duration::from_secs(args.timeout);
     let before = args.broker_pid.map(proc_stats);
     let started = Instant::now();
-    let mut line = match args.scenario {
+    let ran = match args.scenario {
         Scenario::Fanin { publishers, flow } => {
             let topics: Vec<String> = (0..publishers).map(|i| format!("load/fanin/{i}")).collect();
             flow::run_flow(
@@ -166,8 +172,12 @@ async fn main() -> Result<()> {
         Scenario::Connections {
             clients,
             concurrency,
-        } => connections::connections(broker, clients, concurrency, args.broker_pid).await?,
+        } => Ran {
+            line: connections::connections(broker, clients, concurrency, args.broker_pid).await?,
+            published: 0,
+        },
     };
+    let (mut line, published) = (ran.line, ran.published);
     let wall = started.elapsed().as_secs_f64();
     let me = proc_stats(std::process::id());
     line.push_str(&format!(" wall_s={wall:.2} gen_cpu_s={:.2}", me.cpu_s));
@@ -180,11 +190,6 @@ async fn main() -> Result<()> {
             after.peak_rss_kib
         ));
         // What the broker wrote toward the disk, per message published.
-        let published = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("published="))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
         if published > 0 {
             let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / published as f64;
             line.push_str(&format!(
@@ -224,19 +229,14 @@ fn no_port_at_bind(socket: &TcpSocket) -> Result<()> {
 
 /// Connects and completes CONNECT/CONNACK, from a chosen local address.
 async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<TcpStream> {
-    connect_session(broker, local, id, true).await
+    open(broker, local, id, true).await
 }
 
 /// Connects with this clean-session flag; a persistent session is made afresh (a clean
 /// connect first drops what an earlier run left).
-async fn connect_session(
-    broker: SocketAddr,
-    local: Option<IpAddr>,
-    id: &str,
-    clean: bool,
-) -> Result<TcpStream> {
+async fn connect_session(broker: SocketAddr, id: &str, clean: bool) -> Result<TcpStream> {
     if !clean {
-        let mut old = Box::pin(connect_session(broker, local, id, true)).await?;
+        let mut old = open(broker, None, id, true).await?;
         let mut buf = BytesMut::new();
         codec::encode(&Packet::Disconnect, &mut buf);
         old.write_all(&buf).await?;
@@ -244,6 +244,16 @@ async fn connect_session(
         let mut rest = [0u8; 16];
         while old.read(&mut rest).await? > 0 {}
     }
+    open(broker, None, id, clean).await
+}
+
+/// One TCP connection and its CONNECT/CONNACK.
+async fn open(
+    broker: SocketAddr,
+    local: Option<IpAddr>,
+    id: &str,
+    clean: bool,
+) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = local {
         no_port_at_bind(&socket)?;
