@@ -111,11 +111,12 @@ impl CloseReason {
     }
 
     /// True if what is already written for the client is flushed before the socket closes:
-    /// the peer is still there and did nothing wrong.
+    /// the peer is still there, or has only closed its sending side, and did nothing wrong.
     fn flushes(&self) -> bool {
         matches!(
             self,
             CloseReason::Disconnect
+                | CloseReason::PeerClosed
                 | CloseReason::Shutdown
                 | CloseReason::TakenOver
                 | CloseReason::Discarded

@@ -267,15 +267,16 @@ impl<S: Transport + 'static> Connected<S> {
                 }
             }
             if !self.may_read() {
-                return Step::Idle;
+                return self.after_peer_closed().unwrap_or(Step::Idle);
             }
             match self.conn.stream.poll_read_some(cx, &mut self.conn.rbuf) {
                 Poll::Pending => return Step::Idle,
-                Poll::Ready(Ok(0)) if self.pause.is_none() => {
+                Poll::Ready(Ok(0)) if self.pause.is_none() && self.conn.gated.is_none() => {
                     return Step::Close(CloseReason::PeerClosed)
                 }
                 Poll::Ready(Ok(0)) => {
-                    // Everything it sent before the FIN is still owed its handling.
+                    // Everything it sent before the FIN is still owed its handling, and the
+                    // acknowledgements waiting for the store are still owed to it.
                     self.peer_closed = true;
                     return Step::Progress;
                 }
@@ -288,6 +289,18 @@ impl<S: Transport + 'static> Connected<S> {
             }
         }
         self.input_step(cx)
+    }
+
+    /// Once the client has closed its side and its input is handled: close when no reply
+    /// waits for the store any more (`poll_gated` wakes the task when one is released).
+    fn after_peer_closed(&self) -> Option<Step> {
+        match (
+            self.peer_closed && self.pause.is_none(),
+            self.conn.gated.is_none(),
+        ) {
+            (true, true) => Some(Step::Close(CloseReason::PeerClosed)),
+            _ => None,
+        }
     }
 
     /// True if more input may be read now (see the module doc).
@@ -307,7 +320,7 @@ impl<S: Transport + 'static> Connected<S> {
         match handled {
             Poll::Pending => Step::Idle,
             Poll::Ready(Ok(())) if self.peer_closed && self.pause.is_none() => {
-                Step::Close(CloseReason::PeerClosed)
+                self.after_peer_closed().unwrap_or(Step::Idle)
             }
             Poll::Ready(Ok(())) => Step::Progress,
             Poll::Ready(Err(reason)) => Step::Close(reason),

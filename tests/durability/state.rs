@@ -133,3 +133,36 @@ async fn a_filter_too_long_to_store_is_refused_and_the_store_lives_on() {
     sub.send(&[0xc0, 0]).await;
     assert_eq!(sub.recv().await, Packet::PingResp);
 }
+
+#[tokio::test]
+async fn a_client_that_closes_its_sending_side_still_gets_every_acknowledgement() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BinaryBroker::start(&config(dir.path(), "always")).await;
+    let (mut sub, _) = common::connect_as(broker.addr, "owed", false, None, None).await;
+    sub.subscribe(1, &[("h", QoS::AtLeastOnce)]).await;
+    sub.disconnect().await;
+    // 200 PUBLISHes, then FIN: each PUBACK waits for the store, and the connection must
+    // not close before they have all gone out (Mosquitto answers all of them too).
+    let (mut p, _) = Raw::connect(broker.addr, "half", true, 60).await;
+    let mut frames = bytes::BytesMut::new();
+    for id in 1..=200u16 {
+        let (qos, retain, dup) = (QoS::AtLeastOnce, false, false);
+        tern::codec::encode_publish(b"h", b"x", qos, Some(id), retain, dup, &mut frames);
+    }
+    p.stream.write_all(&frames).await.expect("publish");
+    p.stream.shutdown().await.expect("half close");
+    let mut rest = Vec::new();
+    let read = p.stream.read_to_end(&mut rest);
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let want: Vec<u8> = (1..=200u16)
+        .flat_map(|id| [0x40, 2, (id >> 8) as u8, id as u8])
+        .collect();
+    assert_eq!(
+        rest, want,
+        "[MQTT-4.3.2-2] a PUBACK for every PUBLISH, in order"
+    );
+}
