@@ -42,6 +42,8 @@ pub struct TestBroker {
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The store's directory under `TERN_TEST_PERSISTENCE=1`, removed with the broker.
+    _store: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -57,6 +59,15 @@ impl TestBroker {
         // No $SYS traffic unless a test asks for it: it would add retained messages.
         config.sys.sys_interval = Duration::ZERO;
         tweak(&mut config);
+        // `TERN_TEST_PERSISTENCE=1` runs every in-process test with the store on (CI does a
+        // second pass so): what holds in memory must hold with acknowledgements gated too.
+        let store = std::env::var_os("TERN_TEST_PERSISTENCE")
+            .filter(|v| v == "1")
+            .map(|_| tempfile::tempdir().expect("temp dir"));
+        if let Some(dir) = &store {
+            config.persistence.persistence = true;
+            config.persistence.persistence_location = dir.path().to_owned();
+        }
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
         let metrics = broker.metrics();
@@ -69,6 +80,7 @@ impl TestBroker {
             metrics,
             stop: Some(stop),
             task: Some(task),
+            _store: store,
         }
     }
 
