@@ -161,8 +161,11 @@ async fn a_client_that_closes_its_sending_side_still_gets_every_acknowledgement(
     let want: Vec<u8> = (1..=200u16)
         .flat_map(|id| [0x40, 2, (id >> 8) as u8, id as u8])
         .collect();
+    // Counted first, so a failure says how many came rather than print 800 bytes.
     assert_eq!(
-        rest, want,
-        "[MQTT-4.3.2-2] a PUBACK for every PUBLISH, in order"
+        rest.len() / 4,
+        200,
+        "[MQTT-4.3.2-2] a PUBACK for every PUBLISH"
     );
+    assert!(rest == want, "PUBACKs in order");
 }
