@@ -11,7 +11,7 @@ use crate::codec::{self, Packet};
 use crate::message::{Message, QoS};
 use crate::observability::metrics::Metrics;
 use crate::sessions::{Outbound, SessionCmd};
-use crate::store::Op;
+use crate::store::{Op, Store};
 
 impl<S: Transport> Connection<S> {
     /// Publishes through the router (with its publisher, if retained), noting congested
@@ -178,7 +178,13 @@ impl<S: Transport> Connection<S> {
                         let lsn = match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 // Its id is kept with the message, so a PUBLISH resent after a
-                                // restart is still known as a duplicate.
+                                // restart is still known as a duplicate; the id and the
+                                // message's records go to disk in one batch, or neither does.
+                                let store = client
+                                    .session
+                                    .stored
+                                    .and_then(|_| self.shared.store.clone());
+                                let _together = store.as_ref().map(Store::together);
                                 let awaiting =
                                     self.stored(client, |sid| Op::AwaitRel { sid, pkid });
                                 match msg {

@@ -217,6 +217,15 @@ impl Store {
         self.writer.submitted()
     }
 
+    /// While the guard lives, every op submitted lands in the same batch: they are written
+    /// all or none. For records that are only right together, such as an inbound QoS 2 id
+    /// awaiting PUBREL and the message it brought (apart, a crash could keep the id and lose
+    /// the message, and the publisher's resend would be taken for a duplicate). Hold it only
+    /// across submits, never across a wait.
+    pub fn together(&self) -> impl Drop + '_ {
+        self.writer.together()
+    }
+
     /// The highest durable LSN now.
     pub fn durable_lsn(&self) -> u64 {
         self.writer.durable_lsn()

@@ -248,3 +248,23 @@ fn what_a_batch_undoes_is_never_written_and_released_once() {
         .is_some());
     assert_eq!(spaces.queue.len().expect("reads"), 1);
 }
+
+#[tokio::test]
+async fn ops_submitted_together_are_never_cut_apart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(dir.path(), SyncPolicy::Never).expect("opens");
+    let held = store.together();
+    let first = store.submit(session(1, "a"));
+    // The writer would commit `first` on its own at once; held, it must wait for the rest.
+    // Nothing signals that it did not: a bounded look, as for any "nothing happens".
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        store.durable_lsn() < first,
+        "a batch was cut between ops held together"
+    );
+    let second = store.submit(session(2, "b"));
+    drop(held);
+    assert!(store.wait(second).await);
+    let got = reopen(dir.path(), store);
+    assert_eq!(got.sessions.len(), 2);
+}

@@ -41,6 +41,9 @@ struct Inner {
     submitted: std::sync::atomic::AtomicU64,
     /// Tasks waiting for `durable_lsn` to move; woken (and dropped) after every batch.
     waiters: Mutex<Vec<std::task::Waker>>,
+    /// Held shared by a producer whose ops must land in one batch (`Store::together`), and
+    /// exclusively by the thread while it takes the batch: it never cuts between them.
+    gate: parking_lot::RwLock<()>,
     /// The writer's count of stored messages, published after each batch (for tests).
     #[cfg(test)]
     messages: std::sync::atomic::AtomicUsize,
@@ -78,6 +81,7 @@ impl Writer {
             durable_lsn: std::sync::atomic::AtomicU64::new(0),
             submitted: std::sync::atomic::AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
+            gate: parking_lot::RwLock::new(()),
             durable: watch::channel(0).0,
             failed: Mutex::new(None),
             #[cfg(test)]
@@ -131,6 +135,10 @@ impl Writer {
         drop(open);
         self.inner.wake.notify_one();
         lsn
+    }
+
+    pub(super) fn together(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.inner.gate.read()
     }
 
     pub(super) fn durable(&self) -> watch::Receiver<u64> {
@@ -246,6 +254,11 @@ impl State {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
+                drop(open);
+                // Not while a producer is between ops that belong together; its ops are few
+                // and its section never waits, so this is short.
+                let _gate = inner.gate.write();
+                let mut open = lock(&inner.open);
                 (std::mem::take(&mut open.ops), open.last, open.closing)
             };
             let result = self.commit(ops).and_then(|wrote| {
