@@ -1,5 +1,7 @@
 //! What the durability tests share: the config, stopping the broker (kill -9, SIGTERM), a
 //! start that must fail, the `tern store` tools, and retained values published and read back.
+// Shared with tests/disk_use.rs, which uses a few of them.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -97,4 +99,17 @@ pub fn store_tool(what: &str, config: &Path) -> (Option<i32>, String, String) {
         .expect("run tern store");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Bytes that no compressor shrinks, so they sit in the journal as they are.
+pub fn noise(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
 }
