@@ -119,7 +119,7 @@ run() { # broker port label args...
 }
 
 BROKERS="tern mosquitto rumqttd"
-DURABLE_BROKERS="tern tern-always tern-interval tern-never mosquitto mosquitto-persist"
+DURABLE_BROKERS=${DURABLE_BROKERS:-"tern tern-always tern-interval tern-never mosquitto mosquitto-persist"}
 for broker in $BROKERS $DURABLE_BROKERS; do
   : > "$OUT/$broker.results"; : > "$OUT/$broker.log"; : > "$OUT/$broker.err"
 done
