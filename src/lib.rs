@@ -99,7 +99,14 @@
 //! records. The writer leaves out of a batch what a later op in the same batch undoes (an
 //! entry stored and acknowledged within it, every entry of a session that ends in it), and
 //! deletes a message with its last entry, so the disk holds live state plus at most fjall's
-//! journals (64 MiB) and tables not yet compacted. On a graceful stop a stored session keeps
+//! journals (64 MiB) and tables not yet compacted. Each stored message carries a
+//! `store::Owed` count of the sessions still to acknowledge it, held by their deliveries: the
+//! publisher's reply waits for the LSN *or* for that count to reach zero (`store::Wait`),
+//! since a message no session is owed need not be on disk. So that the count usually wins,
+//! a message owed only to sessions that keep up is submitted lazily: the writer lets it wait
+//! in the open batch (up to 10 ms, while that pays, see the store's `batch` module) unless an
+//! op someone waits for cuts the batch first, and a subscriber that keeps up then costs no
+//! write at all. On a graceful stop a stored session keeps
 //! its routes until the process ends, so a message acknowledged in that window is still
 //! queued on disk. `tern store stats` and `tern store dump` read a stopped broker's store
 //! (`store::inspect`).

@@ -11,7 +11,7 @@ use crate::codec::{self, Packet};
 use crate::message::{Message, QoS};
 use crate::observability::metrics::Metrics;
 use crate::sessions::{Outbound, SessionCmd};
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, Wait};
 
 impl<S: Transport> Connection<S> {
     /// Publishes through the router (with its publisher, if retained), noting congested
@@ -29,18 +29,18 @@ impl<S: Transport> Connection<S> {
     fn route_later(&mut self, msg: Arc<Message>, client: &mut Client, after: u64) -> u64 {
         let from = msg.retain.then(|| client.publisher());
         let (published, later) = self.shared.router.publish_deferred(msg, from);
-        let lsn = published.lsn.max(after);
+        let lsn = published.wait.lsn.max(after);
         self.gated
             .get_or_insert_with(Default::default)
             .defer(lsn, later);
         lsn
     }
 
-    /// The LSN its acknowledgement waits for (0: none).
-    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> u64 {
+    /// What its acknowledgement waits for (nothing, without a store).
+    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> Wait {
         let from = msg.retain.then(|| client.publisher());
         let congested = backpressure.then_some(&mut self.congested);
-        self.shared.router.publish_from(msg, from, congested).lsn
+        self.shared.router.publish_from(msg, from, congested).wait
     }
 
     #[inline]
@@ -168,14 +168,15 @@ impl<S: Transport> Connection<S> {
                     (QoS::AtLeastOnce, Some(id)) => {
                         // PUBACK only after routing: the message is now owed to every
                         // subscriber (and with a store, once its records are durable).
-                        let lsn = msg.map_or(0, |msg| self.route(msg, client, backpressure));
-                        codec::encode(&Packet::PubAck(id), self.out(lsn));
+                        let wait = msg
+                            .map_or(Wait::default(), |msg| self.route(msg, client, backpressure));
+                        codec::encode(&Packet::PubAck(id), self.out(wait));
                     }
                     (_, pkid) => {
                         let pkid = pkid.unwrap_or(0);
                         // [MQTT-4.3.3-2] route once; PUBREC for every copy.
                         let max = max_awaiting_rel;
-                        let lsn = match client.session.mailbox.receive_qos2(pkid, max) {
+                        let wait = match client.session.mailbox.receive_qos2(pkid, max) {
                             Some(true) => {
                                 // Its id is kept with the message, so a PUBLISH resent after a
                                 // restart is still known as a duplicate; the id and the
@@ -188,19 +189,19 @@ impl<S: Transport> Connection<S> {
                                 let awaiting =
                                     self.stored(client, |sid| Op::AwaitRel { sid, pkid });
                                 match msg {
-                                    None => awaiting,
+                                    None => Wait::from(awaiting),
                                     // Delivered only once on disk with its id: a crash before
                                     // then leaves the publisher's resend as its first delivery.
                                     Some(msg) if awaiting > 0 => {
-                                        self.route_later(msg, client, awaiting)
+                                        Wait::from(self.route_later(msg, client, awaiting))
                                     }
                                     Some(msg) => self.route(msg, client, backpressure),
                                 }
                             }
-                            Some(false) => 0,
+                            Some(false) => Wait::default(),
                             None => return Err(ProtocolError::TooManyAwaitingRel.into()),
                         };
-                        codec::encode(&Packet::PubRec(pkid), self.out(lsn));
+                        codec::encode(&Packet::PubRec(pkid), self.out(wait));
                     }
                 }
                 return Ok(Flow::Continue);

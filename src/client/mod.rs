@@ -51,6 +51,7 @@ use crate::sessions::outbound::OutboundRx;
 use crate::sessions::registry::SessionHandle;
 use crate::sessions::SessionCmd;
 use crate::sessions::Shared;
+use crate::store::Wait;
 
 /// Why a connection ended; logged once per connection.
 #[derive(Debug, thiserror::Error)]
@@ -243,19 +244,20 @@ struct Client {
 
 impl<S> Connection<S> {
     /// Where the next encoded packet goes: the write buffer, or behind the replies that wait
-    /// for the store if any does or this one must (`lsn` not yet durable; 0 = nothing to
-    /// wait for).
-    fn out(&mut self, lsn: u64) -> &mut BytesMut {
-        let ready = lsn == 0
+    /// for the store if any does or this one must (`wait` not yet met; an LSN of 0 =
+    /// nothing to wait for).
+    fn out(&mut self, wait: impl Into<Wait>) -> &mut BytesMut {
+        let wait = wait.into();
+        let ready = wait.lsn == 0
             || self
                 .shared
                 .store
                 .as_ref()
-                .is_none_or(|s| s.durable_lsn() >= lsn);
+                .is_none_or(|s| wait.ready(s.durable_lsn()));
         if ready && self.gated.is_none() {
             return &mut self.wbuf;
         }
-        self.gated.get_or_insert_with(Default::default).tail(lsn)
+        self.gated.get_or_insert_with(Default::default).tail(wait)
     }
 
     /// Bytes encoded and not yet written: the write buffer and what waits for the store.

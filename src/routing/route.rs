@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::message::{ClientId, Message, QoS, SessionId};
+use crate::store::{Owed, Wait};
 
 /// A message on its way from the router to one session, at the QoS it is owed.
 #[derive(Debug, Clone)]
@@ -14,6 +15,8 @@ pub struct Delivery {
     pub qos: QoS,
     /// Its id in the store when it was written there for this (persistent) session; 0 if not.
     pub stored: u64,
+    /// The count its publisher waits on, settled when this session is done with it.
+    pub owed: Option<Arc<Owed>>,
 }
 
 /// Where the router hands a delivery, without waiting: a session's mailbox
@@ -22,6 +25,10 @@ pub struct Delivery {
 pub trait Inbox: Send + Sync + 'static {
     /// Offers one delivery.
     fn offer(&self, delivery: Delivery) -> Offered;
+
+    /// True if the receiver is connected and keeping up, so what it is offered now will
+    /// likely be acknowledged soon.
+    fn keeps_up(&self) -> bool;
 }
 
 /// What an `Inbox` did with a delivery.
@@ -74,13 +81,13 @@ pub(super) type Routes<I> = Arc<Vec<Route<I>>>;
 pub struct Deferred<I>(pub(super) Vec<(Route<I>, Delivery)>);
 
 /// What a publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct Published {
     /// Sessions the message was handed to.
     pub delivered: usize,
     /// Sessions whose mailbox was full (counted as `mailbox_full`).
     pub dropped: usize,
-    /// The store's LSN that must be durable before the message is acknowledged; 0 if it
-    /// wrote nothing.
-    pub lsn: u64,
+    /// What must be on disk (or settled) before the message is acknowledged; nothing if
+    /// the store wrote nothing.
+    pub wait: Wait,
 }

@@ -26,7 +26,7 @@ use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
 use crate::routing::topic;
 use crate::routing::trie::Trie;
-use crate::store::{Op, Store};
+use crate::store::{Op, Owed, Store, Wait};
 
 use super::route::Routes;
 pub use super::route::{Deferred, Delivery, Inbox, Offered, Published, Route};
@@ -244,7 +244,7 @@ impl<I: Inbox> Router<I> {
         };
         let Matched { exact, wild } = matched;
         let mut out = Published {
-            lsn: out_lsn,
+            wait: Wait::from(out_lsn),
             ..Published::default()
         };
         match (exact, wild.len()) {
@@ -295,23 +295,44 @@ impl<I: Inbox> Router<I> {
             }
         };
         // Persistent sessions owed it at QoS 1 or 2 get it on disk first, stored once, in the
-        // same batch as the publisher's own records; its acknowledgement waits for them.
+        // same batch as the publisher's own records; its acknowledgement waits for them, or
+        // for every one of those sessions to be done with it (see `store::owed`).
         let mut stored = 0;
+        let mut owed = None;
         if let Some(store) = &self.store {
+            let mut lazy = deferred.is_none();
             let sessions: Vec<(u64, QoS)> = routes
                 .clone()
-                .filter_map(|r| Some((r.stored?, qos_for(r))))
-                .filter(|(_, q)| *q != QoS::AtMostOnce)
+                .filter(|r| r.stored.is_some() && qos_for(r) != QoS::AtMostOnce)
+                .filter_map(|r| {
+                    lazy &= r.mailbox.keeps_up();
+                    Some((r.stored?, qos_for(r)))
+                })
                 .collect();
             if !sessions.is_empty() {
                 stored = store.new_message_id();
-                let lsn = store.submit(Op::Message {
+                let count = sessions.len();
+                let op = Op::Message {
                     id: stored,
                     msg: msg.clone(),
                     sessions,
                     retain: false,
-                });
-                out.lsn = out.lsn.max(lsn);
+                };
+                // Owed only to sessions that keep up: they will likely have acknowledged it
+                // before its batch is cut, and then it is never written.
+                let lsn = if lazy {
+                    store.submit_lazy(op)
+                } else {
+                    store.submit(op)
+                };
+                if deferred.is_some() {
+                    // Nobody gets it before it is on disk, so nobody settles it sooner.
+                    out.wait = std::mem::take(&mut out.wait).firmly(lsn);
+                } else {
+                    let o = Owed::new(count);
+                    out.wait.message(lsn, o.clone());
+                    owed = Some(o);
+                }
             }
         }
         for route in routes {
@@ -324,6 +345,7 @@ impl<I: Inbox> Router<I> {
                 msg: msg.clone(),
                 qos,
                 stored: id,
+                owed: owed.clone().filter(|_| id > 0),
             };
             match deferred.as_deref_mut() {
                 Some(later) => later.0.push((route.clone(), delivery)),
@@ -342,13 +364,14 @@ impl<I: Inbox> Router<I> {
         congested: Option<&mut Vec<Arc<I>>>,
     ) {
         let id = delivery.stored;
+        let owed = delivery.owed.clone();
         let offered = route.mailbox.offer(delivery);
         if let (Some(sid), true) = (route.stored, id > 0 && matches!(offered, Offered::Full)) {
             // Dropped by the session's limit: it owes the session nothing on disk either. A
             // session that is going keeps its entry: if it is ending, its end deletes the
             // entry with the rest; if the broker is stopping, a restart delivers it.
             if let Some(store) = &self.store {
-                store.submit(Op::Done { sid, id });
+                store.done(sid, id, owed.as_deref());
             }
         }
         match offered {
@@ -399,6 +422,10 @@ mod tests {
             }
             got.push_back(delivery);
             Offered::Taken { congested: false }
+        }
+
+        fn keeps_up(&self) -> bool {
+            true
         }
     }
 
@@ -454,14 +481,7 @@ mod tests {
         r.subscribe("a/b", a2, 0);
         r.subscribe("+/b", a1, 0);
         let out = r.publish(msg("a/b", QoS::ExactlyOnce));
-        assert_eq!(
-            out,
-            Published {
-                delivered: 1,
-                dropped: 0,
-                lsn: 0
-            }
-        );
+        assert_eq!((1, 0, 0), (out.delivered, out.dropped, out.wait.lsn),);
         let d = next(&rx).expect("one delivery");
         assert_eq!(d.qos, QoS::ExactlyOnce);
         assert!(next(&rx).is_none());

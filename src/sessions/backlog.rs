@@ -100,6 +100,13 @@ impl Backlog {
         self.pending() < self.low as usize || !self.attached.load(Ordering::Relaxed)
     }
 
+    /// True if the session has a connection that takes messages about as fast as they come.
+    pub fn keeps_up(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+            && self.pending() < self.high as usize
+            && !self.is_stuck()
+    }
+
     /// Messages sent so far; a waiting publisher compares it to see progress.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)

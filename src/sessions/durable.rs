@@ -82,13 +82,14 @@ impl Session {
                 qos: entry.qos,
                 retain: entry.retain,
                 stored: id,
+                owed: None,
             };
             if entry.pkid == 0 {
                 session.mailbox.backlog().added_directly();
                 session.deliver_restored(queued);
             } else {
                 let flight = if entry.released {
-                    Flight::PubRel(id)
+                    Flight::PubRel(id, None)
                 } else {
                     Flight::Publish(queued)
                 };
@@ -132,7 +133,7 @@ impl Session {
             .push_with(queued, |q| {
                 metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
                 if let (Some(store), Some(sid)) = (store, sid) {
-                    store.submit(Op::Done { sid, id: q.stored });
+                    store.done(sid, q.stored, None);
                 }
             });
         self.mailbox.backlog().removed(dropped, false);

@@ -6,8 +6,10 @@
 //! wrap from 65535 to 1.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::sessions::mqueue::Queued;
+use crate::store::Owed;
 
 /// Where an outbound QoS 1/2 flow stands.
 #[derive(Debug, Clone)]
@@ -15,8 +17,8 @@ pub enum Flight {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Queued),
     /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer kept [MQTT-4.3.3-1],
-    /// only its id in the store (0 if it is not stored).
-    PubRel(u64),
+    /// only its id in the store (0 if it is not stored) and what its publisher waits on.
+    PubRel(u64, Option<Arc<Owed>>),
 }
 
 /// The inflight table of one session.
@@ -101,16 +103,14 @@ impl Inflight {
     pub fn pubrec(&mut self, id: u16) -> bool {
         match self.entries.get_mut(&id) {
             Some((_, flight @ Flight::Publish(_))) => {
-                let stored = match flight {
-                    Flight::Publish(q) => q.stored,
-                    Flight::PubRel(s) => *s,
-                };
-                if let Flight::Publish(q) = std::mem::replace(flight, Flight::PubRel(stored)) {
+                let rel = Flight::PubRel(0, None);
+                if let Flight::Publish(q) = std::mem::replace(flight, rel) {
                     self.bytes -= q.msg.payload.len();
+                    *flight = Flight::PubRel(q.stored, q.owed);
                 }
                 true
             }
-            Some((_, Flight::PubRel(_))) => true,
+            Some((_, Flight::PubRel(..))) => true,
             None => false,
         }
     }
@@ -118,17 +118,18 @@ impl Inflight {
     /// PUBCOMP: ends a QoS 2 flow. False if the id was not awaiting one.
     pub fn pubcomp(&mut self, id: u16) -> bool {
         match self.entries.get(&id) {
-            Some((_, Flight::PubRel(_))) => self.entries.remove(&id).is_some(),
+            Some((_, Flight::PubRel(..))) => self.entries.remove(&id).is_some(),
             _ => false,
         }
     }
 
-    /// The store id of the message in flight as `id` (0: none, or not stored).
-    pub fn stored(&self, id: u16) -> u64 {
+    /// The store id of the message in flight as `id` (0: none, or not stored), and what its
+    /// publisher waits on.
+    pub fn stored(&self, id: u16) -> (u64, Option<Arc<Owed>>) {
         match self.entries.get(&id) {
-            Some((_, Flight::Publish(q))) => q.stored,
-            Some((_, Flight::PubRel(s))) => *s,
-            None => 0,
+            Some((_, Flight::Publish(q))) => (q.stored, q.owed.clone()),
+            Some((_, Flight::PubRel(s, owed))) => (*s, owed.clone()),
+            None => (0, None),
         }
     }
 
@@ -179,6 +180,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             stored: 0,
+            owed: None,
         }
     }
 
@@ -237,7 +239,7 @@ mod tests {
         assert!(!f.puback(b), "b awaits PUBCOMP");
         let order: Vec<u16> = f.in_order().iter().map(|(id, _)| *id).collect();
         assert_eq!(order, [a, b, c]);
-        assert!(matches!(f.in_order()[1].1, Flight::PubRel(_)));
+        assert!(matches!(f.in_order()[1].1, Flight::PubRel(..)));
         assert!(f.pubcomp(b));
         assert_eq!(f.len(), 2);
     }

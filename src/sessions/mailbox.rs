@@ -315,6 +315,10 @@ impl Inbox for Mailbox {
             }
         }
     }
+
+    fn keeps_up(&self) -> bool {
+        self.backlog().keeps_up()
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::QueueOverflow;
 use crate::message::{Message, QoS};
+use crate::store::Owed;
 
 /// A message owed to this session, at the QoS it will be delivered with.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Queued {
     pub retain: bool,
     /// Its id in the store, for a persistent session (0: not stored).
     pub stored: u64,
+    /// What its publisher waits on, settled once this session is done with it.
+    pub owed: Option<Arc<Owed>>,
 }
 
 /// A bounded FIFO of `Queued` messages with an overflow policy.
@@ -158,6 +161,7 @@ mod tests {
             qos,
             retain: false,
             stored: 0,
+            owed: None,
         }
     }
 

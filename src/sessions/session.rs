@@ -35,7 +35,7 @@ use crate::sessions::Shared;
 
 use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
 use super::pending::Pending;
-use crate::store::{Op, QueueEntry};
+use crate::store::{Op, Owed, QueueEntry};
 
 use super::durable::{stored_reply, wall_clock_ms};
 
@@ -234,7 +234,7 @@ impl Session {
                 let sid = self.sid;
                 let known = self.pending.as_mut().map(|p| {
                     let stored = if sid.is_some() {
-                        p.inflight.stored(id)
+                        p.inflight.stored(id).0
                     } else {
                         0
                     };
@@ -262,7 +262,7 @@ impl Session {
                 }
             }
             SessionCmd::PubComp(id) => self.finish(id, Inflight::pubcomp),
-            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored),
+            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored, d.owed),
         }
     }
 
@@ -271,13 +271,15 @@ impl Session {
     fn finish(&mut self, id: u16, end: fn(&mut Inflight, u16) -> bool) {
         let Some(p) = &mut self.pending else { return };
         // One more search of the window, only for a stored session.
-        let stored = if self.sid.is_some() {
+        let (stored, owed) = if self.sid.is_some() {
             p.inflight.stored(id)
         } else {
-            0
+            (0, None)
         };
         if end(&mut p.inflight, id) && stored > 0 {
-            self.store_op(|sid| Op::Done { sid, id: stored });
+            if let (Some(store), Some(sid)) = (&self.shared.store, self.sid) {
+                store.done(sid, stored, owed.as_deref());
+            }
         }
     }
 
@@ -318,19 +320,27 @@ impl Session {
                     dup: true,
                     retain: q.retain,
                 },
-                Flight::PubRel(_) => Outbound::PubRel(id),
+                Flight::PubRel(..) => Outbound::PubRel(id),
             });
         }
     }
 
-    /// Queues a message owed to this session (`stored`: its id in the store, or 0).
-    pub(super) fn deliver(&mut self, msg: Arc<Message>, qos: QoS, retain: bool, stored: u64) {
+    /// Queues a message owed to this session (`stored`: its id in the store, or 0; `owed`:
+    /// what its publisher waits on).
+    pub(super) fn deliver(
+        &mut self,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        stored: u64,
+        owed: Option<Arc<Owed>>,
+    ) {
         let metrics = &self.shared.metrics;
         let (store, sid) = (&self.shared.store, self.sid);
         // A stored message that is not queued after all is done with on disk too.
-        let done = |id: u64| {
+        let done = |id: u64, owed: Option<&Owed>| {
             if let (Some(store), Some(sid), true) = (store, sid, id > 0) {
-                store.submit(Op::Done { sid, id });
+                store.done(sid, id, owed);
             }
         };
         // A wildcard subscription may cover topics this client may not read: check each message.
@@ -345,7 +355,7 @@ impl Session {
         {
             self.mailbox.backlog().removed(1, false);
             Metrics::incr(&metrics.acl_denied);
-            done(stored);
+            done(stored, owed.as_deref());
             return;
         }
         if self.link.is_none() && qos == QoS::AtMostOnce && !self.config.session.queue_qos0_messages
@@ -363,10 +373,11 @@ impl Session {
                     qos,
                     retain,
                     stored,
+                    owed,
                 },
                 |q| {
                     metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
-                    done(q.stored);
+                    done(q.stored, q.owed.as_deref());
                 },
             );
         self.mailbox.backlog().removed(dropped, false);
@@ -405,11 +416,18 @@ impl Session {
                     released: false,
                     retain: q.retain,
                 };
-                store.submit(Op::Sent {
+                let op = Op::Sent {
                     sid,
                     id: q.stored,
                     entry,
-                });
+                };
+                // A QoS 2 PUBLISH goes out only once its packet id is on disk; a QoS 1
+                // one need not wait, so its record may wait for its acknowledgement.
+                if q.qos == QoS::ExactlyOnce {
+                    store.submit(op);
+                } else {
+                    store.submit_lazy(op);
+                }
             }
         };
         match link

@@ -90,7 +90,8 @@ impl Session {
                 let stored = match (&self.shared.store, self.sid) {
                     (Some(store), Some(sid)) if q != QoS::AtMostOnce => {
                         let id = store.new_message_id();
-                        store.submit(Op::Message {
+                        // Nobody waits for it: the session sends it now.
+                        store.submit_lazy(Op::Message {
                             id,
                             msg: msg.clone(),
                             sessions: vec![(sid, q)],
@@ -101,7 +102,7 @@ impl Session {
                     _ => 0,
                 };
                 self.mailbox.backlog().added_directly();
-                self.deliver(msg, q, true, stored);
+                self.deliver(msg, q, true, stored, None);
             }
             if batch.more {
                 // At least one more retained message matched than the queue could take.

@@ -13,10 +13,14 @@
 //!
 //! A message is stored once, with a queue entry per persistent session it was routed to; the
 //! writer counts the entries and deletes the message with the last one, so the disk holds only
-//! live state (fjall's compaction reclaims the rest in the background). `recover` reads it all
+//! live state (fjall's compaction reclaims the rest in the background). A publisher's reply
+//! may also go once every session owed the message acknowledged it (`owed`), and ops that
+//! nobody waits for go in lazily, so that such a message is mostly never written (`batch`). `recover` reads it all
 //! back before the listeners open; `inspect` reads it for the `tern store` tools.
 
+mod batch;
 mod inspect;
+mod owed;
 mod records;
 mod recover;
 #[cfg(test)]
@@ -29,6 +33,7 @@ use std::sync::Arc;
 use crate::message::{Message, Publisher, QoS};
 
 pub use inspect::{inspect, Contents, Stats};
+pub use owed::{Owed, Wait};
 pub use records::QueueEntry;
 pub use recover::{Recovered, RecoveredSession};
 pub use writer::SyncPolicy;
@@ -195,9 +200,26 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds `op` to the open batch; the LSN that `durable` must reach for it to be on disk.
+    /// Adds `op` to the open batch, which the writer takes at once; the LSN that `durable`
+    /// must reach for it to be on disk.
     pub fn submit(&self, op: Op) -> u64 {
-        self.writer.submit(op)
+        self.writer.submit(op, false)
+    }
+
+    /// As `submit`, for an op nobody waits for, or whose waiter will likely be settled
+    /// first (see `Owed`): it may wait in the open batch for up to `batch::LINGER`, so that
+    /// what undoes it (a session's acknowledgement) can join it there and neither is written.
+    pub fn submit_lazy(&self, op: Op) -> u64 {
+        self.writer.submit(op, true)
+    }
+
+    /// A session is done with stored message `id` (acknowledged, or dropped by a limit): its
+    /// entry goes, and its publisher, if it waits on `owed`, hears that one fewer is owed it.
+    pub fn done(&self, sid: u64, id: u64, owed: Option<&Owed>) -> u64 {
+        if let Some(owed) = owed {
+            owed.settle_one();
+        }
+        self.submit_lazy(Op::Done { sid, id })
     }
 
     /// The highest LSN on disk (as the sync policy promises), as it advances.

@@ -59,8 +59,8 @@ pub struct Recovered {
 
 impl Recovered {
     /// Queue entries per message, for the writer's reference counts.
-    pub(super) fn message_refs(&self) -> HashMap<u64, u32> {
-        let mut refs = HashMap::new();
+    pub(super) fn message_refs(&self) -> super::writer::Refs {
+        let mut refs = super::writer::Refs::default();
         for s in &self.sessions {
             for (id, _, _) in &s.queue {
                 *refs.entry(*id).or_default() += 1;

@@ -235,7 +235,7 @@ fn what_a_batch_undoes_is_never_written_and_released_once() {
             vec![Op::Done { sid: 2, id: 2 }, end(2, "b2")],
         ],
     );
-    assert_eq!(refs, std::collections::HashMap::from([(2, 1)]));
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec![(2, 1)]);
     assert!(spaces
         .msgs
         .get(1u64.to_be_bytes())
@@ -267,4 +267,53 @@ async fn ops_submitted_together_are_never_cut_apart() {
     assert!(store.wait(second).await);
     let got = reopen(dir.path(), store);
     assert_eq!(got.sessions.len(), 2);
+}
+
+#[tokio::test]
+async fn lazy_ops_become_durable_alone_or_with_the_next_urgent_op_from_any_thread() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(dir.path(), SyncPolicy::Never).expect("opens");
+    // Alone: the writer, idle and waiting, hears of the first op and cuts the batch once it
+    // has lingered.
+    assert!(store.wait(store.submit(session(1, "a"))).await);
+    let idle = tokio::time::timeout(Duration::from_secs(10), async {
+        while !store.writer.listening() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    assert!(idle.await.is_ok(), "the writer never went back to waiting");
+    let lazy = store.submit_lazy(session(1, "a"));
+    let alone = tokio::time::timeout(Duration::from_secs(10), store.wait(lazy)).await;
+    assert_eq!(
+        alone.ok(),
+        Some(true),
+        "a lazy op alone never became durable"
+    );
+    // Mixed, from several threads: producers wake the writer only when it listens and the
+    // op changes its plan, so a lost wake-up would leave an urgent op waiting here.
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                for i in 0..300u64 {
+                    let sid = 10 + t * 1000 + i;
+                    store.submit_lazy(session(sid, "lazy"));
+                    if i % 3 == 0 {
+                        let lsn = store.submit(session(sid, "urgent"));
+                        let waited = rt.block_on(async {
+                            tokio::time::timeout(Duration::from_secs(10), store.wait(lsn)).await
+                        });
+                        assert_eq!(waited.ok(), Some(true), "thread {t}: op {i} never durable");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("producer");
+    }
 }

@@ -1,6 +1,13 @@
 //! The store's one writer thread: group commit. Producers append `Op`s to the open batch under
 //! a short lock and get an LSN; the thread takes the whole batch, applies it to fjall as one
 //! atomic write batch, syncs as the policy says, and publishes the batch's last LSN.
+//!
+//! An op someone waits for (an acknowledgement's record) makes the thread take the batch at
+//! once. A lazy op, one that nobody waits for or that will likely stop mattering soon (a
+//! message owed only to sessions that keep up, its packet id, its end), waits in the open
+//! batch for at most `batch::LINGER` (while that pays, see `Linger`), or until an op someone
+//! waits for takes it along: most messages are then acknowledged by their sessions before
+//! their batch is cut, and `Undone` leaves them out of it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +18,14 @@ use std::time::{Duration, Instant};
 use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
 use tokio::sync::watch;
 
+use super::batch::{Linger, Undone};
 use super::records::{self, QueueEntry, SessionRecord};
 use super::recover::{Recovered, Spaces};
 use super::{Op, StoreError};
+
+/// Stored messages' counts of queue entries (the writer hashes a few per op: Fx, not SipHash;
+/// the keys are the store's own ids, not a peer's).
+pub(super) type Refs = rustc_hash::FxHashMap<u64, u32>;
 
 /// When an acknowledgement may go out, relative to the disk (`[persistence] sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +38,21 @@ pub enum SyncPolicy {
     Never,
 }
 
+/// The most room for ops kept from one batch to the next.
+const MAX_KEPT_OPS: usize = 65_536;
+
 struct Open {
     ops: Vec<Op>,
     /// LSN of the last op in `ops` (LSNs count ops from 1).
     last: u64,
     closing: bool,
+    /// Some op in `ops` is waited for: take the batch now.
+    urgent: bool,
+    /// When the first op of `ops` came.
+    since: Option<Instant>,
+    /// The thread waits on `wake` and wants to hear of the next op that changes its plan
+    /// (the first, or the first urgent one); producers wake it only then.
+    listening: bool,
 }
 
 struct Inner {
@@ -76,6 +98,9 @@ impl Writer {
                 ops: Vec::new(),
                 last: 0,
                 closing: false,
+                urgent: false,
+                since: None,
+                listening: false,
             }),
             wake: Condvar::new(),
             durable_lsn: std::sync::atomic::AtomicU64::new(0),
@@ -124,16 +149,26 @@ impl Writer {
         })
     }
 
-    pub(super) fn submit(&self, op: Op) -> u64 {
+    /// Adds `op` to the open batch; `lazy`: it may wait there (see the module doc).
+    pub(super) fn submit(&self, op: Op, lazy: bool) -> u64 {
         let mut open = lock(&self.inner.open);
+        if open.ops.is_empty() {
+            open.since = Some(Instant::now());
+        }
+        let news = open.ops.is_empty() || (!lazy && !open.urgent);
         open.ops.push(op);
+        open.urgent |= !lazy;
         open.last += 1;
         let lsn = open.last;
         self.inner
             .submitted
             .store(lsn, std::sync::atomic::Ordering::Release);
+        // A wake-up is a system call: only when the thread listens and this changes its plan.
+        let wake = news && std::mem::take(&mut open.listening);
         drop(open);
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         lsn
     }
 
@@ -189,6 +224,12 @@ impl Writer {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// True while the thread waits for news of ops (for tests of its wake-ups).
+    #[cfg(test)]
+    pub(super) fn listening(&self) -> bool {
+        lock(&self.inner.open).listening
+    }
+
     #[cfg(test)]
     pub(super) fn message_count(&self) -> usize {
         self.inner
@@ -197,7 +238,11 @@ impl Writer {
     }
 
     pub(super) fn close(&self) {
-        lock(&self.inner.open).closing = true;
+        {
+            let mut open = lock(&self.inner.open);
+            open.closing = true;
+            open.urgent = true;
+        }
         self.inner.wake.notify_one();
         if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
@@ -227,41 +272,64 @@ struct State {
     /// took its client id must not delete the newer one's record.
     owners: HashMap<std::sync::Arc<str>, u64>,
     /// Queue entries per stored message: the message goes with its last entry.
-    refs: HashMap<u64, u32>,
+    refs: Refs,
     dir: PathBuf,
 }
 
 impl State {
     fn run(&mut self, inner: &Inner, sync: SyncPolicy) {
         let mut unsynced_since: Option<Instant> = None;
+        let mut ops = Vec::new();
+        let mut linger = Linger::new();
+        // The batch was cut because it had lingered long enough.
+        let mut lingered;
         loop {
-            let (ops, last, closing) = {
+            let (last, closing) = {
                 let mut open = lock(&inner.open);
-                while open.ops.is_empty() && !open.closing {
-                    // With `interval`, wake to sync what was written, even if nothing arrives.
-                    let wait = match (sync, unsynced_since) {
-                        (SyncPolicy::Interval(every), Some(since)) => {
-                            every.saturating_sub(since.elapsed())
+                lingered = false;
+                while !open.urgent {
+                    let (wait, lingering) = match (open.since, sync, unsynced_since) {
+                        // Lazy ops only: until the first has waited long enough.
+                        (Some(first), ..) => {
+                            let linger = linger.wait();
+                            (linger.saturating_sub(first.elapsed()), !linger.is_zero())
                         }
-                        _ => Duration::from_secs(3600),
+                        // With `interval`, wake to sync what was written, even if nothing
+                        // arrives.
+                        (None, SyncPolicy::Interval(every), Some(since)) => {
+                            (every.saturating_sub(since.elapsed()), false)
+                        }
+                        _ => (Duration::from_secs(3600), false),
                     };
                     if wait.is_zero() {
+                        lingered = lingering;
                         break;
                     }
+                    open.listening = true;
                     open = inner
                         .wake
                         .wait_timeout(open, wait)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
+                    open.listening = false;
                 }
                 drop(open);
                 // Not while a producer is between ops that belong together; its ops are few
                 // and its section never waits, so this is short.
                 let _gate = inner.gate.write();
                 let mut open = lock(&inner.open);
-                (std::mem::take(&mut open.ops), open.last, open.closing)
+                open.urgent = open.closing;
+                open.since = None;
+                // The producers go on in the room the last batch left, so a steady stream
+                // does not regrow the Vec every batch; a burst's room is not kept.
+                if ops.capacity() > MAX_KEPT_OPS {
+                    ops = Vec::new();
+                }
+                std::mem::swap(&mut open.ops, &mut ops);
+                (open.last, open.closing)
             };
-            let result = self.commit(ops).and_then(|wrote| {
+            let result = self.commit(&mut ops).and_then(|(wrote, undone)| {
+                linger.learn(&undone, lingered && !closing);
                 if wrote && unsynced_since.is_none() {
                     unsynced_since = Some(Instant::now());
                 }
@@ -305,18 +373,23 @@ impl State {
         }
     }
 
-    /// Applies `ops` as one atomic batch; true if anything was written.
-    fn commit(&mut self, ops: Vec<Op>) -> Result<bool, String> {
+    /// Applies `ops` (emptied, its room kept for the next batch) as one atomic batch; true
+    /// if anything was written, and what the batch left out.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> Result<(bool, Undone), String> {
+        let undone = Undone::find(ops);
         if ops.is_empty() {
-            return Ok(false);
+            return Ok((false, undone));
         }
-        let undone = Undone::find(&ops);
         let mut batch = self.spaces.db.batch();
-        for op in ops {
+        for op in ops.drain(..) {
             self.apply(&mut batch, op, &undone)?;
         }
+        // Everything in it undone by something later in it: nothing to write or sync.
+        if batch.is_empty() {
+            return Ok((false, undone));
+        }
         batch.commit().map_err(|e| format!("write failed: {e}"))?;
-        Ok(true)
+        Ok((true, undone))
     }
 
     fn apply(&mut self, batch: &mut WriteBatch, op: Op, undone: &Undone) -> Result<(), String> {
@@ -426,7 +499,7 @@ impl State {
 }
 
 /// One queue entry of message `id` is gone; the message goes with its last one.
-fn release(refs: &mut HashMap<u64, u32>, msgs: &fjall::Keyspace, batch: &mut WriteBatch, id: u64) {
+fn release(refs: &mut Refs, msgs: &fjall::Keyspace, batch: &mut WriteBatch, id: u64) {
     if let Some(n) = refs.get_mut(&id) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -439,56 +512,15 @@ fn release(refs: &mut HashMap<u64, u32>, msgs: &fjall::Keyspace, batch: &mut Wri
 /// Commits each of `batches` as one batch, as the thread would, on a store opened by
 /// `recover::open`; the message reference counts after.
 #[cfg(test)]
-pub(super) fn commit_batches(spaces: Spaces, batches: Vec<Vec<Op>>) -> HashMap<u64, u32> {
+pub(super) fn commit_batches(spaces: Spaces, batches: Vec<Vec<Op>>) -> Refs {
     let mut state = State {
         spaces,
         owners: HashMap::new(),
-        refs: HashMap::new(),
+        refs: Refs::default(),
         dir: PathBuf::new(),
     };
     for ops in batches {
-        state.commit(ops).expect("commits");
+        state.commit(&mut { ops }).expect("commits");
     }
     state.refs
-}
-
-/// What a batch need not write because a later op in the same batch undoes it: a queue entry
-/// made and done within the batch (a subscriber that keeps up acknowledges most messages
-/// before the batch that stores them is written), and every entry of a session that ends in
-/// the batch. The batch is atomic, so the disk ends in the same state with less written.
-struct Undone {
-    /// Queue entries (session, message) stored and done within the batch.
-    entries: std::collections::HashSet<(u64, u64)>,
-    /// Sessions that end within the batch.
-    ended: std::collections::HashSet<u64>,
-}
-
-impl Undone {
-    fn find(ops: &[Op]) -> Undone {
-        let mut fresh = std::collections::HashSet::new();
-        let mut undone = Undone {
-            entries: Default::default(),
-            ended: Default::default(),
-        };
-        for op in ops {
-            match op {
-                Op::Message { id, .. } => {
-                    fresh.insert(*id);
-                }
-                Op::Done { sid, id } if fresh.contains(id) => {
-                    undone.entries.insert((*sid, *id));
-                }
-                Op::SessionEnd { sid, .. } => {
-                    undone.ended.insert(*sid);
-                }
-                _ => {}
-            }
-        }
-        undone
-    }
-
-    /// The entry of message `id` for session `sid` is not to be written (or removed) here.
-    fn entry(&self, sid: u64, id: u64) -> bool {
-        self.ended.contains(&sid) || self.entries.contains(&(sid, id))
-    }
 }
