@@ -20,6 +20,7 @@
 
 mod batch;
 mod inspect;
+mod mark;
 mod owed;
 mod records;
 mod recover;

@@ -20,6 +20,8 @@ pub const QUEUE: &str = "queue";
 pub const AWAIT_REL: &str = "await_rel";
 /// Retained messages: topic -> message and publisher.
 pub const RETAINED: &str = "retained";
+/// The store's own bookkeeping: the number of the last batch written (see `mark`).
+pub const META: &str = "meta";
 
 /// A record that does not decode: the store is corrupt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,6 +23,7 @@ pub(super) struct Spaces {
     pub(super) queue: Keyspace,
     pub(super) await_rel: Keyspace,
     pub(super) retained: Keyspace,
+    pub(super) meta: Keyspace,
 }
 
 /// A persistent session as the store had it.
@@ -55,6 +56,8 @@ pub struct Recovered {
     pub next_sid: u64,
     /// The next message id to use (above every stored one).
     pub next_message_id: u64,
+    /// The number of the last batch the store holds (the writer numbers on from it).
+    pub(super) batches: u64,
 }
 
 impl Recovered {
@@ -92,8 +95,11 @@ pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
         .max_journaling_size(MAX_JOURNALS)
         .open()
         .map_err(|e| open_error(dir, e))?;
+    let spaces = spaces(dir, db)?;
     // fjall drops a batch that was cut off mid-write (it cannot be whole) and truncates the
-    // journal there; a damaged batch before the last one fails the open instead.
+    // journal there; a batch before the last one that fails its checksum fails the open, and
+    // the note of the last synced batch catches one cut away for damage of another kind.
+    held_batches(dir, &spaces)?;
     for (file, size) in journal_sizes(dir) {
         if let Some(old) = before.get(&file).filter(|&&old| old > size) {
             tracing::warn!(
@@ -103,7 +109,6 @@ pub(super) fn open(dir: &Path) -> Result<(Spaces, Recovered), StoreError> {
             );
         }
     }
-    let spaces = spaces(dir, db)?;
     let recovered = read(dir, &spaces, Tidy::Yes)?;
     Ok((spaces, recovered))
 }
@@ -203,8 +208,22 @@ fn spaces(dir: &Path, db: Database) -> Result<Spaces, StoreError> {
         queue: space(records::QUEUE)?,
         await_rel: space(records::AWAIT_REL)?,
         retained: space(records::RETAINED)?,
+        meta: space(records::META)?,
         db: db.clone(),
     })
+}
+
+/// The number of the last batch the database holds; refused if the note beside it says a
+/// later one was synced (see `mark`).
+fn held_batches(dir: &Path, s: &Spaces) -> Result<u64, StoreError> {
+    let held = match s.meta.get(super::mark::BATCH).map_err(|e| io(dir, e))? {
+        Some(v) => <[u8; 8]>::try_from(&v[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt(dir, "batch number"))?,
+        None => 0,
+    };
+    super::mark::check(dir, held)?;
+    Ok(held)
 }
 
 fn read(dir: &Path, s: &Spaces, tidy: Tidy) -> Result<Recovered, StoreError> {
@@ -289,6 +308,7 @@ fn read(dir: &Path, s: &Spaces, tidy: Tidy) -> Result<Recovered, StoreError> {
         let (key, value) = kv.into_inner().map_err(|e| io(dir, e))?;
         retained.push(records::decode_retained(&key, &value).map_err(|e| corrupt(dir, e))?);
     }
+    let batches = held_batches(dir, s)?;
     // Leftovers go now, as one batch; a crash before it only means doing it again.
     if tidy == Tidy::Yes {
         batch.commit().map_err(|e| io(dir, e))?;
@@ -299,5 +319,6 @@ fn read(dir: &Path, s: &Spaces, tidy: Tidy) -> Result<Recovered, StoreError> {
         retained,
         next_sid,
         next_message_id: max_message_id + 1,
+        batches,
     })
 }

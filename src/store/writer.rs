@@ -19,6 +19,7 @@ use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
 use tokio::sync::watch;
 
 use super::batch::{Linger, Undone};
+use super::mark::{Mark, BATCH};
 use super::records::{self, QueueEntry, SessionRecord};
 use super::recover::{Recovered, Spaces};
 use super::{Op, StoreError};
@@ -113,6 +114,7 @@ impl Writer {
             messages: std::sync::atomic::AtomicUsize::new(0),
         });
         let refs = recovered.message_refs();
+        let (mark, batches) = (Mark::open(&dir)?, recovered.batches);
         let owners = recovered
             .sessions
             .iter()
@@ -127,6 +129,8 @@ impl Writer {
                     refs,
                     dir,
                     owners,
+                    batches,
+                    mark,
                 };
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     state.run(&thread_inner, sync)
@@ -274,6 +278,9 @@ struct State {
     /// Queue entries per stored message: the message goes with its last entry.
     refs: Refs,
     dir: PathBuf,
+    /// The number of the last batch written, which each batch carries (see `mark`).
+    batches: u64,
+    mark: Mark,
 }
 
 impl State {
@@ -345,6 +352,7 @@ impl State {
                         .db
                         .persist(PersistMode::SyncData)
                         .map_err(|e| format!("sync failed: {e}"))?;
+                    self.mark.synced(self.batches);
                     unsynced_since = None;
                 }
                 Ok(())
@@ -388,6 +396,8 @@ impl State {
         if batch.is_empty() {
             return Ok((false, undone));
         }
+        self.batches += 1;
+        batch.insert(&self.spaces.meta, BATCH, self.batches.to_be_bytes());
         batch.commit().map_err(|e| format!("write failed: {e}"))?;
         Ok((true, undone))
     }
@@ -518,6 +528,8 @@ pub(super) fn commit_batches(spaces: Spaces, batches: Vec<Vec<Op>>) -> Refs {
         owners: HashMap::new(),
         refs: Refs::default(),
         dir: PathBuf::new(),
+        batches: 0,
+        mark: Mark::none(),
     };
     for ops in batches {
         state.commit(&mut { ops }).expect("commits");

@@ -1,4 +1,5 @@
-//! What is on disk: a damaged journal refuses the start, a torn last batch is dropped and
+//! What is on disk: a damaged journal refuses the start (a batch failing its checksum, or
+//! synced batches cut away behind damage of another kind), a torn last batch is dropped and
 //! logged, and the `tern store` tools list what a stopped broker kept.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (damaged, torn) = (dir.path().join("damaged"), dir.path().join("torn"));
+    let mangled = dir.path().join("mangled");
     let mut broker = BinaryBroker::start(&config(&damaged, "always")).await;
     let big = noise(4096);
     let (mut p, _) = Raw::connect(broker.addr, "retainer", true, 60).await;
@@ -54,6 +56,7 @@ async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() 
     retain(&mut p, "r/last", 3, b"second").await;
     kill_9(&mut broker).await;
     copy_dir(&damaged, &torn);
+    copy_dir(&damaged, &mangled);
 
     // One bit flipped inside the first message's payload: an earlier batch fails its
     // checksum, so the store cannot be trusted and the start stops.
@@ -71,8 +74,40 @@ async fn a_damaged_journal_refuses_the_start_and_a_torn_last_batch_is_dropped() 
     assert!(err.contains(&damaged.display().to_string()), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // The length of the second retained message's value mangled (both copies in its entry
+    // header, the real and the on-disk size, which precede the key): fjall takes the journal
+    // to end there, as if torn, and would drop the two acknowledged batches from there on
+    // without a word; the note of the last synced batch tells, and the start stops.
+    let file = journal(&mangled);
+    let mut bytes = std::fs::read(&file).expect("journal");
+    let first = bytes
+        .windows(5)
+        .position(|w| w == b"first")
+        .expect("the second message is in the journal");
+    let key = bytes[..first]
+        .windows(6)
+        .rposition(|w| w == b"r/last")
+        .expect("its key is before it");
+    for len in [key - 8, key - 4] {
+        bytes[len] ^= 0x40;
+    }
+    std::fs::write(&file, bytes).expect("write journal");
+    let (code, err) = start_fails(&config(&mangled, "always"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(err.contains("lost synced batches"), "{err}");
+    assert!(err.contains(&mangled.display().to_string()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     // The last batch cut short, as a crash in the middle of its write leaves it: dropped,
     // logged, and everything before it kept. (fjall grows its journal ahead with zeros.)
+    // Such a batch was never synced, so the note beside the store names the one before it.
+    let note = torn.join("tern-synced");
+    let synced = std::fs::read(&note).expect("the note of the last synced batch");
+    let last = u64::from_be_bytes(synced[..8].try_into().expect("8 bytes"));
+    let before = last - 1;
+    let rewound = [before.to_be_bytes(), (!before).to_be_bytes()].concat();
+    std::fs::write(&note, rewound).expect("write note");
     let file = journal(&torn);
     let bytes = std::fs::read(&file).expect("journal");
     let written = bytes.iter().rposition(|&b| b != 0).expect("written") + 1;

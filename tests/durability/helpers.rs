@@ -63,14 +63,36 @@ pub fn start_fails(config: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("tern.toml");
     std::fs::write(&file, config).expect("write config");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("-c")
         .arg(&file)
         .args(["-p", "0"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run tern");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code(), err)
+    // Bounded: a broker that starts after all is stopped, and says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait().expect("wait for tern") {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() > deadline => break None,
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+    }
+    match status {
+        Some(status) => (status.code(), err),
+        None => (None, format!("still running after 10 s; stderr: {err}")),
+    }
 }
 
 /// SIGKILL, and waits for the process to be gone.
