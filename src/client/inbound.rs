@@ -48,7 +48,8 @@ impl<S: Transport> Connection<S> {
     /// out only once the session's record of them is (it was submitted before the packet
     /// reached the link, so the store's latest LSN covers it); otherwise a restart would
     /// resend under a new id a message the client already has, or resend a PUBLISH the
-    /// client already released.
+    /// client already released. So does a retained QoS 1 message owed on SUBSCRIBE: lost in
+    /// a crash, nobody would send it again.
     pub(super) fn encode_outbound(&mut self, out: Outbound, stored_session: bool) {
         let after_records = |conn: &Self| match (&conn.shared.store, stored_session) {
             (Some(store), true) => store.submitted(),
@@ -84,7 +85,9 @@ impl<S: Transport> Connection<S> {
                     retain,
                     "sending PUBLISH"
                 );
-                let lsn = if qos == QoS::ExactlyOnce {
+                // A retained message owed on SUBSCRIBE has no publisher to send it again: it
+                // goes out once it is on disk, as a QoS 2 one does.
+                let lsn = if qos == QoS::ExactlyOnce || (retain && qos == QoS::AtLeastOnce) {
                     after_records(self)
                 } else {
                     0

@@ -421,9 +421,11 @@ impl Session {
                     id: q.stored,
                     entry,
                 };
-                // A QoS 2 PUBLISH goes out only once its packet id is on disk; a QoS 1
-                // one need not wait, so its record may wait for its acknowledgement.
-                if q.qos == QoS::ExactlyOnce {
+                // A QoS 2 PUBLISH goes out only once its packet id is on disk, and so does
+                // a retained one owed on SUBSCRIBE; any other QoS 1 one need not wait (its
+                // publisher sends it again if a crash loses it), so its record may wait for
+                // its acknowledgement.
+                if q.qos == QoS::ExactlyOnce || q.retain {
                     store.submit(op);
                 } else {
                     store.submit_lazy(op);

@@ -90,8 +90,9 @@ impl Session {
                 let stored = match (&self.shared.store, self.sid) {
                     (Some(store), Some(sid)) if q != QoS::AtMostOnce => {
                         let id = store.new_message_id();
-                        // Nobody waits for it: the session sends it now.
-                        store.submit_lazy(Op::Message {
+                        // Its PUBLISH waits for it (see `encode_outbound`): no publisher
+                        // would send it again if a crash lost it.
+                        store.submit(Op::Message {
                             id,
                             msg: msg.clone(),
                             sessions: vec![(sid, q)],
