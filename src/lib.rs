@@ -9,7 +9,7 @@
 //! | folder | what it is |
 //! |---|---|
 //! | [`broker`] | the top: binds, wires and runs everything; reloads the configuration |
-//! | [`door`] | listeners, TLS, the descriptor table: where sockets come in |
+//! | [`door`] | listeners, TLS, WebSocket, the descriptor table: where sockets come in |
 //! | [`client`] | the connection task (one per socket) and the protocol rules |
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
@@ -24,7 +24,9 @@
 //! # Tasks and who owns what
 //!
 //! - One accept loop per listener ([`door::listener`]). It spawns a connection task per
-//!   socket; on a TLS listener the handshake runs inside that task, under `connect_timeout`.
+//!   socket; on a TLS listener the handshake runs inside that task, under `connect_timeout`,
+//!   and so does the HTTP upgrade on a WebSocket one, whose frames then become one more
+//!   `client::Transport` ([`door::websocket`]): the MQTT code path is the same for all.
 //! - One connection task per socket ([`client`]): the socket's only reader and writer. It owns
 //!   the read and write buffers, the keepalive timer and the will, and answers what needs no
 //!   session state itself: PUBACK/PUBREC/PUBCOMP for inbound messages, PINGRESP. It publishes

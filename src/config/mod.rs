@@ -82,7 +82,8 @@ pub struct Origin {
 pub struct ListenerConfig {
     /// Address and port to listen on.
     pub bind: SocketAddr,
-    /// Wire protocol; only "mqtt" (plain TCP) for now.
+    /// Wire protocol: "mqtt" (MQTT on TCP) or "websockets" (MQTT over WebSocket); either
+    /// inside TLS with `certfile` and `keyfile`.
     pub protocol: String,
     /// Most simultaneous connections on this listener; 0 = unlimited.
     pub max_connections: usize,

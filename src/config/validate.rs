@@ -37,10 +37,13 @@ impl Config {
             return Err(("listener", "at least one [[listener]] is needed".into()));
         }
         for l in &self.listener {
-            if l.protocol != "mqtt" {
+            if l.protocol != "mqtt" && l.protocol != "websockets" {
                 return Err((
                     "listener.protocol",
-                    format!("unsupported protocol {:?}; expected \"mqtt\"", l.protocol),
+                    format!(
+                        "unsupported protocol {:?}; expected \"mqtt\" or \"websockets\"",
+                        l.protocol
+                    ),
                 ));
             }
             if l.certfile.is_some() != l.keyfile.is_some() {

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::client;
 use crate::client::protocol::Identity;
 use crate::config::ListenerConfig;
+use crate::door::websocket;
 use crate::observability::metrics::Metrics;
 use crate::sessions::Shared;
 
@@ -27,6 +28,8 @@ pub struct Door {
     pub tls: Option<TlsAcceptor>,
     /// The client certificate's common name is the user name.
     pub use_identity_as_username: bool,
+    /// MQTT over WebSocket (`protocol = "websockets"`), not bare on the stream.
+    pub websockets: bool,
 }
 
 impl Door {
@@ -35,6 +38,7 @@ impl Door {
         Ok(Door {
             tls: crate::door::tls::acceptor(cfg)?,
             use_identity_as_username: cfg.use_identity_as_username,
+            websockets: cfg.protocol == "websockets",
         })
     }
 }
@@ -118,8 +122,11 @@ pub async fn accept_loop(
         // Two separate spawns: one future holding both the plain and the TLS paths would make
         // every plain connection's task as large as a TLS one (rustls state is kilobytes).
         let door = door.load_full();
-        match door.tls.clone() {
-            None => {
+        // The TLS handshake and the WebSocket upgrade run in the connection's own task, both
+        // within connect_timeout of the accept.
+        let deadline = tokio::time::Instant::now() + shared.config.load().mqtt.connect_timeout;
+        match (door.tls.clone(), door.websockets) {
+            (None, false) => {
                 tracker.spawn(client::serve(
                     socket,
                     peer,
@@ -128,12 +135,20 @@ pub async fn accept_loop(
                     permit,
                 ));
             }
-            Some(acceptor) => {
+            (None, true) => {
+                tracker.spawn(websocket::serve(
+                    socket,
+                    peer,
+                    shared,
+                    Identity::FromConnect,
+                    permit,
+                    deadline,
+                ));
+            }
+            (Some(acceptor), websockets) => {
                 let use_identity = door.use_identity_as_username;
                 tracker.spawn(async move {
-                    // The handshake runs here, in the connection's own task, under connect_timeout.
-                    let deadline = shared.config.load().mqtt.connect_timeout;
-                    match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
                             let identity = if use_identity {
                                 match crate::door::tls::identity(stream.get_ref().1) {
@@ -143,7 +158,12 @@ pub async fn accept_loop(
                             } else {
                                 Identity::FromConnect
                             };
-                            client::serve(stream, peer, shared, identity, permit).await;
+                            if websockets {
+                                websocket::serve(stream, peer, shared, identity, permit, deadline)
+                                    .await;
+                            } else {
+                                client::serve(stream, peer, shared, identity, permit).await;
+                            }
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -39,6 +39,8 @@ pub async fn within<F: Future>(dur: Duration, fut: F) -> F::Output {
 /// A broker running inside the test's runtime on 127.0.0.1 and an ephemeral port.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of `[[listener]]`.
+    addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -69,7 +71,8 @@ impl TestBroker {
             config.persistence.persistence_location = dir.path().to_owned();
         }
         let broker = Broker::bind(config).await.expect("broker binds");
-        let addr = broker.local_addrs()[0];
+        let addrs = broker.local_addrs();
+        let addr = addrs[0];
         let metrics = broker.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker.run(async move {
@@ -77,11 +80,18 @@ impl TestBroker {
         }));
         TestBroker {
             addr,
+            addrs,
             metrics,
             stop: Some(stop),
             task: Some(task),
             _store: store,
         }
+    }
+
+    /// Every listener's address, in the order of `[[listener]]`.
+    #[allow(dead_code)]
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Stops the broker and waits until `run` has returned.
