@@ -6,6 +6,7 @@
 #   benches/compare.sh            # the full run (about 8-10 minutes on 2 cores)
 #   QUICK=1 benches/compare.sh    # fewer messages, for a smoke test
 #   DURABLE_ONLY=1 benches/compare.sh   # only the persistence table (about 2 minutes)
+#   WS_ONLY=1 benches/compare.sh        # only the WebSocket table (about 2 minutes)
 #
 # The persistence table runs QoS 1 fan-in (4 publishers, 64 B) to one subscriber with a
 # persistent session and to a clean one, against Tern in memory, Tern with `persistence` on and
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-200000}          # messages per publisher in flow scenarios
 CLIENTS=${CLIENTS:-15000}       # idle connections
+WS_CLIENTS=${WS_CLIENTS:-5000}  # idle connections per transport in the WebSocket table
 # Connects in flight at once. rumqttd 0.20 resets connections when many more are in flight,
 # so every broker gets the same 50.
 CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-50}
@@ -38,7 +40,7 @@ TERN=target/release/tern
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 NEEDED="$MOSQUITTO"
-[ -n "${DURABLE_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
+[ -n "${DURABLE_ONLY:-}${WS_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
 for b in $NEEDED; do
   [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
 done
@@ -175,7 +177,97 @@ for label in ("durable_persistent", "durable_clean"):
         print(f"| {label[8:]:<10} | {b:<17} | {fmt(rate):>9} | {ratio:>7} | {fmt(med('lost', label, b)):>7} | {fmt(med('ack_p50_us', label, b)):>10} | {fmt(med('ack_p99_us', label, b)):>10} | {fmt(med('broker_disk_bytes_per_msg', label, b)):>10} |")
 EOF
 }
+# MQTT over WebSocket beside TCP: Tern and Mosquitto, each with a TCP and a WebSocket
+# listener, the same flows over both, and idle clients' memory over both.
+start_ws_broker() { # name tcp_port ws_port -> sets PID
+  local name=$1 tcp=$2 ws=$3 conf
+  case $name in
+    tern)
+      conf=$OUT/tern-ws.toml
+      tern_config "$tcp" "$conf"
+      printf '[[listener]]\nbind = "127.0.0.1:%s"\nprotocol = "websockets"\n' "$ws" >> "$conf"
+      taskset -c 0 "$TERN" -c "$conf" > "$OUT/tern-ws.out" 2>&1 &
+      ;;
+    mosquitto)
+      conf=$OUT/mosquitto-ws.conf
+      cat > "$conf" <<EOF
+listener $tcp 127.0.0.1
+listener $ws 127.0.0.1
+protocol websockets
+allow_anonymous true
+max_inflight_messages 100
+max_queued_messages 10000
+log_dest none
+EOF
+      taskset -c 0 "$MOSQUITTO" -c "$conf" > "$OUT/mosquitto-ws.out" 2>&1 &
+      ;;
+  esac
+  PID=$!
+  wait_port "$tcp"; wait_port "$ws"
+}
+websocket() {
+  : > "$OUT/ws.results"
+  for rep in $(seq 1 "$REPS"); do
+    for broker in tern mosquitto; do
+      tcp=$(free_port); ws=$(free_port); start_ws_broker "$broker" "$tcp" "$ws"
+      for qos in 0 1; do
+        for t in tcp ws; do
+          port=$tcp; flag=""
+          [ "$t" = ws ] && { port=$ws; flag="--websocket"; }
+          line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$PID" --timeout 30 $flag fanin --publishers 4 --count $((COUNT / 4)) --qos "$qos" --payload 64 2>>"$OUT/ws.err" || echo "failed=1")
+          echo "$broker $t fanin_q${qos}#$rep $line" >> "$OUT/ws.results"
+          line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$PID" --timeout 30 $flag pairs --pairs 4 --count $((COUNT / 4)) --qos "$qos" --payload 64 2>>"$OUT/ws.err" || echo "failed=1")
+          echo "$broker $t pairs_q${qos}#$rep $line" >> "$OUT/ws.results"
+        done
+      done
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
+  done
+  for broker in tern mosquitto; do
+    for t in tcp ws; do
+      tcp=$(free_port); ws=$(free_port); start_ws_broker "$broker" "$tcp" "$ws"
+      port=$tcp; flag=""
+      [ "$t" = ws ] && { port=$ws; flag="--websocket"; }
+      line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$PID" --timeout 30 $flag connections --clients "$WS_CLIENTS" --concurrency "$CONNECT_CONCURRENCY" 2>>"$OUT/ws.err" || echo "failed=1")
+      echo "$broker $t connections $line" >> "$OUT/ws.results"
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
+  done
+  python3 - "$OUT/ws.results" <<'EOF'
+import sys, re, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    broker, t, label, rest = line.split(" ", 3)
+    kv = dict(re.findall(r"(\w+)=([^\s]+)", rest))
+    rows.setdefault((broker, label.split("#")[0]), {}).setdefault(t, []).append(kv)
+def med(kvs, key):
+    vals = [float(kv[key]) for kv in kvs if key in kv]
+    return statistics.median(vals) if vals else None
+print("| scenario         | broker    |    TCP msg/s |     WS msg/s | WS/TCP | WS vs Tern WS |")
+print("|------------------|-----------|--------------|--------------|--------|---------------|")
+for label in ("fanin_q0", "pairs_q0", "fanin_q1", "pairs_q1"):
+    tern_ws = med(rows.get(("tern", label), {}).get("ws", []), "rate_msg_s")
+    for broker in ("tern", "mosquitto"):
+        r = rows.get((broker, label), {})
+        tcp, ws = med(r.get("tcp", []), "rate_msg_s"), med(r.get("ws", []), "rate_msg_s")
+        f = lambda v: "-" if v is None else f"{v:,.0f}"
+        ratio = "-" if not tcp or ws is None else f"{ws / tcp:.2f}"
+        vs = "-" if not ws or tern_ws is None else f"{ws / tern_ws:.2f}"
+        print(f"| {label:<16} | {broker:<9} | {f(tcp):>12} | {f(ws):>12} | {ratio:>6} | {vs:>13} |")
+print()
+print("| idle clients     | broker    | TCP bytes/conn | WS bytes/conn | WS/TCP |")
+print("|------------------|-----------|----------------|---------------|--------|")
+for broker in ("tern", "mosquitto"):
+    r = rows.get((broker, "connections"), {})
+    tcp, ws = med(r.get("tcp", []), "bytes_per_conn"), med(r.get("ws", []), "bytes_per_conn")
+    f = lambda v: "-" if v is None else f"{v:,.0f}"
+    ratio = "-" if not tcp or ws is None else f"{ws / tcp:.2f}"
+    print(f"| {'connections':<16} | {broker:<9} | {f(tcp):>14} | {f(ws):>13} | {ratio:>6} |")
+EOF
+}
+
 if [ -n "${DURABLE_ONLY:-}" ]; then durable; exit 0; fi
+if [ -n "${WS_ONLY:-}" ]; then websocket; exit 0; fi
 
 # This machine's speed drifts by up to 2x over minutes, so every group of runs goes through
 # the brokers in turn, close together in time: a drift touches all of them alike.
@@ -217,6 +309,7 @@ for rep in $(seq 1 "$CONNECT_REPS"); do
 done
 
 durable > "$OUT/durable.table"
+websocket > "$OUT/websocket.table"
 
 # The table: one row per figure; ratios are Tern / other (higher is better for rates,
 # lower is better for latency, memory and bytes per connection).
@@ -276,3 +369,5 @@ for label, key, name, *scale in figures:
 EOF
 echo
 cat "$OUT/durable.table"
+echo
+cat "$OUT/websocket.table"

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-
 use crate::stats::{cpu_busy, cpu_ticks, percentile, proc_stats};
-use crate::{connect, Result};
+use crate::{connect, Conn, Result};
 
 pub async fn connections(
     broker: SocketAddr,
@@ -26,7 +24,7 @@ pub async fn connections(
     for _ in 0..concurrency.max(1) {
         let next = next.clone();
         workers.push(tokio::spawn(async move {
-            let mut held: Vec<(OwnedReadHalf, OwnedWriteHalf)> = Vec::new();
+            let mut held: Vec<Conn> = Vec::new();
             let mut took_us: Vec<u64> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -41,7 +39,7 @@ pub async fn connections(
                 let began = Instant::now();
                 let s = connect(broker, local, &format!("idle-{i}")).await?;
                 took_us.push(began.elapsed().as_micros() as u64);
-                held.push(s.into_split());
+                held.push(s);
             }
         }));
     }

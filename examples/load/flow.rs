@@ -10,12 +10,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use tern::codec::{self, Packet, Subscribe};
 use tern::message::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::stats::percentile;
-use crate::{connect, connect_session, now_ns, qos_of, Flow, Ran, Result};
+use crate::{connect, connect_session, now_ns, qos_of, Conn, Flow, Ran, Result};
 
 /// Per-publisher delivery accounting at one subscriber.
 #[derive(Default, Clone)]
@@ -53,7 +51,7 @@ struct SubReport {
     last_ns: u64,
 }
 
-async fn subscribe(stream: &mut TcpStream, filter: &str, qos: QoS) -> Result<()> {
+async fn subscribe(stream: &mut Conn, filter: &str, qos: QoS) -> Result<()> {
     let mut buf = BytesMut::new();
     codec::encode(
         &Packet::Subscribe(Subscribe {
@@ -73,7 +71,7 @@ async fn subscribe(stream: &mut TcpStream, filter: &str, qos: QoS) -> Result<()>
 
 /// Reads deliveries until `expected` unique messages arrived or `deadline` passed.
 async fn subscriber(
-    mut stream: TcpStream,
+    mut stream: Conn,
     publishers: usize,
     expected: u64,
     keep_latencies: bool,
@@ -161,14 +159,14 @@ struct PubReport {
 
 /// Publishes `count` messages; `rate` of 0 means as fast as the window allows.
 async fn publisher(
-    stream: TcpStream,
+    stream: Conn,
     index: u32,
     topic: String,
     flow: Flow,
     rate: u64,
 ) -> Result<PubReport> {
     let qos = qos_of(flow.qos);
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(stream);
     let window = Arc::new(Window {
         inflight: AtomicUsize::new(0),
         acked: AtomicU64::new(0),
@@ -254,7 +252,11 @@ async fn publisher(
     })
 }
 
-async fn read_acks(mut rd: OwnedReadHalf, window: Arc<Window>, count: u64) -> Result<Vec<u32>> {
+async fn read_acks(
+    mut rd: tokio::io::ReadHalf<Conn>,
+    window: Arc<Window>,
+    count: u64,
+) -> Result<Vec<u32>> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut ack_us = Vec::with_capacity(count as usize);
     let mut took = |id: u16| {

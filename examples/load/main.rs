@@ -22,8 +22,8 @@ use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use tern::codec::{self, Connect, Packet, Protocol};
 use tern::message::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 
 use stats::proc_stats;
 
@@ -41,6 +41,9 @@ struct Args {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Speak MQTT over WebSocket (path /mqtt, subprotocol mqtt) instead of bare TCP.
+    #[arg(long)]
+    websocket: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -124,9 +127,20 @@ struct Ran {
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// A connection to the broker: bare TCP, or MQTT over WebSocket on it (`--websocket`).
+pub type Conn = Box<dyn Duplex>;
+
+/// What a connection is: bytes both ways.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// Set once from `--websocket`.
+static WEBSOCKET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    WEBSOCKET.store(args.websocket, std::sync::atomic::Ordering::Relaxed);
     // A descriptor table that doubles mid-run stalls every socket call for an RCU grace period
     // (~10 ms each time, 60-100 ms over 15,000 connects): grown once here, before measuring.
     tern::door::fds::reserve(tern::door::fds::MAX_RESERVED)?;
@@ -228,13 +242,13 @@ fn no_port_at_bind(socket: &TcpSocket) -> Result<()> {
 }
 
 /// Connects and completes CONNECT/CONNACK, from a chosen local address.
-async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<TcpStream> {
+async fn connect(broker: SocketAddr, local: Option<IpAddr>, id: &str) -> Result<Conn> {
     open(broker, local, id, true).await
 }
 
 /// Connects with this clean-session flag; a persistent session is made afresh (a clean
 /// connect first drops what an earlier run left).
-async fn connect_session(broker: SocketAddr, id: &str, clean: bool) -> Result<TcpStream> {
+async fn connect_session(broker: SocketAddr, id: &str, clean: bool) -> Result<Conn> {
     if !clean {
         let mut old = open(broker, None, id, true).await?;
         let mut buf = BytesMut::new();
@@ -247,20 +261,28 @@ async fn connect_session(broker: SocketAddr, id: &str, clean: bool) -> Result<Tc
     open(broker, None, id, clean).await
 }
 
-/// One TCP connection and its CONNECT/CONNACK.
-async fn open(
-    broker: SocketAddr,
-    local: Option<IpAddr>,
-    id: &str,
-    clean: bool,
-) -> Result<TcpStream> {
+/// One connection and its CONNECT/CONNACK.
+async fn open(broker: SocketAddr, local: Option<IpAddr>, id: &str, clean: bool) -> Result<Conn> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = local {
         no_port_at_bind(&socket)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
-    let mut stream = socket.connect(broker).await?;
-    stream.set_nodelay(true)?;
+    let tcp = socket.connect(broker).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream: Conn = if WEBSOCKET.load(std::sync::atomic::Ordering::Relaxed) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{broker}/mqtt").into_client_request()?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "mqtt".parse()?);
+        // Frames go out as they are written: the scenarios write without flushing, as on TCP.
+        let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+        config.write_buffer_size = 0;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await?;
+        Box::new(tern::door::websocket::WsStream::new(ws))
+    } else {
+        Box::new(tcp)
+    };
     let mut buf = BytesMut::new();
     codec::encode(
         &Packet::Connect(Box::new(Connect {
