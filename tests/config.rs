@@ -103,7 +103,7 @@ fn invalid_values_are_named() {
         ),
         ("[[listener]]\nbind = \"localhost\"\n", "listener[0].bind"),
         (
-            "[[listener]]\nprotocol = \"websockets\"\n",
+            "[[listener]]\nprotocol = \"mqtt-sn\"\n",
             "listener.protocol",
         ),
         ("[log]\nlevel = \"=\"\n", "log.level"),
