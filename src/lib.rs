@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`broker`] | the top: binds, wires and runs everything; reloads the configuration |
 //! | [`door`] | listeners, TLS, WebSocket, the descriptor table: where sockets come in |
+//! | [`http`] | `[http]`: `/metrics`, health, the JSON API and the dashboard (axum), beside the door |
 //! | [`client`] | the connection task (one per socket) and the protocol rules |
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
@@ -38,6 +39,10 @@
 //! - The router ([`routing::router`]) is a shared object, not a task: exact filters in a map,
 //!   wildcards in the trie, retained messages beside them.
 //! - One `$SYS` task, and a SIGHUP task in the binary.
+//! - With `[http]`, one axum server ([`http`]). It reads the counters and the router
+//!   directly and asks sessions through their mailboxes (`SessionCmd::Admin`, with
+//!   `try_send`, as the router does), so it never waits on a session and no session waits on
+//!   it; a kick is the session closing its own connection (the will is published).
 //! - [`sessions::Shared`] is what they all share: the configuration in force (swapped whole on
 //!   reload), the router, the registry, the counters, the auth policy, the shutdown token and
 //!   the task tracker.
@@ -143,6 +148,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod door;
+pub mod http;
 pub mod message;
 pub mod observability;
 pub mod routing;

@@ -217,6 +217,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(CONFIG_ERROR);
             }
         }
+        if let Err(e) = tern::http::load_users(&config.http) {
+            eprintln!("tern: config error: http.password_file: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
         let name = cli
             .config
             .as_ref()

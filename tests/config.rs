@@ -70,7 +70,11 @@ fn print_default_config_is_the_shipped_file_and_the_defaults() {
         .expect("read");
     assert_eq!(printed, shipped);
     let parsed = Config::parse(&printed, std::path::Path::new("printed")).expect("parses");
-    assert_eq!(parsed, Config::default());
+    // The defaults, except that the shipped file turns the HTTP server on, on loopback (the
+    // default without `[http]` is no HTTP server).
+    let mut want = Config::default();
+    want.http.bind = Some("127.0.0.1:8080".parse().expect("address"));
+    assert_eq!(parsed, want);
 }
 
 #[test]
@@ -112,6 +116,61 @@ fn invalid_values_are_named() {
         assert_eq!(code, 2, "{text}");
         assert!(err.contains(&path) && err.contains(key), "{key}: {err}");
     }
+}
+
+#[test]
+fn http_half_configured_or_exposed_is_refused() {
+    for (text, key, why) in [
+        // Reachable from other machines with nobody to authenticate: fail closed.
+        (
+            "[http]\nbind = \"0.0.0.0:8080\"\n",
+            "http.bind",
+            "password_file",
+        ),
+        (
+            "[http]\nbind = \"[::]:8080\"\n",
+            "http.bind",
+            "password_file",
+        ),
+        (
+            "[http]\npassword_file = \"users\"\n",
+            "http.password_file",
+            "http.bind",
+        ),
+        (
+            "[http]\nbind = \"127.0.0.1\"\n",
+            "http.bind",
+            "socket address",
+        ),
+        ("[http]\nport = 8080\n", "http.port", "unknown field"),
+    ] {
+        let (code, err, path) = check(text);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            err.contains(&path) && err.contains(key) && err.contains(why),
+            "{text}: {err}"
+        );
+    }
+    // A password file that cannot be used is named, with the key.
+    let (code, err, _) =
+        check("[http]\nbind = \"0.0.0.0:0\"\npassword_file = \"/nonexistent/users\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("http.password_file") && err.contains("/nonexistent/users"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "admin:not-a-hash\n").expect("write");
+    let (code, err, _) = check(&format!(
+        "[http]\nbind = \"0.0.0.0:0\"\npassword_file = {:?}\n",
+        users.display().to_string()
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("http.password_file") && err.contains(":1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@ use arc_swap::ArcSwap;
 use crate::auth::{AuthError, Policy};
 use crate::config::{Config, ListenerConfig, SyncMode};
 use crate::door::listener::{self, Door};
-use crate::observability::metrics::Metrics;
+use crate::http::{Http, HttpHandle};
+use crate::observability::metrics::{ListenerStats, Metrics};
 use crate::routing::retain::RetainStore;
 use crate::routing::router::Router;
 use crate::sessions::registry::Registry;
@@ -50,14 +51,20 @@ pub enum StartError {
     /// The store cannot be opened (locked, unreadable, corrupt).
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The HTTP server cannot start.
+    #[error("{0}")]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// A bound, not yet running broker.
 pub struct Broker {
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
+    listeners: Vec<(TcpListener, ListenerConfig, Arc<ListenerStats>)>,
     /// Each listener's TLS setup for new connections, in listener order; swapped on reload.
     doors: Doors,
+    /// The HTTP server, with `[http] bind`.
+    http: Option<Http>,
+    http_handle: Option<HttpHandle>,
 }
 
 /// Every listener's door, in listener order.
@@ -71,6 +78,7 @@ impl Broker {
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
         crate::observability::memory::start(config.mqtt.memory_limit)?;
         let (store, recovered) = open_store(&config)?;
+        let metrics = Arc::new(Metrics::default());
         let mut listeners = Vec::with_capacity(config.listener.len());
         let mut doors = Vec::with_capacity(config.listener.len());
         for l in &config.listener {
@@ -79,9 +87,10 @@ impl Broker {
                 addr: l.bind,
                 source,
             })?;
-            listeners.push((socket, l.clone()));
+            let bound = socket.local_addr().map_or(l.bind, |a| a);
+            let stats = metrics.listener(bound.to_string(), Door::transport(l));
+            listeners.push((socket, l.clone(), stats));
         }
-        let metrics = Arc::new(Metrics::default());
         let mut router = Router::new(RetainStore::default(), metrics.clone());
         router.configure(&config);
         if let Some(store) = &store {
@@ -111,10 +120,15 @@ impl Broker {
                 shared.registry.restore(&shared, session);
             }
         }
+        let http_config = shared.config.load().http.clone();
+        let http = Http::bind(&http_config, &shared).await?;
+        let http_handle = http.as_ref().map(Http::handle);
         Ok(Broker {
             shared,
             listeners,
             doors: Arc::new(doors),
+            http,
+            http_handle,
         })
     }
 
@@ -122,13 +136,22 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The HTTP server's address, with `[http] bind`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(Http::local_addr)
     }
 
     /// A handle that reloads the configuration (and the files it names) while the broker runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader::new(self.shared.clone(), self.doors.clone())
+        Reloader::new(
+            self.shared.clone(),
+            self.doors.clone(),
+            self.http_handle.clone(),
+        )
     }
 
     /// The broker's counters.
@@ -140,18 +163,28 @@ impl Broker {
     /// (at most a few seconds) for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        for ((socket, cfg), door) in self.listeners.into_iter().zip(self.doors.iter()) {
+        for ((socket, cfg, stats), door) in self.listeners.into_iter().zip(self.doors.iter()) {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening");
             }
             let door = door.clone();
-            shared
-                .tracker
-                .spawn(listener::accept_loop(socket, cfg, door, shared.clone()));
+            shared.tracker.spawn(listener::accept_loop(
+                socket,
+                cfg,
+                door,
+                shared.clone(),
+                stats,
+            ));
         }
         shared
             .tracker
             .spawn(crate::observability::sys::run(shared.clone()));
+        if let Some(http) = self.http {
+            shared.tracker.spawn(http.serve());
+        }
+        if let Some(h) = &self.http_handle {
+            h.ready.store(true, std::sync::atomic::Ordering::Release);
+        }
         shutdown.await;
         tracing::info!("shutting down");
         shared.shutdown.cancel();

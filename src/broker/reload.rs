@@ -11,6 +11,7 @@ use crate::broker::{Doors, Shared};
 use crate::config::{Config, ListenerConfig, LoadError};
 use crate::door::listener::Door;
 use crate::door::tls::TlsError;
+use crate::http::HttpHandle;
 use crate::observability::memory;
 
 /// Why a reload changed nothing.
@@ -25,6 +26,9 @@ pub enum ReloadError {
     /// A listener's certificate, key, CA or CRL file cannot be used.
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// `[http] password_file` cannot be used.
+    #[error("http.password_file: {0}")]
+    HttpUsers(AuthError),
 }
 
 /// What a successful reload did that the caller may act on.
@@ -41,12 +45,17 @@ pub struct Reloaded {
 pub struct Reloader {
     shared: Arc<Shared>,
     doors: Doors,
+    http: Option<HttpHandle>,
 }
 
 impl Reloader {
-    /// A reloader for one broker and its listeners' doors.
-    pub fn new(shared: Arc<Shared>, doors: Doors) -> Self {
-        Reloader { shared, doors }
+    /// A reloader for one broker, its listeners' doors and its HTTP server, if any.
+    pub fn new(shared: Arc<Shared>, doors: Doors, http: Option<HttpHandle>) -> Self {
+        Reloader {
+            shared,
+            doors,
+            http,
+        }
     }
 
     /// Reads the configuration and its files again and puts them in force; on error nothing
@@ -66,6 +75,14 @@ impl Reloader {
             new.mqtt.memory_limit = 0;
             need_restart.push("mqtt.memory_limit (none was set at start)".into());
         }
+        if new.http.bind != old.http.bind {
+            new.http = old.http.clone();
+            need_restart.push("http.bind".into());
+        }
+        let users = match &self.http {
+            Some(_) => Some(crate::http::load_users(&new.http).map_err(ReloadError::HttpUsers)?),
+            None => None,
+        };
         let policy = Policy::load(&new.auth)?;
         let doors = new
             .listener
@@ -77,6 +94,9 @@ impl Reloader {
             slot.store(Arc::new(door));
         }
         shared.policy.store(Arc::new(policy));
+        if let (Some(http), Some(users)) = (&self.http, users) {
+            http.users.replace(users);
+        }
         shared.router.configure(&new);
         let log_level = (new.log.level != old.log.level).then(|| new.log.level.clone());
         shared.config.store(Arc::new(new));

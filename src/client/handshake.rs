@@ -18,7 +18,7 @@ use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protoc
 use crate::observability::metrics::Metrics;
 use crate::sessions::outbound;
 use crate::sessions::registry::Opened;
-use crate::sessions::{Attach, ConnLink, SessionCmd};
+use crate::sessions::{Attach, ConnInfo, ConnLink, SessionCmd};
 
 impl<S: Transport + 'static> Connection<S> {
     /// The handshake, boxed by the task; the connected state if it succeeded.
@@ -37,7 +37,7 @@ impl<S: Transport + 'static> Connection<S> {
                 return None;
             }
         };
-        Metrics::incr(&self.shared.metrics.clients_connected);
+        self.shared.metrics.connected();
         Some(Connected::new(self, client))
     }
 
@@ -91,6 +91,12 @@ impl<S: Transport + 'static> Connection<S> {
         let accepted = match checked {
             Ok(a) => a,
             Err(Refusal::Connack(code)) => {
+                if matches!(
+                    code,
+                    ConnectReturnCode::BadUserNameOrPassword | ConnectReturnCode::NotAuthorized
+                ) {
+                    Metrics::incr(&shared.metrics.auth_failures);
+                }
                 // [MQTT-3.2.2-4], [MQTT-3.2.2-5], [MQTT-3.1.4-5]: answer, close, read no more.
                 self.refuse(code).await;
                 return Err(CloseReason::Refused(code));
@@ -101,6 +107,16 @@ impl<S: Transport + 'static> Connection<S> {
 
         let username: Option<Arc<str>> = accepted.username.as_deref().map(Arc::from);
         let capacity = shared.config.load().session.max_inflight_messages + 64;
+        let info = Arc::new(ConnInfo {
+            peer,
+            listener: self.slot.open.listener().clone(),
+            protocol: match accepted.protocol {
+                Protocol::V31 => "MQTT 3.1",
+                Protocol::V311 => "MQTT 3.1.1",
+            },
+            keepalive: accepted.keep_alive.secs(),
+            since: std::time::SystemTime::now(),
+        });
         let mut attached = None;
         // If the session ended between lookup and attach, or never answered, look again once,
         // with a new link (the old one went with the command).
@@ -110,6 +126,7 @@ impl<S: Transport + 'static> Connection<S> {
                 conn: self.conn_id,
                 username: username.clone(),
                 outbound: out_tx,
+                info: info.clone(),
             };
             let opened =
                 shared

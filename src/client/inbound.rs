@@ -118,7 +118,7 @@ impl<S: Transport> Connection<S> {
         trace!(packet = packet.name(), "received");
         let cmd = match packet {
             Packet::Publish(p) => {
-                Metrics::incr(&metrics.messages_received);
+                metrics.received(p.qos, p.payload.len());
                 let config = self.config.load();
                 protocol::check_publish(&p, &config.mqtt)?;
                 let backpressure = !config.session.backpressure_timeout.is_zero();

@@ -17,6 +17,13 @@ impl KeepAlive {
         }
     }
 
+    /// The keepalive the client asked for, in seconds (0 = off).
+    pub fn secs(&self) -> u16 {
+        self.grace.map_or(0, |g| {
+            u16::try_from(g.as_millis() / 1500).unwrap_or(u16::MAX)
+        })
+    }
+
     /// The longest silence allowed, or `None` if keepalive is off.
     pub fn grace(&self) -> Option<Duration> {
         self.grace

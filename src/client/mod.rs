@@ -30,6 +30,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+
+use crate::observability::metrics::OpenSocket;
 use tracing::Instrument;
 
 mod gated;
@@ -86,6 +88,9 @@ pub enum CloseReason {
     /// A new connection with the same client id took over [MQTT-3.1.4-2].
     #[error("session taken over by a new connection")]
     TakenOver,
+    /// An operator closed the connection (HTTP API).
+    #[error("kicked by an operator")]
+    Kicked,
     /// The session was discarded.
     #[error("session discarded")]
     Discarded,
@@ -120,6 +125,7 @@ impl CloseReason {
                 | CloseReason::PeerClosed
                 | CloseReason::Shutdown
                 | CloseReason::TakenOver
+                | CloseReason::Kicked
                 | CloseReason::Discarded
                 | CloseReason::MemoryLimit
         )
@@ -135,8 +141,17 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long goodbye bytes (a refusing CONNACK) may take to write.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves one accepted socket to completion; `permit` (the listener's `max_connections`
-/// slot) is held until then.
+/// What an accepted socket holds while it lives: its place in its listener's count and, with
+/// `max_connections`, its slot.
+#[derive(Debug)]
+pub struct Slot {
+    /// Counted in the listener's open connections.
+    pub open: OpenSocket,
+    /// The listener's `max_connections` permit.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves one accepted socket to completion; `slot` is held until then.
 ///
 /// `identity` says where the user name comes from: the CONNECT, or the TLS client
 /// certificate on a `use_identity_as_username` listener.
@@ -148,7 +163,7 @@ pub fn serve<S: Transport + 'static>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     identity: Identity,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = next_id();
     // A debug-level span: at info, the connect and disconnect lines carry these fields
@@ -164,7 +179,7 @@ pub fn serve<S: Transport + 'static>(
         config: Cache::new(shared.config.clone()),
         shared,
         conn_id,
-        _permit: permit,
+        slot,
     };
     ConnTask::Handshake(Box::pin(conn.handshake_phase(identity, peer))).instrument(span)
 }
@@ -229,7 +244,8 @@ struct Connection<S> {
     /// per use instead of an `ArcSwap` load).
     config: Cache<Arc<ArcSwap<Config>>, Arc<Config>>,
     conn_id: ConnId,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Held while the socket lives (see `Slot`).
+    slot: Slot,
 }
 
 /// The state of a connected client.

@@ -224,7 +224,13 @@ impl<S: Transport + 'static> Connected<S> {
         if conn.wbuf.is_empty() && !conn.flushing {
             return Ok(Poll::Ready(false));
         }
-        match poll_write_out(&mut conn.stream, cx, &mut conn.wbuf, &mut conn.flushing) {
+        let before = conn.wbuf.len();
+        let written = poll_write_out(&mut conn.stream, cx, &mut conn.wbuf, &mut conn.flushing);
+        let n = before - conn.wbuf.len();
+        if n > 0 {
+            Metrics::add(&conn.shared.metrics.bytes_sent, n as u64);
+        }
+        match written {
             Poll::Pending => Ok(Poll::Pending),
             Poll::Ready(Err(e)) => Err(e),
             Poll::Ready(Ok(())) => {
@@ -282,6 +288,7 @@ impl<S: Transport + 'static> Connected<S> {
                 }
                 Poll::Ready(Err(e)) => return Step::Close(e.into()),
                 Poll::Ready(Ok(n)) => {
+                    Metrics::add(&self.conn.shared.metrics.bytes_received, n as u64);
                     if n <= COPY_READS_UP_TO && self.conn.rbuf.len() == n {
                         self.conn.rbuf = BytesMut::from(&self.conn.rbuf[..]);
                     }
@@ -574,6 +581,7 @@ async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
 fn kicked(k: Kick) -> CloseReason {
     match k {
         Kick::TakenOver => CloseReason::TakenOver,
+        Kick::Kicked => CloseReason::Kicked,
         Kick::Discarded => CloseReason::Discarded,
         Kick::Shutdown => CloseReason::Shutdown,
     }

@@ -27,10 +27,14 @@ impl Config {
         if location.is_relative() && !location.as_os_str().is_empty() {
             *location = base.join(&*location);
         }
-        for file in [&mut config.auth.password_file, &mut config.auth.acl_file]
-            .into_iter()
-            .chain(listener_files)
-            .flatten()
+        for file in [
+            &mut config.auth.password_file,
+            &mut config.auth.acl_file,
+            &mut config.http.password_file,
+        ]
+        .into_iter()
+        .chain(listener_files)
+        .flatten()
         {
             if file.is_relative() {
                 *file = base.join(&*file);

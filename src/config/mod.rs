@@ -62,6 +62,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// Durable state (`[persistence]`).
     pub persistence: PersistenceConfig,
+    /// Metrics, health, the JSON API and the dashboard (`[http]`).
+    pub http: HttpConfig,
     /// Where this configuration was read from, so SIGHUP can read it again.
     #[serde(skip)]
     pub origin: Origin,
@@ -227,6 +229,17 @@ pub enum SyncMode {
     Never,
 }
 
+/// `[http]`: `/metrics`, `/health/*`, the JSON API under `/api/v1` and the dashboard at `/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to serve on; none = no HTTP server.
+    pub bind: Option<SocketAddr>,
+    /// Mosquitto-format password file: every request needs HTTP basic auth as one of its users.
+    /// Without it only loopback clients are served, and `bind` must be a loopback address.
+    pub password_file: Option<PathBuf>,
+}
+
 /// `[persistence]`: sessions and retained messages on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -272,6 +285,7 @@ impl Default for Config {
             log: LogConfig::default(),
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
+            http: HttpConfig::default(),
             origin: Origin::default(),
         }
     }

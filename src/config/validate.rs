@@ -131,6 +131,21 @@ impl Config {
                 "must be greater than 0s with sync = \"interval\"".into(),
             ));
         }
+        let h = &self.http;
+        if h.password_file.is_some() && h.bind.is_none() {
+            return Err(("http.password_file", "needs http.bind".into()));
+        }
+        if let Some(bind) = h.bind {
+            if !bind.ip().is_loopback() && h.password_file.is_none() {
+                return Err((
+                    "http.bind",
+                    format!(
+                        "{bind} is reachable from other machines: set http.password_file, \
+                         or bind to 127.0.0.1"
+                    ),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err((
                 "log.level",

@@ -17,7 +17,7 @@ use crate::client;
 use crate::client::protocol::Identity;
 use crate::config::ListenerConfig;
 use crate::door::websocket;
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::{ListenerStats, Metrics, OpenSocket};
 use crate::sessions::Shared;
 
 /// How a listener serves its new connections: the TLS acceptor (for TLS listeners) and the
@@ -33,6 +33,17 @@ pub struct Door {
 }
 
 impl Door {
+    /// The transport's name in `/metrics`: "tcp", "tls", "ws" or "wss".
+    pub fn transport(cfg: &ListenerConfig) -> &'static str {
+        let tls = cfg.certfile.is_some() && cfg.keyfile.is_some();
+        match (cfg.protocol == "websockets", tls) {
+            (false, false) => "tcp",
+            (false, true) => "tls",
+            (true, false) => "ws",
+            (true, true) => "wss",
+        }
+    }
+
     /// Reads the listener's certificate, key, CA and CRL files.
     pub fn new(cfg: &ListenerConfig) -> Result<Door, crate::door::tls::TlsError> {
         Ok(Door {
@@ -68,6 +79,7 @@ pub async fn accept_loop(
     cfg: ListenerConfig,
     door: Arc<ArcSwap<Door>>,
     shared: Arc<Shared>,
+    stats: Arc<ListenerStats>,
 ) {
     let limit = (cfg.max_connections > 0).then(|| Arc::new(Semaphore::new(cfg.max_connections)));
     let shutdown = shared.shutdown.clone();
@@ -111,6 +123,10 @@ pub async fn accept_loop(
             None => None,
         };
         Metrics::incr(&shared.metrics.connections_accepted);
+        let slot = client::Slot {
+            open: OpenSocket::new(&stats),
+            permit,
+        };
         // Batching is the writer's job; Nagle would add latency to every small ack. Linux
         // sockets inherit it from the listener (see `broker::listen`).
         #[cfg(not(target_os = "linux"))]
@@ -132,7 +148,7 @@ pub async fn accept_loop(
                     peer,
                     shared,
                     Identity::FromConnect,
-                    permit,
+                    slot,
                 ));
             }
             (None, true) => {
@@ -141,7 +157,7 @@ pub async fn accept_loop(
                     peer,
                     shared,
                     Identity::FromConnect,
-                    permit,
+                    slot,
                     deadline,
                 ));
             }
@@ -159,10 +175,10 @@ pub async fn accept_loop(
                                 Identity::FromConnect
                             };
                             if websockets {
-                                websocket::serve(stream, peer, shared, identity, permit, deadline)
+                                websocket::serve(stream, peer, shared, identity, slot, deadline)
                                     .await;
                             } else {
-                                client::serve(stream, peer, shared, identity, permit).await;
+                                client::serve(stream, peer, shared, identity, slot).await;
                             }
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),

@@ -14,7 +14,6 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -208,12 +207,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     identity: Identity,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: client::Slot,
     deadline: tokio::time::Instant,
 ) {
     let max_packet_size = shared.config.load().mqtt.max_packet_size;
     match tokio::time::timeout_at(deadline, accept(stream, max_packet_size)).await {
-        Ok(Ok(ws)) => client::serve(ws, peer, shared, identity, permit).await,
+        Ok(Ok(ws)) => client::serve(ws, peer, shared, identity, slot).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
         Err(_) => debug!(%peer, "WebSocket upgrade timed out"),
     }

@@ -85,6 +85,34 @@ pub fn used() -> usize {
     USED.load(Ordering::Relaxed).max(0) as usize
 }
 
+/// Heap bytes in use if counted, else the process's resident set size (0 where unknown): what
+/// `$SYS/broker/heap/*` and `/metrics` report.
+pub fn heap_or_resident() -> usize {
+    if enabled() {
+        return used();
+    }
+    resident().unwrap_or(0)
+}
+
+/// The resident set size, from `/proc/self/statm`.
+fn resident() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> usize {
+    4096
+}
+
 /// Turns counting on for the life of the process; false if `Counting` is not the global
 /// allocator (found by trying: an allocation larger than `FLUSH` moves the total at once).
 pub fn enable() -> bool {

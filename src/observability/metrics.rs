@@ -1,7 +1,11 @@
 //! Broker-wide counters and gauges: lock-free atomics, read as a consistent-enough snapshot.
+//! `$SYS`, `/metrics` and the HTTP API all read them from here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::message::QoS;
 
 /// Why a message was not delivered to a subscriber that was owed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +40,22 @@ pub struct Metrics {
     pub clients_connected: AtomicU64,
     /// Control packets decoded.
     pub packets_received: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets written to clients.
-    pub messages_sent: AtomicU64,
+    /// PUBLISH packets received from clients, by QoS.
+    pub messages_received: [AtomicU64; 3],
+    /// PUBLISH packets handed to clients' connections, by delivery QoS.
+    pub messages_sent: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub payload_bytes_received: [AtomicU64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by delivery QoS.
+    pub payload_bytes_sent: [AtomicU64; 3],
+    /// Bytes read from client sockets once connected (TLS and WebSocket framing excluded).
+    pub bytes_received: AtomicU64,
+    /// Bytes written to client sockets once connected.
+    pub bytes_sent: AtomicU64,
+    /// CONNECTs refused for a bad user name or password, or as not authorised.
+    pub auth_failures: AtomicU64,
+    /// Most clients connected at once since the start.
+    pub clients_maximum: AtomicU64,
     /// Deliveries dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
     /// Deliveries dropped because a session's mailbox was full.
@@ -59,6 +75,47 @@ pub struct Metrics {
     /// Milliseconds after `epoch` before which no further drop warning is logged.
     next_drop_warning_ms: AtomicU64,
     epoch: Epoch,
+    /// One entry per listener, in listener order.
+    listeners: parking_lot::Mutex<Vec<Arc<ListenerStats>>>,
+}
+
+/// The connections of one listener, for `/metrics` (`tern_connections{listener, transport}`).
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// The configured `bind` address.
+    pub listener: String,
+    /// "tcp", "tls", "ws" or "wss".
+    pub transport: &'static str,
+    /// Sockets accepted.
+    pub accepted: AtomicU64,
+    /// Sockets open now (handshaking or connected).
+    pub open: AtomicU64,
+}
+
+/// One open socket of a listener: counted while it lives.
+#[derive(Debug)]
+pub struct OpenSocket(Arc<ListenerStats>);
+
+impl OpenSocket {
+    /// Counts a socket just accepted on `listener`.
+    pub fn new(listener: &Arc<ListenerStats>) -> Self {
+        Metrics::incr(&listener.accepted);
+        Metrics::incr(&listener.open);
+        OpenSocket(listener.clone())
+    }
+}
+
+impl OpenSocket {
+    /// The listener the socket came in on.
+    pub fn listener(&self) -> &Arc<ListenerStats> {
+        &self.0
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        Metrics::decr(&self.0.open);
+    }
 }
 
 /// The instant the metrics were created, so warning times fit in an atomic.
@@ -83,9 +140,21 @@ pub struct Snapshot {
     /// See [`Metrics::packets_received`].
     pub packets_received: u64,
     /// See [`Metrics::messages_received`].
-    pub messages_received: u64,
+    pub messages_received: [u64; 3],
     /// See [`Metrics::messages_sent`].
-    pub messages_sent: u64,
+    pub messages_sent: [u64; 3],
+    /// See [`Metrics::payload_bytes_received`].
+    pub payload_bytes_received: [u64; 3],
+    /// See [`Metrics::payload_bytes_sent`].
+    pub payload_bytes_sent: [u64; 3],
+    /// See [`Metrics::bytes_received`].
+    pub bytes_received: u64,
+    /// See [`Metrics::bytes_sent`].
+    pub bytes_sent: u64,
+    /// See [`Metrics::auth_failures`].
+    pub auth_failures: u64,
+    /// See [`Metrics::clients_maximum`].
+    pub clients_maximum: u64,
     /// See [`Metrics::dropped_queue_full`].
     pub dropped_queue_full: u64,
     /// See [`Metrics::dropped_mailbox_full`].
@@ -104,6 +173,23 @@ pub struct Snapshot {
     pub acl_denied: u64,
 }
 
+impl Snapshot {
+    /// Every PUBLISH received.
+    pub fn received_total(&self) -> u64 {
+        self.messages_received.iter().sum()
+    }
+
+    /// Every PUBLISH sent.
+    pub fn sent_total(&self) -> u64 {
+        self.messages_sent.iter().sum()
+    }
+
+    /// Every delivery dropped by a limit (queue, mailbox, offline QoS 0).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_queue_full + self.dropped_mailbox_full + self.dropped_qos0_offline
+    }
+}
+
 /// Drop warnings are logged at most once per this interval; the counters keep the totals.
 const DROP_WARN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -111,6 +197,48 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a PUBLISH received from a client.
+    pub fn received(&self, qos: QoS, payload: usize) {
+        let q = qos as usize;
+        Metrics::incr(&self.messages_received[q]);
+        Metrics::add(&self.payload_bytes_received[q], payload as u64);
+    }
+
+    /// Counts a PUBLISH handed to a client's connection.
+    pub fn sent(&self, qos: QoS, payload: usize) {
+        let q = qos as usize;
+        Metrics::incr(&self.messages_sent[q]);
+        Metrics::add(&self.payload_bytes_sent[q], payload as u64);
+    }
+
+    /// Counts a client that just connected.
+    pub fn connected(&self) {
+        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.clients_maximum.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Registers a listener; its connections are counted in what this returns.
+    pub fn listener(&self, listener: String, transport: &'static str) -> Arc<ListenerStats> {
+        let stats = Arc::new(ListenerStats {
+            listener,
+            transport,
+            accepted: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+        });
+        self.listeners.lock().push(stats.clone());
+        stats
+    }
+
+    /// Every listener's connection counts.
+    pub fn listeners(&self) -> Vec<Arc<ListenerStats>> {
+        self.listeners.lock().clone()
     }
 
     /// Subtracts one from a gauge.
@@ -185,13 +313,20 @@ impl Metrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let r3 = |c: &[AtomicU64; 3]| [r(&c[0]), r(&c[1]), r(&c[2])];
         Snapshot {
             connections_accepted: r(&self.connections_accepted),
             connections_refused: r(&self.connections_refused),
             clients_connected: r(&self.clients_connected),
             packets_received: r(&self.packets_received),
-            messages_received: r(&self.messages_received),
-            messages_sent: r(&self.messages_sent),
+            messages_received: r3(&self.messages_received),
+            messages_sent: r3(&self.messages_sent),
+            payload_bytes_received: r3(&self.payload_bytes_received),
+            payload_bytes_sent: r3(&self.payload_bytes_sent),
+            bytes_received: r(&self.bytes_received),
+            bytes_sent: r(&self.bytes_sent),
+            auth_failures: r(&self.auth_failures),
+            clients_maximum: r(&self.clients_maximum),
             dropped_queue_full: r(&self.dropped_queue_full),
             dropped_mailbox_full: r(&self.dropped_mailbox_full),
             dropped_qos0_offline: r(&self.dropped_qos0_offline),

@@ -38,6 +38,8 @@ pub struct Router<I> {
     wild: RwLock<Trie<Routes<I>>>,
     /// Lets a publish skip the trie lock while there is no wildcard subscription.
     wild_count: AtomicUsize,
+    /// Routes (one per session and filter), for the gauges.
+    route_count: AtomicUsize,
     retain: RetainStore,
     metrics: Arc<Metrics>,
     /// The store, with `[persistence]` on.
@@ -45,13 +47,19 @@ pub struct Router<I> {
     upgrade_outgoing_qos: AtomicBool,
 }
 
-/// Adds `route` to `list`, or replaces the session's route there.
-fn add_route<I>(list: &mut Routes<I>, route: Route<I>) {
+/// Adds `route` to `list`, or replaces the session's route there; true if it was added.
+fn add_route<I>(list: &mut Routes<I>, route: Route<I>) -> bool {
     let at = list.binary_search_by_key(&route.session, |r| r.session);
     let list = Arc::make_mut(list);
     match at {
-        Ok(i) => list[i] = route,
-        Err(i) => list.insert(i, route),
+        Ok(i) => {
+            list[i] = route;
+            false
+        }
+        Err(i) => {
+            list.insert(i, route);
+            true
+        }
     }
 }
 
@@ -88,6 +96,7 @@ impl<I: Inbox> Router<I> {
             exact: DashMap::new(),
             wild: RwLock::new(Trie::new()),
             wild_count: AtomicUsize::new(0),
+            route_count: AtomicUsize::new(0),
             retain,
             metrics,
             store: None,
@@ -124,21 +133,33 @@ impl<I: Inbox> Router<I> {
     }
 
     fn add(&self, filter: &str, route: Route<I>) {
-        if topic::is_wildcard(filter) {
+        let added = if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
-            add_route(trie.get_or_insert_with(filter, Routes::default), route);
+            let added = add_route(trie.get_or_insert_with(filter, Routes::default), route);
             self.wild_count.store(trie.len(), Ordering::Release);
+            added
         } else {
             let mut entry = self
                 .exact
                 .entry(Bytes::copy_from_slice(filter.as_bytes()))
                 .or_default();
-            add_route(entry.value_mut(), route);
+            add_route(entry.value_mut(), route)
+        };
+        if added {
+            self.route_count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Removes `session`'s route for exactly `filter` [MQTT-3.10.4-1]; true if there was one.
     pub fn unsubscribe(&self, filter: &str, session: SessionId) -> bool {
+        let removed = self.remove(filter, session);
+        if removed {
+            self.route_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    fn remove(&self, filter: &str, session: SessionId) -> bool {
         if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
             let Some(list) = trie.get_mut(filter) else {
@@ -164,6 +185,27 @@ impl<I: Inbox> Router<I> {
     /// The retained store.
     pub fn retain_store(&self) -> &RetainStore {
         &self.retain
+    }
+
+    /// Number of routes: every session's subscriptions added up.
+    pub fn route_count(&self) -> usize {
+        self.route_count.load(Ordering::Relaxed)
+    }
+
+    /// Calls `visit` with every route and its filter: exact filters first, then wildcards.
+    /// Each is visited under its own shard or trie lock, so `visit` must not subscribe.
+    pub fn for_each_route(&self, mut visit: impl FnMut(&str, &Route<I>)) {
+        for entry in self.exact.iter() {
+            let filter = String::from_utf8_lossy(entry.key());
+            for route in entry.value().iter() {
+                visit(&filter, route);
+            }
+        }
+        self.wild.read().for_each(|filter, routes| {
+            for route in routes.iter() {
+                visit(filter, route);
+            }
+        });
     }
 
     /// Number of distinct filters with routes.

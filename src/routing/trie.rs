@@ -142,11 +142,42 @@ impl<V> Trie<V> {
         old
     }
 
+    /// Calls `visit` with every filter stored and its value.
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &V)) {
+        let mut path = String::new();
+        visit_all(&self.root, &mut path, &mut visit);
+    }
+
     /// Calls `found` with the value of every filter matching topic name `name`.
     pub fn for_each_match<'a>(&'a self, name: &[u8], mut found: impl FnMut(&'a V)) {
         let levels = name.split(|&b| b == b'/');
         let dollar = name.first() == Some(&b'$');
         walk(&self.root, levels, !dollar, &mut found);
+    }
+}
+
+/// Visits `node` and below; `path` is the filter up to `node` (each level followed by '/').
+fn visit_all<V>(node: &Node<V>, path: &mut String, visit: &mut impl FnMut(&str, &V)) {
+    let here = path.len();
+    let trimmed = |p: &str| p.strip_suffix('/').unwrap_or(p).to_owned();
+    if let Some(v) = &node.value {
+        visit(&trimmed(path), v);
+    }
+    if let Some(v) = &node.hash {
+        path.push('#');
+        visit(path, v);
+        path.truncate(here);
+    }
+    if let Some(plus) = &node.plus {
+        path.push_str("+/");
+        visit_all(plus, path, visit);
+        path.truncate(here);
+    }
+    for (level, child) in &node.children {
+        path.push_str(&String::from_utf8_lossy(level));
+        path.push('/');
+        visit_all(child, path, visit);
+        path.truncate(here);
     }
 }
 
@@ -237,6 +268,24 @@ mod tests {
             want.sort_unstable();
             assert_eq!(matched(&t, name), want, "name {name}");
         }
+    }
+
+    #[test]
+    fn for_each_gives_back_every_filter() {
+        let mut t = Trie::new();
+        let filters = [&FILTERS[..], &["a/", "//#", "+/+/"]].concat();
+        for f in &filters {
+            t.insert(f, *f);
+        }
+        let mut seen = Vec::new();
+        t.for_each(|filter, v| {
+            assert_eq!(filter, *v);
+            seen.push(filter.to_owned());
+        });
+        seen.sort_unstable();
+        let mut want: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! A publisher adds before it queues its Deliver (and takes it back if the mailbox refused
 //! it), so the session, which removes when it sends or drops one, can never remove first.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -32,6 +32,8 @@ pub struct Backlog {
     drained: Notify,
     /// The session has a connection (see the module doc).
     attached: AtomicBool,
+    /// Messages in the session's inflight window, for the gauges (only the session writes).
+    inflight: AtomicU32,
 }
 
 impl Backlog {
@@ -46,12 +48,29 @@ impl Backlog {
             low: high / 2,
             drained: Notify::new(),
             attached: AtomicBool::new(true),
+            inflight: AtomicU32::new(0),
         }
     }
 
     /// Messages waiting for the session.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent and not yet acknowledged, as the session last said.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed) as usize
+    }
+
+    /// The session's inflight window now holds `n` messages.
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// True if the session has a connection.
+    pub fn attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
     }
 
     /// A publisher is about to hand the session a message; true if the session is now

@@ -2,12 +2,15 @@
 //! them: commands in the session's mailbox, what the session sends back on the outbound link,
 //! and the link itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
 use crate::codec::Packet;
-use crate::message::{ConnId, Message, QoS};
+use crate::message::{ClientId, ConnId, Message, QoS};
+use crate::observability::metrics::ListenerStats;
 use crate::routing::router::Delivery;
 use crate::sessions::outbound::OutboundTx;
 
@@ -40,6 +43,55 @@ pub enum SessionCmd {
     PubComp(u16),
     /// A message from the router (publishers `try_send` it; a full mailbox is a counted drop).
     Deliver(Delivery),
+    /// From the HTTP API (`try_send`, like deliveries): tell what the session holds, or close
+    /// its connection.
+    Admin(Box<Admin>),
+}
+
+/// What the HTTP API asks of a session.
+#[derive(Debug)]
+pub enum Admin {
+    /// Answer with the session's state.
+    Inspect(oneshot::Sender<SessionInfo>),
+    /// Close the connection as if the network had dropped it: its will is published, and a
+    /// persistent session stays.
+    Kick(oneshot::Sender<bool>),
+}
+
+/// A session's state as the HTTP API shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The client id.
+    pub client_id: ClientId,
+    /// The user name of its latest connection.
+    pub username: Option<Arc<str>>,
+    /// clean_session = 0.
+    pub persistent: bool,
+    /// Its connection, if it has one.
+    pub connection: Option<Arc<ConnInfo>>,
+    /// Its filters with their granted QoS.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Messages in its mqueue.
+    pub queued: usize,
+    /// Payload bytes in its mqueue.
+    pub queued_bytes: usize,
+    /// Messages sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
+/// What a connection tells its session about itself, for the HTTP API.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener it came in on (its address and transport).
+    pub listener: Arc<ListenerStats>,
+    /// "MQTT 3.1.1" or "MQTT 3.1".
+    pub protocol: &'static str,
+    /// The keepalive it asked for, in seconds.
+    pub keepalive: u16,
+    /// When its CONNECT was accepted.
+    pub since: SystemTime,
 }
 
 /// Why a connection is told to close by its session.
@@ -47,6 +99,8 @@ pub enum SessionCmd {
 pub enum Kick {
     /// Another connection with the same client id took the session [MQTT-3.1.4-2].
     TakenOver,
+    /// An operator closed the connection (HTTP API); the will is published.
+    Kicked,
     /// The session was discarded by a clean-session CONNECT elsewhere.
     Discarded,
     /// The broker is shutting down.
@@ -99,4 +153,6 @@ pub struct ConnLink {
     pub username: Option<Arc<str>>,
     /// The connection's outbound queue, and the way to make it close.
     pub outbound: OutboundTx,
+    /// Who the connection is, for the HTTP API.
+    pub info: Arc<ConnInfo>,
 }

@@ -26,6 +26,6 @@ pub mod session;
 mod shared;
 mod subscribing;
 
-pub use commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
+pub use commands::{Admin, Attach, ConnInfo, ConnLink, Kick, Outbound, SessionCmd, SessionInfo};
 pub use session::Session;
 pub use shared::Shared;

@@ -77,7 +77,7 @@ impl Pending {
             }
         }
         backlog.removed(1, true);
-        Metrics::incr(&metrics.messages_sent);
+        metrics.sent(q.qos, q.msg.payload.len());
         Some(Outbound::Publish {
             msg: q.msg,
             qos: q.qos,

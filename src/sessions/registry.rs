@@ -65,6 +65,30 @@ impl Registry {
         self.sessions.is_empty()
     }
 
+    /// The session of `client_id`, if there is one.
+    pub fn get(&self, client_id: &str) -> Option<SessionHandle> {
+        self.sessions.get(client_id).map(|r| r.handle.clone())
+    }
+
+    /// Every session's client id and handle, sorted by client id (for paging).
+    pub fn sorted(&self) -> Vec<(ClientId, SessionHandle)> {
+        let mut all: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|e| (e.key().clone(), e.value().handle.clone()))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Messages queued for sessions and messages in flight, added up over every session.
+    pub fn backlogs(&self) -> (usize, usize) {
+        self.sessions.iter().fold((0, 0), |(q, i), e| {
+            let b = e.value().handle.mailbox.backlog();
+            (q + b.pending(), i + b.inflight())
+        })
+    }
+
     /// Finds or creates the session for a CONNECT.
     ///
     /// A persistent session is resumed by a clean_session = 0 CONNECT of the same user name

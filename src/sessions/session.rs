@@ -33,7 +33,7 @@ use crate::sessions::outbound::{Closed, OutboundTx};
 use crate::sessions::registry::SessionHandle;
 use crate::sessions::Shared;
 
-use super::commands::{Attach, ConnLink, Kick, Outbound, SessionCmd};
+use super::commands::{Admin, Attach, ConnInfo, ConnLink, Kick, Outbound, SessionCmd, SessionInfo};
 use super::pending::Pending;
 use crate::store::{Op, Owed, QueueEntry};
 
@@ -43,6 +43,7 @@ use super::durable::{stored_reply, wall_clock_ms};
 pub(super) struct Linked {
     conn: ConnId,
     outbound: OutboundTx,
+    info: Arc<ConnInfo>,
 }
 
 impl ConnLink {
@@ -51,6 +52,7 @@ impl ConnLink {
         let linked = Linked {
             conn: self.conn,
             outbound: self.outbound,
+            info: self.info,
         };
         (self.username, linked)
     }
@@ -263,6 +265,34 @@ impl Session {
             }
             SessionCmd::PubComp(id) => self.finish(id, Inflight::pubcomp),
             SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored, d.owed),
+            SessionCmd::Admin(a) => match *a {
+                Admin::Inspect(reply) => {
+                    let _ = reply.send(self.info());
+                }
+                Admin::Kick(reply) => {
+                    let _ = reply.send(self.link.is_some());
+                    self.unlink(Some(Kick::Kicked));
+                }
+            },
+        }
+    }
+
+    /// The session's state for the HTTP API.
+    fn info(&self) -> SessionInfo {
+        let p = self.pending.as_deref();
+        SessionInfo {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            persistent: self.persistent,
+            connection: self.link.as_ref().map(|l| l.info.clone()),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.clone(), *q))
+                .collect(),
+            queued: p.map_or(0, |p| p.mqueue.len()),
+            queued_bytes: p.map_or(0, |p| p.mqueue.bytes()),
+            inflight: p.map_or(0, |p| p.inflight.len()),
         }
     }
 
@@ -396,6 +426,8 @@ impl Session {
     /// once nothing is pending.
     fn pump(&mut self) {
         self.send_pending();
+        let inflight = self.pending.as_ref().map_or(0, |p| p.inflight.len());
+        self.mailbox.backlog().set_inflight(inflight);
         if self.pending.as_ref().is_some_and(|p| p.is_empty()) {
             self.pending = None;
         }

@@ -48,10 +48,16 @@ impl SysSource for Shared {
     }
 
     fn gauges(&self) -> Gauges {
+        let (queued, inflight) = self.registry.backlogs();
+        let retain = self.router.retain_store();
         Gauges {
             clients_total: self.registry.len(),
-            retained: self.router.retain_store().len(),
-            subscriptions: self.router.filter_count(),
+            retained: retain.len(),
+            retained_bytes: retain.bytes(),
+            subscriptions: self.router.route_count(),
+            filters: self.router.filter_count(),
+            queued,
+            inflight,
         }
     }
 

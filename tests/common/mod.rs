@@ -41,6 +41,9 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// Every listener's address, in the order of `[[listener]]`.
     addrs: Vec<SocketAddr>,
+    /// The HTTP server's address, with `[http] bind`.
+    #[allow(dead_code)]
+    pub http: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -73,6 +76,7 @@ impl TestBroker {
         let broker = Broker::bind(config).await.expect("broker binds");
         let addrs = broker.local_addrs();
         let addr = addrs[0];
+        let http = broker.http_addr();
         let metrics = broker.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker.run(async move {
@@ -81,6 +85,7 @@ impl TestBroker {
         TestBroker {
             addr,
             addrs,
+            http,
             metrics,
             stop: Some(stop),
             task: Some(task),
@@ -593,4 +598,90 @@ pub async fn start_mosquitto(
         }
     }
     panic!("mosquitto did not start on any of 5 ports");
+}
+
+/// An HTTP answer: status and body.
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+impl HttpReply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends an HTTP request to the broker's `[http]` server, with optional basic auth and JSON
+/// body, within `WAIT`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<serde_json::Value>,
+) -> HttpReply {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(method, format!("http://{addr}{path}"));
+    if let Some((user, password)) = auth {
+        req = req.basic_auth(user, Some(password));
+    }
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let resp = within(WAIT, req.send()).await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = within(WAIT, resp.text()).await.expect("HTTP body");
+    HttpReply {
+        status,
+        body,
+        content_type,
+    }
+}
+
+/// GET without auth.
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
+    http(addr, "GET", path, None, None).await
+}
+
+/// A broker with `[http]` on loopback (and `tweak` applied); returns it and the HTTP address.
+pub async fn http_broker(tweak: impl FnOnce(&mut Config)) -> (TestBroker, SocketAddr) {
+    let broker = TestBroker::start_with(|c| {
+        c.http.bind = Some("127.0.0.1:0".parse().expect("address"));
+        tweak(c);
+    })
+    .await;
+    let http = broker.http.expect("http bound");
+    (broker, http)
+}
+
+/// Repeats a request until `done` holds for its answer (within `WAIT`): for state that a
+/// session actor or the broker reaches a moment after the event the test awaited.
+pub async fn http_until(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    done: impl Fn(&HttpReply) -> bool,
+) -> HttpReply {
+    within(WAIT, async {
+        loop {
+            let r = http(addr, method, path, None, None).await;
+            if done(&r) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
