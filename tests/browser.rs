@@ -1,7 +1,9 @@
 //! MQTT.js in headless Chromium (Debian's `chromium`, driven by `puppeteer-core`; `.ci/run`
 //! installs both, and `npm ci` in `tests/browser` brings MQTT.js): a page subscribes over
 //! `ws://` and over `wss://` (a test CA's certificate, pinned by its key), receives QoS 0, 1
-//! and 2 messages that `mosquitto_pub` publishes over TCP, and publishes one back.
+//! and 2 messages that `mosquitto_pub` publishes over TCP, and publishes one back. And the
+//! dashboard: its figures match the API, its forms browse and publish, its kick button
+//! disconnects a client, and its screenshot is saved under `target/artifacts`.
 
 mod common;
 
@@ -54,6 +56,107 @@ fn page_script() -> PathBuf {
         "the browser tests need Debian's chromium and `npm ci` in tests/browser (see .ci/run)"
     );
     dir.join("mqtt_page.mjs")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_api_figures_and_kicks_publishes_and_browses() {
+    let script = page_script().with_file_name("dashboard.mjs");
+    let (broker, http) = common::http_broker(|_| {}).await;
+    // Traffic first, then silence, so the page and the API must agree exactly.
+    let (mut watcher, _) = Raw::connect(broker.addr, "dash-watcher", true, 60).await;
+    watcher.subscribe(1, &[("dash/#", QoS::AtLeastOnce)]).await;
+    let mut publisher = common::Client::connect(broker.addr, "dash-publisher").await;
+    for i in 0..20 {
+        publisher
+            .publish_acked("dash/load", false, format!("m{i}"))
+            .await;
+    }
+    publisher.publish_acked("dash/kept", true, "kept").await;
+    for _ in 0..21 {
+        let p = watcher.recv_publish().await;
+        if let Some(id) = p.pkid {
+            watcher.send_packet(&tern::codec::Packet::PubAck(id)).await;
+        }
+    }
+    let victim = tern::codec::Connect {
+        protocol: tern::codec::Protocol::V311,
+        clean_session: true,
+        keep_alive: 60,
+        client_id: "dash-victim".into(),
+        will: Some(tern::codec::LastWill {
+            topic: bytes::Bytes::from_static(b"dash/will"),
+            payload: bytes::Bytes::from_static(b"kicked"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }),
+        username: None,
+        password: None,
+    };
+    let mut victim_conn = Raw::open(broker.addr).await;
+    victim_conn
+        .send_packet(&tern::codec::Packet::Connect(Box::new(victim)))
+        .await;
+    assert!(matches!(
+        victim_conn.recv().await,
+        tern::codec::Packet::ConnAck(_)
+    ));
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/dashboard.png");
+    let mut node = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{http}/"))
+        .arg("dash-victim")
+        .arg(&shot)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut steps = Vec::new();
+    within(BOUND, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(why) = line.strip_prefix("FAIL ") {
+                panic!("the dashboard failed: {why}");
+            }
+            if let Some(step) = line.strip_prefix("OK ") {
+                steps.push(step.split(' ').next().unwrap_or("").to_owned());
+                if step.starts_with("published") {
+                    // The form's message reaches a real subscriber at the QoS chosen.
+                    let p = watcher.recv_publish().await;
+                    assert_eq!(
+                        (&p.topic[..], &p.payload[..], p.qos),
+                        (
+                            &b"dash/from-page"[..],
+                            &b"hello from the dashboard"[..],
+                            QoS::AtLeastOnce
+                        )
+                    );
+                    if let Some(id) = p.pkid {
+                        watcher.send_packet(&tern::codec::Packet::PubAck(id)).await;
+                    }
+                }
+            }
+            if line == "DONE" {
+                break;
+            }
+        }
+    })
+    .await;
+    let status = within(BOUND, node.wait()).await.expect("node exits");
+    assert!(status.success(), "the dashboard run failed: {status}");
+    assert_eq!(
+        steps,
+        ["stats", "retained", "published", "screenshot", "kicked"]
+    );
+    // The kick closed the victim's connection and published its will.
+    victim_conn.read_to_close().await;
+    let will = watcher.recv_publish().await;
+    assert_eq!(
+        (&will.topic[..], &will.payload[..]),
+        (&b"dash/will"[..], &b"kicked"[..])
+    );
+    assert!(std::fs::metadata(&shot).expect("screenshot").len() > 10_000);
+    broker.stop().await;
 }
 
 /// Runs the page against `url`, publishing QoS 0, 1 and 2 messages once it has subscribed;
