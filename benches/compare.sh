@@ -14,7 +14,8 @@
 # the fdatasync rate of the disk under target/compare.
 #
 # Needs: mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd), taskset.
-# Results go to target/compare/ (one log per broker) and the table to stdout.
+# Results go to target/compare/ (one log per broker), the table to stdout, and the chart to
+# benches/compare.svg (SVG=path to put it elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -367,6 +368,9 @@ for label, key, name, *scale in figures:
         t, m, r = (None if v is None else v * scale[0] for v in (t, m, r))
     print(f"| {label:<22} | {name:<12} | {fmt(t):>12} | {fmt(m):>12} | {fmt(r):>12} | {ratio(t, m):>7} | {ratio(t, r):>7} |")
 EOF
+# The same figures as a picture, for the README.
+python3 benches/chart.py "$OUT" "${SVG:-benches/compare.svg}"
+
 echo
 cat "$OUT/durable.table"
 echo

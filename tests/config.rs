@@ -173,6 +173,61 @@ fn http_half_configured_or_exposed_is_refused() {
     );
 }
 
+/// `config/tern.service`: hardened as the README says, running the binary with the flags it
+/// has, and, where systemd is installed, a unit `systemd-analyze verify` accepts.
+#[test]
+fn the_systemd_unit_is_hardened_and_valid() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.service"))
+        .expect("read the unit");
+    for line in [
+        "ExecStart=/usr/local/bin/tern -c /etc/tern/tern.toml",
+        "ExecStartPre=/usr/local/bin/tern --check-config -c /etc/tern/tern.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "DynamicUser=yes",
+        "StateDirectory=tern",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line:?}");
+    }
+    // The flags of ExecStartPre work on the shipped configuration.
+    let out = tern()
+        .args(["--check-config", "-c"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml"))
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze not installed: the unit's syntax is not verified here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tern.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/tern", env!("CARGO_BIN_EXE_tern")),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("tern.service"),
+        "{err}"
+    );
+}
+
 #[test]
 fn toml_syntax_error_gives_line() {
     let (code, err, _) = check("[mqtt\nmax_packet_size = 1\n");
