@@ -303,3 +303,49 @@ async fn a_subscribe_of_100000_copies_of_one_filter_is_one_subscription() {
         "a round trip took {worst:?} while the SUBSCRIBE was handled"
     );
 }
+
+/// SUBSCRIBE, then PUBLISHes to it, all in one write: each PUBLISH reaches the new
+/// subscription (as on Mosquitto), and after an UNSUBSCRIBE in the same write none does.
+#[tokio::test]
+async fn a_publish_right_behind_a_subscribe_sees_it() {
+    // [MQTT-3.8.4-1], [MQTT-3.10.4-1]
+    let b = TestBroker::start().await;
+    let (mut raw, _) = Raw::connect(b.addr, "pipelined", true, 60).await;
+    let mut wire = bytes::BytesMut::new();
+    let sub = tern::codec::Subscribe {
+        pkid: 1,
+        filters: vec![("pipe/#".into(), QoS::AtMostOnce)],
+    };
+    tern::codec::encode(&Packet::Subscribe(sub), &mut wire);
+    let publish = |i: u32, wire: &mut bytes::BytesMut| {
+        let p = tern::codec::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: bytes::Bytes::from_static(b"pipe/x"),
+            pkid: None,
+            payload: bytes::Bytes::from(format!("m{i}")),
+        };
+        tern::codec::encode(&Packet::Publish(p), wire);
+    };
+    for i in 0..20 {
+        publish(i, &mut wire);
+    }
+    raw.send(&wire).await;
+    assert!(matches!(raw.recv().await, Packet::SubAck(_)));
+    for i in 0..20 {
+        let p = raw.recv_publish().await;
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes());
+    }
+    let mut wire = bytes::BytesMut::new();
+    let unsub = Unsubscribe {
+        pkid: 2,
+        filters: vec!["pipe/#".into()],
+    };
+    tern::codec::encode(&Packet::Unsubscribe(unsub), &mut wire);
+    publish(99, &mut wire);
+    raw.send(&wire).await;
+    assert_eq!(raw.recv().await, Packet::UnsubAck(2));
+    raw.expect_silence(QUIET).await;
+    b.stop().await;
+}

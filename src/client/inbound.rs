@@ -2,6 +2,7 @@
 //! connection answers itself, and the commands that go to the session.
 
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 use tracing::{debug, trace};
 
@@ -231,15 +232,23 @@ impl<S: Transport> Connection<S> {
                     &acc.client_id,
                     acc.username.as_deref(),
                 );
-                SessionCmd::Subscribe {
+                let (routed, hold) = oneshot::channel();
+                let cmd = SessionCmd::Subscribe {
                     pkid: s.pkid,
                     filters: filters.into(),
-                }
+                    routed,
+                };
+                return Ok(Flow::ToSessionThenHold(cmd, hold));
             }
-            Packet::Unsubscribe(u) => SessionCmd::Unsubscribe {
-                pkid: u.pkid,
-                filters: u.filters.into(),
-            },
+            Packet::Unsubscribe(u) => {
+                let (routed, hold) = oneshot::channel();
+                let cmd = SessionCmd::Unsubscribe {
+                    pkid: u.pkid,
+                    filters: u.filters.into(),
+                    routed,
+                };
+                return Ok(Flow::ToSessionThenHold(cmd, hold));
+            }
             Packet::PingReq => {
                 // [MQTT-3.12.4-1]
                 codec::encode(&Packet::PingResp, self.out(0));

@@ -300,6 +300,10 @@ enum Flow {
     Disconnect,
     /// Hand this command to the session.
     ToSession(SessionCmd),
+    /// Hand this command (SUBSCRIBE, UNSUBSCRIBE) to the session, and hold the input after
+    /// it until the session has changed its routes: a PUBLISH sent right behind a SUBSCRIBE
+    /// then reaches the new subscription, as it would on a broker with one thread.
+    ToSessionThenHold(SessionCmd, tokio::sync::oneshot::Receiver<()>),
 }
 
 /// A byte stream the connection reads from. TCP waits for readability before it reserves a

@@ -32,7 +32,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use std::time::Duration;
+
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info};
 
@@ -62,6 +65,8 @@ const COPY_READS_UP_TO: usize = 512;
 /// Frame bytes (or packets) a pause holds before reading stops altogether.
 const PAUSE_LIMIT: usize = 64 * 1024;
 const PAUSE_PACKETS: usize = 1024;
+/// The longest a SUBSCRIBE or UNSUBSCRIBE holds the input after it.
+const ROUTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connected client's connection: what the task holds while it serves one.
 pub(super) struct Connected<S> {
@@ -378,6 +383,12 @@ impl<S: Transport + 'static> Connected<S> {
                         return Poll::Ready(Err(reason));
                     }
                 }
+                Ok(Flow::ToSessionThenHold(cmd, routed)) => {
+                    if let Err(reason) = self.hand_to_session(cmd) {
+                        return Poll::Ready(Err(reason));
+                    }
+                    self.hold_until_routed(routed);
+                }
                 Err(reason) => return Poll::Ready(Err(reason)),
             }
             // Backpressure is judged per packet: the PUBLISH that congested a subscriber
@@ -458,11 +469,26 @@ impl<S: Transport + 'static> Connected<S> {
         }
     }
 
+    /// Holds the input after a SUBSCRIBE or UNSUBSCRIBE until the session has changed its
+    /// routes (a pause, as for backpressure: acks and PINGREQ still go through). Handled only
+    /// when no pause waits, so it replaces no relief.
+    fn hold_until_routed(&mut self, routed: oneshot::Receiver<()>) {
+        let relief: Boxed<()> = Box::pin(async move {
+            // A session that never answers is gone; the mailbox then closes the connection.
+            let _ = timeout(ROUTED_TIMEOUT, routed).await;
+        });
+        self.pause_with(relief);
+    }
+
     /// Starts (or renews) a pause for the subscribers the last PUBLISH congested.
     fn start_pause(&mut self) {
         let patience = self.conn.config.load().session.backpressure_timeout;
         let congested = std::mem::take(&mut self.conn.congested);
-        let relief: Boxed<()> = Box::pin(relieve(congested, Instant::now() + patience));
+        self.pause_with(Box::pin(relieve(congested, Instant::now() + patience)));
+    }
+
+    /// Holds further input (but acks and PINGREQ) until `relief` completes.
+    fn pause_with(&mut self, relief: Boxed<()>) {
         match &mut self.pause {
             Some(p) => p.relief = Some(relief),
             None => {

@@ -27,6 +27,9 @@ pub enum SessionCmd {
         pkid: u16,
         /// Filters in request order with the QoS to grant.
         filters: Box<[(String, Option<QoS>)]>,
+        /// Answered (or dropped) once the routes are installed; the connection holds its
+        /// later input until then.
+        routed: oneshot::Sender<()>,
     },
     /// UNSUBSCRIBE.
     Unsubscribe {
@@ -34,6 +37,8 @@ pub enum SessionCmd {
         pkid: u16,
         /// Filters to remove.
         filters: Box<[String]>,
+        /// Answered (or dropped) once the routes are gone.
+        routed: oneshot::Sender<()>,
     },
     /// PUBACK from the client for one of our QoS 1 deliveries.
     PubAck(u16),

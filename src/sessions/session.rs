@@ -214,8 +214,19 @@ impl Session {
                 let Attach { link, reply } = *a;
                 self.attach(link, reply);
             }
-            SessionCmd::Subscribe { pkid, filters } => self.subscribe(pkid, &filters),
-            SessionCmd::Unsubscribe { pkid, filters } => {
+            SessionCmd::Subscribe {
+                pkid,
+                filters,
+                routed,
+            } => {
+                self.subscribe(pkid, &filters);
+                let _ = routed.send(());
+            }
+            SessionCmd::Unsubscribe {
+                pkid,
+                filters,
+                routed,
+            } => {
                 let mut lsn = 0;
                 for f in filters.iter() {
                     if self.subscriptions.remove(f).is_some() {
@@ -226,6 +237,7 @@ impl Session {
                         });
                     }
                 }
+                let _ = routed.send(());
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
                 let reply = Packet::UnsubAck(pkid);
                 self.pending().control.push_back(stored_reply(reply, lsn));
