@@ -122,8 +122,11 @@ mod tests {
     }
 
     #[test]
-    fn shipped_file_is_the_defaults() {
-        assert_eq!(parse(DEFAULT_CONFIG_TOML), Ok(Config::default()));
+    fn shipped_file_is_the_defaults_with_http_on_loopback() {
+        // Without `[http]` there is no HTTP server; the shipped file turns it on, on loopback.
+        let mut want = Config::default();
+        want.http.bind = Some(([127, 0, 0, 1], 8080).into());
+        assert_eq!(parse(DEFAULT_CONFIG_TOML), Ok(want));
     }
 
     #[test]
