@@ -91,6 +91,46 @@ async fn metrics_parse_and_count_traffic_by_qos_listener_and_reason() {
 }
 
 #[tokio::test]
+async fn connections_are_counted_per_listener_and_transport() {
+    let (broker, addr) = http_broker(|c| {
+        let mut ws = c.listener[0].clone();
+        ws.protocol = "websockets".into();
+        c.listener.push(ws);
+    })
+    .await;
+    let ws_addr = broker.addrs()[1];
+    let _tcp = Client::connect(broker.addr, "over-tcp").await;
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{ws_addr}/mqtt"),
+        tokio::net::TcpStream::connect(ws_addr)
+            .await
+            .expect("connect"),
+    )
+    .await
+    .expect("upgrade");
+    use futures_util::SinkExt;
+    let connect = common::connect_bytes("over-ws");
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(connect))
+        .await
+        .expect("send CONNECT");
+    let (_, samples) = within(WAIT, async {
+        loop {
+            let scraped = scrape(&http_get(addr, "/metrics").await.body);
+            if scraped.1["tern_clients_connected{}"] == 2.0 {
+                return scraped;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let tcp = format!("tern_connections{{listener={},transport=tcp}}", broker.addr);
+    let wsl = format!("tern_connections{{listener={ws_addr},transport=ws}}");
+    assert_eq!((samples[&tcp], samples[&wsl]), (1.0, 1.0));
+    drop(ws);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn drops_and_offline_sessions_show_in_metrics() {
     let (broker, addr) = http_broker(|c| c.session.max_queued_messages = 2).await;
     let mut opts = Client::options(broker.addr, "offline-sub");

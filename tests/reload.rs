@@ -156,3 +156,52 @@ async fn check_retain_source_withholds_retained_messages_whose_publisher_lost_th
     // Mosquitto's default (false): the retained message stays deliverable.
     assert!(retained_after_revocation(false).await);
 }
+
+/// `[http] password_file` is read again on SIGHUP: the new password works and the old one no
+/// longer does; a broken file keeps the one in force.
+#[tokio::test]
+async fn sighup_reloads_the_http_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users = dir.path().join("http-users");
+    std::fs::write(&users, common::pbkdf2_line("admin", "old", 101)).expect("write");
+    let config = format!(
+        "[sys]\nsys_interval = \"0s\"\n[http]\nbind = \"127.0.0.1:0\"\npassword_file = {:?}\n",
+        users.display().to_string()
+    );
+    let broker = BinaryBroker::start(&config).await;
+    broker.wait_for_log("http listening", 1).await;
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("http listening"))
+        .expect("line");
+    let addr: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let status = |password: &'static str| async move {
+        common::http(
+            addr,
+            "GET",
+            "/api/v1/stats",
+            Some(("admin", password)),
+            None,
+        )
+        .await
+        .status
+    };
+    assert_eq!(status("old").await, 200);
+    std::fs::write(&users, common::pbkdf2_line("admin", "new", 101)).expect("write");
+    broker.reload(1).await;
+    assert_eq!((status("old").await, status("new").await), (401, 200));
+    std::fs::write(&users, "admin:garbage\n").expect("write");
+    broker.reload(2).await;
+    assert!(
+        broker.log().contains("http.password_file"),
+        "{}",
+        broker.log()
+    );
+    assert_eq!(status("new").await, 200, "the users in force stay");
+}
