@@ -72,6 +72,12 @@ async fn metrics_parse_and_count_traffic_by_qos_listener_and_reason() {
     assert_eq!(get("tern_messages_dropped_total{reason=queue_full}"), 0.0);
     assert!(get("tern_bytes_received_total{}") > 0.0);
     assert!(get("tern_uptime_seconds{}") >= 0.0);
+    // With persistence (the second pass), the store's figures are there too.
+    if std::env::var_os("TERN_TEST_PERSISTENCE").is_some_and(|v| v == "1") {
+        assert_eq!(get("tern_store_failed{}"), 0.0);
+        let durable = get("tern_store_ops_durable_total{}");
+        assert!(durable <= get("tern_store_ops_submitted_total{}"));
+    }
     // Every family has its help text, and names are Prometheus style.
     for s in &parsed.samples {
         assert!(s.metric.starts_with("tern_"), "{}", s.metric);

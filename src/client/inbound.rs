@@ -119,7 +119,7 @@ impl<S: Transport> Connection<S> {
         trace!(packet = packet.name(), "received");
         let cmd = match packet {
             Packet::Publish(p) => {
-                metrics.received(p.qos, p.payload.len());
+                self.received.add(p.qos, p.payload.len());
                 let config = self.config.load();
                 protocol::check_publish(&p, &config.mqtt)?;
                 let backpressure = !config.session.backpressure_timeout.is_zero();

@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::observability::metrics::OpenSocket;
+use crate::observability::metrics::{OpenSocket, Tally};
 use tracing::Instrument;
 
 mod gated;
@@ -179,6 +179,7 @@ pub fn serve<S: Transport + 'static>(
         config: Cache::new(shared.config.clone()),
         shared,
         conn_id,
+        received: Tally::default(),
         slot,
     };
     ConnTask::Handshake(Box::pin(conn.handshake_phase(identity, peer))).instrument(span)
@@ -244,6 +245,8 @@ struct Connection<S> {
     /// per use instead of an `ArcSwap` load).
     config: Cache<Arc<ArcSwap<Config>>, Arc<Config>>,
     conn_id: ConnId,
+    /// PUBLISHes received since the counters were last added to (once per input step).
+    received: Tally,
     /// Held while the socket lives (see `Slot`).
     slot: Slot,
 }

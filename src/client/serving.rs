@@ -328,6 +328,10 @@ impl<S: Transport + 'static> Connected<S> {
     fn input_step(&mut self, cx: &mut Context<'_>) -> Step {
         let before = self.conn.unwritten();
         let handled = self.poll_input(cx);
+        self.conn
+            .shared
+            .metrics
+            .flush_received(&mut self.conn.received);
         self.acked += self.conn.unwritten().saturating_sub(before);
         match handled {
             Poll::Pending => Step::Idle,

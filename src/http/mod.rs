@@ -143,9 +143,12 @@ pub fn load_users(cfg: &HttpConfig) -> Result<Option<PasswordFile>, AuthError> {
         .transpose()
 }
 
-/// `/health/ready`: 200 once the listeners serve, 503 before and while stopping.
+/// `/health/ready`: 200 once the listeners serve (the store recovered before them), 503
+/// before, while stopping, and once the store failed.
 async fn ready(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) && !state.shared.shutdown.is_cancelled() {
+    let shared = &state.shared;
+    let store_ok = shared.store.as_ref().is_none_or(|s| s.failed().is_none());
+    if state.ready.load(Ordering::Acquire) && !shared.shutdown.is_cancelled() && store_ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

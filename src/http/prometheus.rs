@@ -27,6 +27,8 @@ struct Figures {
     listeners: Vec<(String, &'static str, u64, u64)>,
     heap: u64,
     uptime: f64,
+    /// With persistence: ops submitted, ops durable, and whether the store failed.
+    store: Option<(u64, u64, bool)>,
 }
 
 /// One metric family: (labels, value) per series.
@@ -250,6 +252,29 @@ impl Collector for Figures {
         for (name, help, value) in gauges {
             family(e, name, help, Gauge, one(value as u64))?;
         }
+        if let Some((submitted, durable, failed)) = self.store {
+            family(
+                e,
+                "tern_store_ops_submitted",
+                "Store operations submitted (records to write; with persistence)",
+                Counter,
+                one(submitted),
+            )?;
+            family(
+                e,
+                "tern_store_ops_durable",
+                "Store operations written and synced as `sync` asks",
+                Counter,
+                one(durable),
+            )?;
+            family(
+                e,
+                "tern_store_failed",
+                "1 once a write or sync failed: nothing more is acknowledged",
+                Gauge,
+                one(u64::from(failed)),
+            )?;
+        }
         let mut up = e.encode_descriptor(
             "tern_uptime_seconds",
             "Seconds since the broker started",
@@ -279,6 +304,10 @@ pub(super) async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoRes
             .collect(),
         heap: crate::observability::memory::heap_or_resident() as u64,
         uptime: state.started.elapsed().as_secs_f64(),
+        store: shared
+            .store
+            .as_ref()
+            .map(|s| (s.submitted(), s.durable_lsn(), s.failed().is_some())),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(figures));

@@ -92,6 +92,36 @@ pub struct ListenerStats {
     pub open: AtomicU64,
 }
 
+/// PUBLISH packets and their payload bytes by QoS, counted by one task over a batch (the
+/// packets of one read, the messages of one fill) and added to the shared counters once per
+/// batch: the counters are shared by every core, and one atomic add per message per counter
+/// cost measurable throughput at QoS 0.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    messages: [u64; 3],
+    bytes: [u64; 3],
+}
+
+impl Tally {
+    /// Counts one PUBLISH.
+    #[inline]
+    pub fn add(&mut self, qos: QoS, payload: usize) {
+        let q = qos as usize;
+        self.messages[q] += 1;
+        self.bytes[q] += payload as u64;
+    }
+
+    fn flush(&mut self, messages: &[AtomicU64; 3], bytes: &[AtomicU64; 3]) {
+        for q in 0..3 {
+            if self.messages[q] > 0 {
+                Metrics::add(&messages[q], self.messages[q]);
+                Metrics::add(&bytes[q], self.bytes[q]);
+            }
+        }
+        *self = Tally::default();
+    }
+}
+
 /// One open socket of a listener: counted while it lives.
 #[derive(Debug)]
 pub struct OpenSocket(Arc<ListenerStats>);
@@ -204,18 +234,14 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts a PUBLISH received from a client.
-    pub fn received(&self, qos: QoS, payload: usize) {
-        let q = qos as usize;
-        Metrics::incr(&self.messages_received[q]);
-        Metrics::add(&self.payload_bytes_received[q], payload as u64);
+    /// Adds what a connection received and resets the tally.
+    pub fn flush_received(&self, t: &mut Tally) {
+        t.flush(&self.messages_received, &self.payload_bytes_received);
     }
 
-    /// Counts a PUBLISH handed to a client's connection.
-    pub fn sent(&self, qos: QoS, payload: usize) {
-        let q = qos as usize;
-        Metrics::incr(&self.messages_sent[q]);
-        Metrics::add(&self.payload_bytes_sent[q], payload as u64);
+    /// Adds what a session sent and resets the tally.
+    pub fn flush_sent(&self, t: &mut Tally) {
+        t.flush(&self.messages_sent, &self.payload_bytes_sent);
     }
 
     /// Counts a client that just connected.

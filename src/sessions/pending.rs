@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::Outbound;
 use crate::config::SessionConfig;
 use crate::message::QoS;
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::Tally;
 use crate::sessions::backlog::Backlog;
 use crate::sessions::inflight::Inflight;
 use crate::sessions::mqueue::{MQueue, Queued};
@@ -57,7 +57,7 @@ impl Pending {
     /// `on_sent` hears of each stored message given a packet id.
     pub(super) fn next(
         &mut self,
-        metrics: &Metrics,
+        sent: &mut Tally,
         backlog: &Backlog,
         on_sent: &mut impl FnMut(&Queued, u16),
     ) -> Option<Outbound> {
@@ -77,7 +77,7 @@ impl Pending {
             }
         }
         backlog.removed(1, true);
-        metrics.sent(q.qos, q.msg.payload.len());
+        sent.add(q.qos, q.msg.payload.len());
         Some(Outbound::Publish {
             msg: q.msg,
             qos: q.qos,

@@ -24,7 +24,7 @@ use crate::auth::{Access, Acl};
 use crate::codec::Packet;
 use crate::config::Config;
 use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
-use crate::observability::metrics::{DropReason, Metrics};
+use crate::observability::metrics::{DropReason, Metrics, Tally};
 use crate::routing::router::Route;
 use crate::sessions::inflight::{Flight, Inflight};
 use crate::sessions::mailbox::{Mailbox, Received};
@@ -476,10 +476,12 @@ impl Session {
                 }
             }
         };
-        match link
+        let mut sent = Tally::default();
+        let filled = link
             .outbound
-            .fill(|| pending.next(metrics, backlog, &mut on_sent))
-        {
+            .fill(|| pending.next(&mut sent, backlog, &mut on_sent));
+        metrics.flush_sent(&mut sent);
+        match filled {
             Ok(full) => self.blocked = full && pending.has_work(),
             Err(Closed) => self.unlink(None),
         }
