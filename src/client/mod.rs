@@ -13,7 +13,8 @@
 //!
 //! - `handshake`: CONNECT to CONNACK.
 //! - `inbound`: one packet from the client.
-//! - `serving`: the connected loop: which source is polled when, keepalive, backpressure.
+//! - `serving`: the connected loop: which source is polled when, keepalive, backpressure;
+//!   `serving::pause` holds input back (backpressure, and behind SUBSCRIBE/UNSUBSCRIBE).
 //! - `protocol`: the CONNECT, PUBLISH and SUBSCRIBE rules, with no IO.
 //! - `keepalive`: the 1.5 x keepalive rule.
 
@@ -245,7 +246,8 @@ struct Connection<S> {
     /// per use instead of an `ArcSwap` load).
     config: Cache<Arc<ArcSwap<Config>>, Arc<Config>>,
     conn_id: ConnId,
-    /// PUBLISHes received since the counters were last added to (once per input step).
+    /// PUBLISHes and bytes received since the counters were last added to (once per input
+    /// step).
     received: Tally,
     /// Held while the socket lives (see `Slot`).
     slot: Slot,

@@ -24,18 +24,14 @@
 //! while input is held still has that input handled (a QoS 0 publisher often writes its
 //! burst and closes at once); the connection closes after it.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info};
 
@@ -43,13 +39,17 @@ use super::{
     Boxed, CloseReason, Connection, Flow, Transport, GOODBYE_TIMEOUT, WRITE_BATCH_BYTES,
     WRITE_BATCH_PACKETS,
 };
-use crate::codec::{self, DecodeError, Packet};
+use crate::codec::{self, Packet};
 use crate::observability::metrics::Metrics;
-use crate::sessions::mailbox::{Mailbox, SendError, TrySendError};
+use crate::sessions::mailbox::{SendError, TrySendError};
 use crate::sessions::outbound::Event;
 use crate::sessions::{Kick, SessionCmd};
 
 use super::Client;
+
+mod pause;
+
+use pause::Pause;
 
 /// Iterations of the serving loop in one poll before the task yields to others.
 const TURNS_PER_POLL: usize = 32;
@@ -65,8 +65,6 @@ const COPY_READS_UP_TO: usize = 512;
 /// Frame bytes (or packets) a pause holds before reading stops altogether.
 const PAUSE_LIMIT: usize = 64 * 1024;
 const PAUSE_PACKETS: usize = 1024;
-/// The longest a SUBSCRIBE or UNSUBSCRIBE holds the input after it.
-const ROUTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connected client's connection: what the task holds while it serves one.
 pub(super) struct Connected<S> {
@@ -89,18 +87,6 @@ pub(super) struct Connected<S> {
     /// The client closed its side while input was held: what it sent before is handled
     /// first, then the connection closes.
     peer_closed: bool,
-}
-
-/// A backpressure pause: while a subscriber this client fed is congested, its further input
-/// waits, so TCP slows the publisher down instead of the subscriber losing messages.
-struct Pause {
-    /// Completes when the congested subscribers drained (or were found stuck); `None` once
-    /// it has, while the held packets are handled.
-    relief: Option<Boxed<()>>,
-    /// Packets read during the pause that must keep their order: all but acks and PINGREQ.
-    held: VecDeque<Packet>,
-    /// Frame bytes in `held`.
-    held_bytes: usize,
 }
 
 /// What one look at the sources found.
@@ -417,34 +403,6 @@ impl<S: Transport + 'static> Connected<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// The next packet to handle while there is a pause: during it, the next ack or PINGREQ
-    /// in the read buffer (the rest is held); after it, the held packets first.
-    #[cold]
-    #[inline(never)]
-    fn next_with_pause(&mut self, max_packet: usize) -> Result<Option<Packet>, DecodeError> {
-        let Some(pause) = &mut self.pause else {
-            return codec::decode(&mut self.conn.rbuf, max_packet);
-        };
-        if pause.relief.is_none() {
-            if let Some(p) = pause.held.pop_front() {
-                return Ok(Some(p));
-            }
-            return codec::decode(&mut self.conn.rbuf, max_packet);
-        }
-        loop {
-            let len = self.conn.rbuf.len();
-            match codec::decode(&mut self.conn.rbuf, max_packet)? {
-                Some(p) if !is_ack(&p) => {
-                    pause.held_bytes += len - self.conn.rbuf.len();
-                    pause.held.push_back(p);
-                    // Received, if not yet handled: keepalive counts what the client sent.
-                    self.got_packet = true;
-                }
-                next => return Ok(next),
-            }
-        }
-    }
-
     /// Hands `cmd` to the session, or parks it until the mailbox has room.
     fn hand_to_session(&mut self, cmd: SessionCmd) -> Result<(), CloseReason> {
         if let SessionCmd::PubRec(id) = cmd {
@@ -470,38 +428,6 @@ impl<S: Transport + 'static> Connected<S> {
         match e {
             SendError::Closed => CloseReason::Discarded,
             SendError::Superseded => CloseReason::TakenOver,
-        }
-    }
-
-    /// Holds the input after a SUBSCRIBE or UNSUBSCRIBE until the session has changed its
-    /// routes (a pause, as for backpressure: acks and PINGREQ still go through). Handled only
-    /// when no pause waits, so it replaces no relief.
-    fn hold_until_routed(&mut self, routed: oneshot::Receiver<()>) {
-        let relief: Boxed<()> = Box::pin(async move {
-            // A session that never answers is gone; the mailbox then closes the connection.
-            let _ = timeout(ROUTED_TIMEOUT, routed).await;
-        });
-        self.pause_with(relief);
-    }
-
-    /// Starts (or renews) a pause for the subscribers the last PUBLISH congested.
-    fn start_pause(&mut self) {
-        let patience = self.conn.config.load().session.backpressure_timeout;
-        let congested = std::mem::take(&mut self.conn.congested);
-        self.pause_with(Box::pin(relieve(congested, Instant::now() + patience)));
-    }
-
-    /// Holds further input (but acks and PINGREQ) until `relief` completes.
-    fn pause_with(&mut self, relief: Boxed<()>) {
-        match &mut self.pause {
-            Some(p) => p.relief = Some(relief),
-            None => {
-                self.pause = Some(Box::new(Pause {
-                    relief: Some(relief),
-                    held: VecDeque::new(),
-                    held_bytes: 0,
-                }))
-            }
         }
     }
 
@@ -554,15 +480,6 @@ impl<S: Transport + 'static> Connected<S> {
     }
 }
 
-/// True for the packets a pause does not hold back: acks of this client's deliveries, which
-/// free the session it may be waiting for, and PINGREQ, which keeps it alive.
-fn is_ack(p: &Packet) -> bool {
-    matches!(
-        p,
-        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
-    )
-}
-
 /// Writes the whole buffer, then flushes; progress is kept in `wbuf` and `flushing`, so this
 /// can be polled again from scratch after any `Pending`.
 fn poll_write_out<S: Transport>(
@@ -584,28 +501,6 @@ fn poll_write_out<S: Transport>(
         *flushing = false;
     }
     Poll::Ready(Ok(()))
-}
-
-/// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
-/// progress by then is marked stuck, so publishers stop waiting for it.
-async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
-    congested.sort_unstable_by_key(|m| Arc::as_ptr(m) as usize);
-    congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
-    let seen: Vec<u64> = congested.iter().map(|m| m.backlog().progress()).collect();
-    for (mailbox, before) in congested.iter().zip(seen) {
-        let backlog = mailbox.backlog();
-        while !backlog.relieved() && !backlog.is_stuck() {
-            if tokio::time::timeout_at(deadline, backlog.wait_drained())
-                .await
-                .is_err()
-            {
-                if backlog.progress() == before {
-                    backlog.mark_stuck(before);
-                }
-                break;
-            }
-        }
-    }
 }
 
 fn kicked(k: Kick) -> CloseReason {
