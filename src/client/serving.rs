@@ -279,7 +279,7 @@ impl<S: Transport + 'static> Connected<S> {
                 }
                 Poll::Ready(Err(e)) => return Step::Close(e.into()),
                 Poll::Ready(Ok(n)) => {
-                    Metrics::add(&self.conn.shared.metrics.bytes_received, n as u64);
+                    self.conn.received.read(n);
                     if n <= COPY_READS_UP_TO && self.conn.rbuf.len() == n {
                         self.conn.rbuf = BytesMut::from(&self.conn.rbuf[..]);
                     }

@@ -92,14 +92,15 @@ pub struct ListenerStats {
     pub open: AtomicU64,
 }
 
-/// PUBLISH packets and their payload bytes by QoS, counted by one task over a batch (the
-/// packets of one read, the messages of one fill) and added to the shared counters once per
-/// batch: the counters are shared by every core, and one atomic add per message per counter
-/// cost measurable throughput at QoS 0.
+/// PUBLISH packets and their payload bytes by QoS, and socket bytes, counted by one task over
+/// a batch (the reads and packets of one input step, the messages of one fill) and added to
+/// the shared counters once per batch: the counters are shared by every core, and one atomic
+/// add per message per counter cost measurable throughput at QoS 0.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tally {
     messages: [u64; 3],
     bytes: [u64; 3],
+    wire: u64,
 }
 
 impl Tally {
@@ -111,7 +112,16 @@ impl Tally {
         self.bytes[q] += payload as u64;
     }
 
-    fn flush(&mut self, messages: &[AtomicU64; 3], bytes: &[AtomicU64; 3]) {
+    /// Counts `n` bytes read from a socket.
+    #[inline]
+    pub fn read(&mut self, n: usize) {
+        self.wire += n as u64;
+    }
+
+    fn flush(&mut self, messages: &[AtomicU64; 3], bytes: &[AtomicU64; 3], wire: &AtomicU64) {
+        if self.wire > 0 {
+            Metrics::add(wire, self.wire);
+        }
         for q in 0..3 {
             if self.messages[q] > 0 {
                 Metrics::add(&messages[q], self.messages[q]);
@@ -236,12 +246,20 @@ impl Metrics {
 
     /// Adds what a connection received and resets the tally.
     pub fn flush_received(&self, t: &mut Tally) {
-        t.flush(&self.messages_received, &self.payload_bytes_received);
+        t.flush(
+            &self.messages_received,
+            &self.payload_bytes_received,
+            &self.bytes_received,
+        );
     }
 
     /// Adds what a session sent and resets the tally.
     pub fn flush_sent(&self, t: &mut Tally) {
-        t.flush(&self.messages_sent, &self.payload_bytes_sent);
+        t.flush(
+            &self.messages_sent,
+            &self.payload_bytes_sent,
+            &self.bytes_sent,
+        );
     }
 
     /// Counts a client that just connected.

@@ -64,8 +64,11 @@ impl Backlog {
 
     /// The session's inflight window now holds `n` messages.
     pub fn set_inflight(&self, n: usize) {
-        self.inflight
-            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        // Written only when it changed: the line is the publishers' too.
+        if self.inflight.load(Ordering::Relaxed) != n {
+            self.inflight.store(n, Ordering::Relaxed);
+        }
     }
 
     /// True if the session has a connection.
