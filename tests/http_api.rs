@@ -248,6 +248,8 @@ async fn publish_reaches_subscribers_and_bad_requests_are_refused() {
         json!({ "topic": "a", "encoding": "hex" }),
         json!({ "topic": "a", "extra": 1 }),
         json!({ "payload": "no topic" }),
+        // Over max_packet_size (1 MiB by default) as a PUBLISH.
+        json!({ "topic": "a", "payload": "x".repeat(1 << 20) }),
     ] {
         let r = http(addr, "POST", "/api/v1/publish", None, Some(bad.clone())).await;
         assert!(

@@ -376,6 +376,13 @@ async fn publish(
             )))
         }
     };
+    // The PUBLISH each subscriber gets must fit their packet limit: header, topic, id, payload.
+    if 7 + name.len() + payload.len() > config.mqtt.max_packet_size {
+        return Err(bad(format!(
+            "the message is over mqtt.max_packet_size ({} bytes)",
+            config.mqtt.max_packet_size
+        )));
+    }
     let limit = config.mqtt.message_size_limit;
     if limit > 0 && payload.len() > limit {
         return Err(bad(format!(
