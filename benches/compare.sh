@@ -315,26 +315,12 @@ websocket > "$OUT/websocket.table"
 # The table: one row per figure; ratios are Tern / other (higher is better for rates,
 # lower is better for latency, memory and bytes per connection).
 python3 - "$OUT" <<'EOF'
-import sys, re, statistics
+import sys
 out = sys.argv[1]
-def load(b):
-    # Repeated scenarios ("label#n") become one row of medians.
-    runs = {}
-    for line in open(f"{out}/{b}.results"):
-        label, _, rest = line.strip().partition(" ")
-        kv = dict(re.findall(r"(\w+)=([^\s]+)", rest))
-        runs.setdefault(label.split("#")[0], []).append(kv)
-    rows = {}
-    for label, kvs in runs.items():
-        row = {}
-        for key in kvs[0]:
-            try:
-                row[key] = str(statistics.median(float(kv[key]) for kv in kvs if key in kv))
-            except ValueError:
-                row[key] = kvs[0][key]
-        rows[label] = row
-    return rows
-res = {b: load(b) for b in ("tern", "mosquitto", "rumqttd")}
+# Repeated scenarios ("label#n") become one row of medians: benches/chart.py reads them so.
+sys.path.insert(0, "benches")
+from chart import load
+res = {b: load(f"{out}/{b}.results") for b in ("tern", "mosquitto", "rumqttd")}
 figures = []
 for label in res["tern"]:
     if label.startswith(("fanin_q", "fanout", "pairs")) and not label.endswith("memory"):

@@ -119,16 +119,12 @@ async fn connections_are_counted_per_listener_and_transport() {
     ws.send(tokio_tungstenite::tungstenite::Message::binary(connect))
         .await
         .expect("send CONNECT");
-    let (_, samples) = within(WAIT, async {
-        loop {
-            let scraped = scrape(&http_get(addr, "/metrics").await.body);
-            if scraped.1["tern_clients_connected{}"] == 2.0 {
-                return scraped;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let connected = |r: &common::HttpReply| scrape(&r.body).1["tern_clients_connected{}"] == 2.0;
+    let (_, samples) = scrape(
+        &common::http_until(addr, "GET", "/metrics", connected)
+            .await
+            .body,
+    );
     let tcp = format!("tern_connections{{listener={},transport=tcp}}", broker.addr);
     let wsl = format!("tern_connections{{listener={ws_addr},transport=ws}}");
     assert_eq!((samples[&tcp], samples[&wsl]), (1.0, 1.0));
