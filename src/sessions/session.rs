@@ -513,6 +513,12 @@ impl Session {
         self.mailbox.close();
         if let Some(link) = self.link.take() {
             link.outbound.kick(discarded.unwrap_or(Kick::Discarded));
+            // Still attached when the broker stops (its connection's goodbye may not have
+            // reached it yet): it is detached now, and its expiry after a restart counts
+            // from here, not from the restart.
+            if discarded == Some(Kick::Shutdown) {
+                self.record(wall_clock_ms());
+            }
         }
         // A stored session keeps its routes while the broker stops: a message acknowledged
         // in that window is still written to its queue on disk (the offer itself is refused),
