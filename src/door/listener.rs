@@ -164,7 +164,11 @@ pub async fn accept_loop(
             (Some(acceptor), websockets) => {
                 let use_identity = door.use_identity_as_username;
                 tracker.spawn(async move {
-                    match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+                    // Boxed, as the WebSocket upgrade: the handshake's state would otherwise
+                    // stay in the task for the connection's whole life.
+                    let handshake =
+                        Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(socket)));
+                    match handshake.await {
                         Ok(Ok(stream)) => {
                             let identity = if use_identity {
                                 match crate::door::tls::identity(stream.get_ref().1) {

@@ -24,12 +24,18 @@ use tracing::debug;
 use crate::client::{self, protocol::Identity, Transport};
 use crate::sessions::Shared;
 
-/// Bytes tungstenite reserves for reading at once, per connection: small, so an idle
-/// WebSocket client costs at most twice an idle TCP one; a frame larger than this is read
-/// into room reserved for its whole length. Measured (benches/README.md): 1 KiB cost 2.4x
-/// an idle TCP client's memory, 64 B cost a third of the throughput; 256 B is both within
-/// target.
-const READ_BUFFER: usize = 256;
+/// Bytes tungstenite reserves for reading at once, per connection, and so holds while the
+/// client is idle: small, so an idle WebSocket client costs at most twice an idle TCP one.
+/// Its reads are served from `ReadAhead`, so their size no longer sets the syscall count.
+const READ_BUFFER: usize = 64;
+
+/// Bytes `ReadAhead` asks the socket for at first: a handshake or a lone packet fits, and a
+/// connection that only ever sends those never holds more.
+const READ_AHEAD_MIN: usize = 512;
+
+/// The most `ReadAhead` asks for at once, as the TCP path reads; reached by doubling each
+/// time a read fills what was asked.
+const READ_AHEAD_MAX: usize = 16 * 1024;
 
 /// The largest frame written: the connection's buffer goes out in frames of this size.
 const MAX_FRAME: usize = 16 * 1024;
@@ -45,6 +51,90 @@ pub struct WsStream<S> {
     ws: WebSocketStream<S>,
     /// What `poll_read` has not handed out yet of the last binary frame.
     rest: Bytes,
+}
+
+/// The stream under tungstenite: reads the socket in chunks (growing from `READ_AHEAD_MIN`
+/// to `READ_AHEAD_MAX` while reads fill them) and hands them out in the small pieces
+/// tungstenite asks for, holding a chunk only while it has bytes left or the socket keeps
+/// delivering; an idle connection holds none.
+pub struct ReadAhead<S> {
+    inner: S,
+    ahead: BytesMut,
+    chunk: usize,
+}
+
+impl<S> ReadAhead<S> {
+    /// `inner` with nothing read ahead yet.
+    pub fn new(inner: S) -> ReadAhead<S> {
+        ReadAhead {
+            inner,
+            ahead: BytesMut::new(),
+            chunk: READ_AHEAD_MIN,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ahead.is_empty() {
+            this.ahead.reserve(this.chunk);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.ahead) {
+                Poll::Pending => {
+                    this.ahead = BytesMut::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(r) => {
+                    if r? >= this.chunk {
+                        this.chunk = (this.chunk * 2).min(READ_AHEAD_MAX);
+                    }
+                }
+            }
+        }
+        hand_out(&mut this.ahead, out);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Moves as much of `src` (one contiguous buffer) as `out` has room for.
+fn hand_out(src: &mut impl Buf, out: &mut ReadBuf<'_>) {
+    let n = src.remaining().min(out.remaining());
+    out.put_slice(&src.chunk()[..n]);
+    src.advance(n);
 }
 
 /// Why a frame did not become bytes.
@@ -125,9 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 Some(frame) => this.rest = frame,
             }
         }
-        let n = this.rest.len().min(out.remaining());
-        out.put_slice(&this.rest[..n]);
-        this.rest.advance(n);
+        hand_out(&mut this.rest, out);
         Poll::Ready(Ok(()))
     }
 }
@@ -186,7 +274,7 @@ fn select_subprotocol(req: &Request, mut resp: Response) -> Result<Response, Err
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     max_packet_size: usize,
-) -> Result<WsStream<S>, WsError> {
+) -> Result<WsStream<ReadAhead<S>>, WsError> {
     let max = max_packet_size.saturating_add(FRAME_SLACK);
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = READ_BUFFER;
@@ -194,9 +282,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     config.write_buffer_size = 0;
     config.max_frame_size = Some(max);
     config.max_message_size = Some(max);
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, select_subprotocol, Some(config))
-            .await?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        ReadAhead::new(stream),
+        select_subprotocol,
+        Some(config),
+    )
+    .await?;
     Ok(WsStream::new(ws))
 }
 
@@ -211,9 +302,52 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     deadline: tokio::time::Instant,
 ) {
     let max_packet_size = shared.config.load().mqtt.max_packet_size;
-    match tokio::time::timeout_at(deadline, accept(stream, max_packet_size)).await {
+    // Boxed: the upgrade's state (request, response, a read buffer) is about 900 B, and inline
+    // it would stay in the task for the connection's whole life.
+    let upgrade = Box::pin(tokio::time::timeout_at(
+        deadline,
+        accept(stream, max_packet_size),
+    ));
+    match upgrade.await {
         Ok(Ok(ws)) => client::serve(ws, peer, shared, identity, slot).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
         Err(_) => debug!(%peer, "WebSocket upgrade timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+
+    /// Bytes written in one burst come out whole through tungstenite-sized reads, the chunk
+    /// grows while reads fill it, and a drained, waiting stream holds no buffer.
+    #[tokio::test]
+    async fn read_ahead_hands_out_small_pieces_and_releases_when_idle() {
+        let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        writer.write_all(&sent).await.unwrap();
+        let mut ahead = ReadAhead::new(reader);
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let mut piece = [0u8; READ_BUFFER];
+            let mut out = ReadBuf::new(&mut piece);
+            poll_fn(|cx| Pin::new(&mut ahead).poll_read(cx, &mut out))
+                .await
+                .unwrap();
+            assert!(!out.filled().is_empty());
+            got.extend_from_slice(out.filled());
+        }
+        assert_eq!(got, sent);
+        assert_eq!(ahead.chunk, READ_AHEAD_MAX);
+        let mut piece = [0u8; READ_BUFFER];
+        let waiting = poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut piece);
+            Poll::Ready(Pin::new(&mut ahead).poll_read(cx, &mut out).is_pending())
+        })
+        .await;
+        assert!(waiting);
+        assert_eq!(ahead.ahead.capacity(), 0);
     }
 }
