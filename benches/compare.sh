@@ -7,6 +7,7 @@
 #   QUICK=1 benches/compare.sh    # fewer messages, for a smoke test
 #   DURABLE_ONLY=1 benches/compare.sh   # only the persistence table (about 2 minutes)
 #   WS_ONLY=1 benches/compare.sh        # only the WebSocket table (about 2 minutes)
+#   SHARED_ONLY=1 benches/compare.sh    # only the shared-subscription table (about 2 minutes)
 #
 # The persistence table runs QoS 1 fan-in (4 publishers, 64 B) to one subscriber with a
 # persistent session and to a clean one, against Tern in memory, Tern with `persistence` on and
@@ -41,7 +42,7 @@ TERN=target/release/tern
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 NEEDED="$MOSQUITTO"
-[ -n "${DURABLE_ONLY:-}${WS_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
+[ -n "${DURABLE_ONLY:-}${WS_ONLY:-}${SHARED_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
 for b in $NEEDED; do
   [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
 done
@@ -267,8 +268,45 @@ for broker in ("tern", "mosquitto"):
 EOF
 }
 
+# Shared subscriptions: QoS 0 and 1 fan-in (4 publishers, 64 B) to one subscriber, and to a
+# `$share` group of 8 members, on the same broker; the ratio is what the group costs per
+# delivered message.
+shared_subs() {
+  : > "$OUT/shared-tern.results"; : > "$OUT/shared-mosquitto.results"
+  for rep in $(seq 1 "$REPS"); do
+    for broker in tern mosquitto; do
+      port=$(free_port); start_broker "$broker" "$port"
+      for qos in 0 1; do
+        for s in fanin shared; do
+          extra=""; [ "$s" = shared ] && extra="--members 8"
+          line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$PID" --timeout 30 $s --publishers 4 $extra --count $((COUNT / 4)) --qos "$qos" --payload 64 2>>"$OUT/shared.err" || echo "failed=1")
+          echo "${s}_q$qos#$rep $line" >> "$OUT/shared-$broker.results"
+        done
+      done
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
+  done
+  (cd benches && python3 - "../$OUT" <<'EOF'
+import sys
+from chart import load
+print("| QoS | broker    | fan-in to 1 msg/s | to a group of 8 msg/s | group/one | lost | dup |")
+print("|-----|-----------|-------------------|-----------------------|-----------|------|-----|")
+for q in ("0", "1"):
+    for broker in ("tern", "mosquitto"):
+        rows = load(f"{sys.argv[1]}/shared-{broker}.results")
+        one, group = rows.get(f"fanin_q{q}", {}), rows.get(f"shared_q{q}", {})
+        a, b = one.get("rate_msg_s"), group.get("rate_msg_s")
+        f = lambda v: "-" if v is None else f"{v:,.0f}"
+        ratio = "-" if not a or b is None else f"{b / a:.2f}"
+        lost, dup = f(group.get("lost")), f(group.get("dup"))
+        print(f"| {q:<3} | {broker:<9} | {f(a):>17} | {f(b):>21} | {ratio:>9} | {lost:>4} | {dup:>3} |")
+EOF
+  )
+}
+
 if [ -n "${DURABLE_ONLY:-}" ]; then durable; exit 0; fi
 if [ -n "${WS_ONLY:-}" ]; then websocket; exit 0; fi
+if [ -n "${SHARED_ONLY:-}" ]; then shared_subs; exit 0; fi
 
 # This machine's speed drifts by up to 2x over minutes, so every group of runs goes through
 # the brokers in turn, close together in time: a drift touches all of them alike.

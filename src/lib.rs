@@ -14,7 +14,7 @@
 //! | [`client`] | the connection task (one per socket) and the protocol rules |
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
-//! | [`routing`] | the router, the subscription trie, the retained store, topic rules |
+//! | [`routing`] | the router, the subscription trie, shared subscriptions' groups, the retained store, topic rules |
 //! | [`codec`], [`observability`], [`config`], [`store`] | packets; counters, `$SYS` and the heap count; the TOML configuration; durable state on disk (fjall) |
 //! | [`message`] | the application message and the ids every layer shares |
 //!
@@ -77,7 +77,9 @@
 //!    disconnected instead).
 //! 3. It calls the router ([`routing::router`]): a retained message is stored first (a copy,
 //!    so it does not pin the frame), then the matching routes are found (one delivery per
-//!    session, at its highest grant) and each session's mailbox is offered one `Delivery`
+//!    session, at its highest grant, and one for a member of each matching shared
+//!    subscription's group, picked among those that keep up: [`routing::shared`]) and each
+//!    session's mailbox is offered one `Delivery`
 //!    holding an `Arc` of the one message. Only then is PUBACK (QoS 1) or PUBREC (QoS 2)
 //!    encoded: an acknowledged message is owed to every subscriber that matched.
 //! 4. Each subscriber's session takes the delivery, checks it against its client's ACL, and
@@ -136,6 +138,10 @@
 //!   their sources directly, so an idle client is its two small tasks, its socket
 //!   registration, its mailbox and its link; anything rare (handshake, a full mailbox, a
 //!   backpressure pause) is boxed while it runs.
+//! - A shared subscription's delivery carries its group's key: a member that cannot take it
+//!   (full mailbox, ending) or that loses its connection with it unacknowledged hands it to
+//!   another member (`Router::redispatch`, `sessions::delivering`), so a group's QoS 1/2
+//!   message is dropped only when no member can take it.
 //! - A retained publish and a subscribe's retained read are atomic under the retained store's
 //!   lock, so a new subscriber gets a concurrent retained message once.
 //!

@@ -1,4 +1,4 @@
-//! The flow scenarios (fan-in, fan-out, pairs, latency): publishers with a window of
+//! The flow scenarios (fan-in, fan-out, pairs, shared, latency): publishers with a window of
 //! unacknowledged messages, subscribers that check every delivery.
 
 use std::net::SocketAddr;
@@ -44,6 +44,21 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// Adds what another member of a group saw; a message both saw is a duplicate.
+    fn merge(&mut self, other: &Tally) {
+        if self.seen.len() < other.seen.len() {
+            self.seen.resize(other.seen.len(), 0);
+        }
+        for (mine, theirs) in self.seen.iter_mut().zip(&other.seen) {
+            self.dup += u64::from((*mine & theirs).count_ones());
+            *mine |= theirs;
+        }
+        self.unique = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.dup += other.dup;
+    }
+}
+
 /// What one subscriber saw.
 struct SubReport {
     tallies: Vec<Tally>,
@@ -69,11 +84,32 @@ async fn subscribe(stream: &mut Conn, filter: &str, qos: QoS) -> Result<()> {
     Ok(())
 }
 
-/// Reads deliveries until `expected` unique messages arrived or `deadline` passed.
+/// Unique deliveries counted toward `expected`: one subscriber's own, or a shared
+/// subscription group's, whose members stop together once the group has them all.
+#[derive(Clone)]
+struct Goal {
+    done: Arc<AtomicU64>,
+    expected: u64,
+}
+
+impl Goal {
+    fn new(expected: u64) -> Goal {
+        Goal {
+            done: Arc::new(AtomicU64::new(0)),
+            expected,
+        }
+    }
+
+    fn reached(&self) -> bool {
+        self.done.load(Ordering::Relaxed) >= self.expected
+    }
+}
+
+/// Reads deliveries until the goal is reached or `deadline` passed.
 async fn subscriber(
     mut stream: Conn,
     publishers: usize,
-    expected: u64,
+    goal: Goal,
     keep_latencies: bool,
     deadline: Instant,
 ) -> Result<SubReport> {
@@ -81,17 +117,22 @@ async fn subscriber(
     let mut latencies_us = Vec::new();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::new();
-    let mut unique = 0u64;
     let mut last_ns = 0;
-    while unique < expected {
-        // Stop at the deadline, or after 5 s without a delivery: what is missing is lost.
+    let mut idle_since = Instant::now();
+    while !goal.reached() {
+        // Stop at the deadline, or after 5 s without a delivery: what is missing is lost. A
+        // group's member looks at the group's count every 100 ms meanwhile.
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(5));
+            .min(Duration::from_millis(100));
         let n = match tokio::time::timeout(left, stream.read_buf(&mut rbuf)).await {
             Ok(r) => r?,
+            Err(_) if idle_since.elapsed() < Duration::from_secs(5) && left > Duration::ZERO => {
+                continue
+            }
             Err(_) => break,
         };
+        idle_since = Instant::now();
         if n == 0 {
             return Err("broker closed a subscriber".into());
         }
@@ -112,7 +153,7 @@ async fn subscriber(
                     if let Some(t) = tallies.get_mut(publisher) {
                         let before = t.unique;
                         t.record(seq);
-                        unique += t.unique - before;
+                        goal.done.fetch_add(t.unique - before, Ordering::Relaxed);
                     }
                     match (p.qos, p.pkid) {
                         (QoS::AtLeastOnce, Some(id)) => {
@@ -300,17 +341,20 @@ pub async fn run_flow(
 ) -> Result<Ran> {
     let qos = qos_of(flow.qos);
     let pairs = name == "pairs";
+    // A shared subscription's members share one goal: every message, once among them.
+    let shared = name == "shared";
+    let group = Goal::new(flow.count * topics.len() as u64);
     let mut subs = Vec::new();
     for (i, filter) in filters.iter().enumerate() {
         let id = format!("load-sub-{i}");
         let mut s = connect_session(broker, &id, !flow.persistent_subscriber).await?;
         subscribe(&mut s, filter, qos).await?;
-        let expected = if pairs {
-            flow.count
-        } else {
-            flow.count * topics.len() as u64
+        let goal = match (pairs, shared) {
+            (true, _) => Goal::new(flow.count),
+            (false, true) => group.clone(),
+            (false, false) => Goal::new(flow.count * topics.len() as u64),
         };
-        subs.push((s, expected));
+        subs.push((s, goal));
     }
     let mut pubs = Vec::new();
     for (i, _) in topics.iter().enumerate() {
@@ -320,7 +364,7 @@ pub async fn run_flow(
     let started_ns = now_ns();
     let sub_tasks: Vec<_> = subs
         .into_iter()
-        .map(|(s, expected)| tokio::spawn(subscriber(s, topics.len(), expected, false, until)))
+        .map(|(s, goal)| tokio::spawn(subscriber(s, topics.len(), goal, false, until)))
         .collect();
     let pub_tasks: Vec<_> = pubs
         .into_iter()
@@ -338,6 +382,8 @@ pub async fn run_flow(
     let mut delivered = 0u64;
     let (mut lost, mut dup, mut ooo) = (0u64, 0u64, 0u64);
     let mut last_ns = started_ns;
+    // A group's members each see part of every publisher's stream: merged, it must be whole.
+    let mut merged = vec![Tally::default(); topics.len()];
     for (i, t) in sub_tasks.into_iter().enumerate() {
         let report = t.await??;
         last_ns = last_ns.max(report.last_ns);
@@ -345,10 +391,21 @@ pub async fn run_flow(
             if pairs && p != i {
                 continue;
             }
+            if shared {
+                merged[p].merge(tally);
+                continue;
+            }
             delivered += tally.unique;
             lost += flow.count - tally.unique;
             dup += tally.dup;
             ooo += tally.out_of_order;
+        }
+    }
+    if shared {
+        for tally in &merged {
+            delivered += tally.unique;
+            lost += flow.count - tally.unique;
+            dup += tally.dup;
         }
     }
     let secs = (last_ns - started_ns) as f64 / 1e9;
@@ -379,7 +436,7 @@ pub async fn latency(
     subscribe(&mut s, "load/latency", qos).await?;
     let p = connect(broker, None, "load-lat-pub").await?;
     let until = Instant::now() + deadline + Duration::from_secs(seconds);
-    let sub = tokio::spawn(subscriber(s, 1, count, true, until));
+    let sub = tokio::spawn(subscriber(s, 1, Goal::new(count), true, until));
     let flow = Flow {
         count,
         ..flow.clone()

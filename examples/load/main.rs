@@ -84,6 +84,15 @@ enum Scenario {
         #[command(flatten)]
         flow: Flow,
     },
+    /// P publishers to a shared subscription group (`$share/load/...`) of M members.
+    Shared {
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        #[arg(long, default_value_t = 8)]
+        members: usize,
+        #[command(flatten)]
+        flow: Flow,
+    },
     /// N publisher/subscriber pairs, each on its own topic.
     Pairs {
         #[arg(long, default_value_t = 4)]
@@ -173,6 +182,15 @@ async fn main() -> Result<()> {
                 deadline,
             )
             .await?
+        }
+        Scenario::Shared {
+            publishers,
+            members,
+            flow,
+        } => {
+            let topics: Vec<String> = (0..publishers).map(|i| format!("load/fanin/{i}")).collect();
+            let group = vec!["$share/load/load/fanin/+".to_string(); members];
+            flow::run_flow("shared", broker, &flow, topics, group, deadline).await?
         }
         Scenario::Pairs { pairs, flow } => {
             let topics: Vec<String> = (0..pairs).map(|i| format!("load/pair/{i}")).collect();

@@ -12,7 +12,7 @@ use crate::client::keepalive::KeepAlive;
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
 use crate::message::{ClientId, Message, QoS};
-use crate::routing::topic;
+use crate::routing::{shared, topic};
 
 /// A protocol violation: the connection is closed without an answer [MQTT-4.8.0-1].
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -183,7 +183,8 @@ pub fn check_publish(p: &Publish, cfg: &MqttConfig) -> Result<(), ProtocolError>
 }
 
 /// The QoS granted for each requested filter, `None` for 0x80: an invalid filter, or one
-/// under which the ACL lets the client read nothing [MQTT-3.8.4-5], [MQTT-3.9.3-1].
+/// under which the ACL lets the client read nothing [MQTT-3.8.4-5], [MQTT-3.9.3-1]. A shared
+/// subscription's rules and ACL apply to the filter inside its prefix.
 pub fn grant(
     filters: Vec<(String, QoS)>,
     cfg: &MqttConfig,
@@ -194,9 +195,11 @@ pub fn grant(
     filters
         .into_iter()
         .map(|(f, q)| {
-            let ok = topic::valid_filter(&f)
-                && !topic::too_deep(f.as_bytes(), cfg.max_topic_levels)
-                && acl.may_subscribe(client_id, username, &f);
+            let ok = shared::inner_filter(&f).is_some_and(|inner| {
+                topic::valid_filter(inner)
+                    && !topic::too_deep(inner.as_bytes(), cfg.max_topic_levels)
+                    && acl.may_subscribe(client_id, username, inner)
+            });
             (f, ok.then_some(q))
         })
         .collect()

@@ -124,6 +124,8 @@ pub struct MqttConfig {
     pub retain_available: bool,
     /// Deliver at the subscription's QoS even when the message was published lower.
     pub upgrade_outgoing_qos: bool,
+    /// How a shared subscription's group picks the member that gets a message.
+    pub shared_subscription_strategy: ShareStrategy,
     /// Most levels in a topic name or filter; a deeper PUBLISH closes the connection, a deeper
     /// filter gets SUBACK 0x80. 0 = no limit.
     pub max_topic_levels: usize,
@@ -133,6 +135,36 @@ pub struct MqttConfig {
     /// Heap bytes the broker may use; above it an incoming PUBLISH is dropped and its client
     /// disconnected. 0 = no limit.
     pub memory_limit: usize,
+}
+
+/// How a shared subscription's group picks the member that gets a message; a member that
+/// does not keep up is passed over whatever the strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareStrategy {
+    /// Each member in turn (EMQX's default).
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// By the publisher's client id: one publisher's messages go to one member.
+    HashClientid,
+    /// By topic: one topic's messages go to one member.
+    HashTopic,
+    /// One member, until it leaves or falls behind.
+    Sticky,
+}
+
+impl ShareStrategy {
+    /// The strategy stored as `self as u8`.
+    pub fn from_u8(v: u8) -> ShareStrategy {
+        match v {
+            1 => ShareStrategy::Random,
+            2 => ShareStrategy::HashClientid,
+            3 => ShareStrategy::HashTopic,
+            4 => ShareStrategy::Sticky,
+            _ => ShareStrategy::RoundRobin,
+        }
+    }
 }
 
 /// What a full session queue discards.
@@ -317,6 +349,7 @@ impl Default for MqttConfig {
             auto_id_prefix: "auto-".into(),
             retain_available: true,
             upgrade_outgoing_qos: false,
+            shared_subscription_strategy: ShareStrategy::RoundRobin,
             max_topic_levels: 200,
             message_size_limit: 0,
             memory_limit: 0,

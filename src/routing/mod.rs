@@ -5,6 +5,7 @@
 //! - `router`: routes by filter (exact filters in a map, wildcards in the trie), publish and
 //!   fan-out, the retained store under the same lock for exactness.
 //! - `route`: a route, the delivery it makes, the `Inbox` seam, what a publish did.
+//! - `shared`: shared subscriptions' groups (`$share/`, `$queue/`) and how a member is picked.
 //! - `trie`: the wildcard subscription tree.
 //! - `retain`: the retained-message store and its limits.
 //! - `topic`: topic name and filter rules (validation, matching, covering, overlap).
@@ -12,5 +13,6 @@
 pub mod retain;
 pub mod route;
 pub mod router;
+pub mod shared;
 pub mod topic;
 pub mod trie;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::message::{ClientId, Message, QoS, SessionId};
+use crate::routing::shared::ShareKey;
 use crate::store::{Owed, Wait};
 
 /// A message on its way from the router to one session, at the QoS it is owed.
@@ -17,6 +18,8 @@ pub struct Delivery {
     pub stored: u64,
     /// The count its publisher waits on, settled when this session is done with it.
     pub owed: Option<Arc<Owed>>,
+    /// The shared subscription's group it was picked for, if it was.
+    pub share: Option<ShareKey>,
 }
 
 /// Where the router hands a delivery, without waiting: a session's mailbox
@@ -70,6 +73,21 @@ impl<I> Clone for Route<I> {
             qos: self.qos,
             stored: self.stored,
             mailbox: self.mailbox.clone(),
+        }
+    }
+}
+
+/// Adds `route` to `list` (sorted by session), or replaces the session's route there; true
+/// if it was added.
+pub(super) fn upsert<I>(list: &mut Vec<Route<I>>, route: Route<I>) -> bool {
+    match list.binary_search_by_key(&route.session, |r| r.session) {
+        Ok(i) => {
+            list[i] = route;
+            false
+        }
+        Err(i) => {
+            list.insert(i, route);
+            true
         }
     }
 }

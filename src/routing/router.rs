@@ -24,11 +24,16 @@ use crate::config::Config;
 use crate::message::{Message, Publisher, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
+use crate::routing::shared::{self, Form, Pick, Picked, ShareKey, SharedSubs};
+
+#[path = "redispatch.rs"]
+mod redispatch;
 use crate::routing::topic;
 use crate::routing::trie::Trie;
 use crate::store::{Op, Owed, Store, Wait};
+pub use redispatch::Redispatched;
 
-use super::route::Routes;
+use super::route::{upsert, Routes};
 pub use super::route::{Deferred, Delivery, Inbox, Offered, Published, Route};
 
 /// Routes and retained messages, shared by every connection and session; `I` is where a
@@ -41,6 +46,8 @@ pub struct Router<I> {
     /// Routes (one per session and filter), for the gauges.
     route_count: AtomicUsize,
     retain: RetainStore,
+    /// Shared subscriptions' groups, apart from the routes above.
+    shared: SharedSubs<I>,
     metrics: Arc<Metrics>,
     /// The store, with `[persistence]` on.
     store: Option<Store>,
@@ -49,18 +56,7 @@ pub struct Router<I> {
 
 /// Adds `route` to `list`, or replaces the session's route there; true if it was added.
 fn add_route<I>(list: &mut Routes<I>, route: Route<I>) -> bool {
-    let at = list.binary_search_by_key(&route.session, |r| r.session);
-    let list = Arc::make_mut(list);
-    match at {
-        Ok(i) => {
-            list[i] = route;
-            false
-        }
-        Err(i) => {
-            list.insert(i, route);
-            true
-        }
-    }
+    upsert(Arc::make_mut(list), route)
 }
 
 /// Removes `session`'s route from `list`; true if it had one.
@@ -98,6 +94,7 @@ impl<I: Inbox> Router<I> {
             wild_count: AtomicUsize::new(0),
             route_count: AtomicUsize::new(0),
             retain,
+            shared: SharedSubs::default(),
             metrics,
             store: None,
             upgrade_outgoing_qos: AtomicBool::new(false),
@@ -115,6 +112,8 @@ impl<I: Inbox> Router<I> {
     pub fn configure(&self, config: &Config) {
         let upgrade = config.mqtt.upgrade_outgoing_qos;
         self.upgrade_outgoing_qos.store(upgrade, Ordering::Relaxed);
+        self.shared
+            .set_strategy(config.mqtt.shared_subscription_strategy);
         let r = &config.retain;
         self.retain.set_limits(
             r.max_retained_messages,
@@ -125,7 +124,14 @@ impl<I: Inbox> Router<I> {
 
     /// Adds or replaces (same session) the route for `filter` (assumed valid) [MQTT-3.8.4-3],
     /// then reads at most `retained_limit` retained messages matching it (see the module doc).
+    /// A shared subscription joins its group instead, and gets no retained messages.
     pub fn subscribe(&self, filter: &str, route: Route<I>, retained_limit: usize) -> RetainedBatch {
+        if let Form::Shared { filter: inner, .. } = shared::form(filter) {
+            if self.shared.add(filter, inner, route) {
+                self.route_count.fetch_add(1, Ordering::Relaxed);
+            }
+            return RetainedBatch::default();
+        }
         let (messages, more) = self
             .retain
             .subscribe_then(filter, retained_limit, || self.add(filter, route));
@@ -160,6 +166,9 @@ impl<I: Inbox> Router<I> {
     }
 
     fn remove(&self, filter: &str, session: SessionId) -> bool {
+        if let Form::Shared { filter: inner, .. } = shared::form(filter) {
+            return self.shared.remove(filter, inner, session);
+        }
         if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
             let Some(list) = trie.get_mut(filter) else {
@@ -192,8 +201,9 @@ impl<I: Inbox> Router<I> {
         self.route_count.load(Ordering::Relaxed)
     }
 
-    /// Calls `visit` with every route and its filter: exact filters first, then wildcards.
-    /// Each is visited under its own shard or trie lock, so `visit` must not subscribe.
+    /// Calls `visit` with every route and its filter: exact filters first, then wildcards,
+    /// then shared subscriptions (under their `$share/` filter). Each is visited under its own
+    /// shard or trie lock, so `visit` must not subscribe.
     pub fn for_each_route(&self, mut visit: impl FnMut(&str, &Route<I>)) {
         for entry in self.exact.iter() {
             let filter = String::from_utf8_lossy(entry.key());
@@ -206,6 +216,7 @@ impl<I: Inbox> Router<I> {
                 visit(filter, route);
             }
         });
+        self.shared.for_each(visit);
     }
 
     /// Number of distinct filters with routes.
@@ -289,10 +300,28 @@ impl<I: Inbox> Router<I> {
             wait: Wait::from(out_lsn),
             ..Published::default()
         };
+        // One member of each matching group, each delivery tagged with its group.
+        let mut picked = Picked::new();
+        if !self.shared.is_empty() {
+            let pick = Pick {
+                topic: &msg.topic,
+                publisher: from.map(|p| &*p.client_id),
+            };
+            self.shared.pick(pick, &mut picked);
+        }
+        let groups = picked.iter().map(|(r, key)| (r, Some(key)));
+        let plain = |r| (r, None);
         match (exact, wild.len()) {
-            (None, 0) => {}
-            (Some(list), 0) => self.fan_out(&msg, list.iter(), &mut out, congested, deferred),
-            (None, 1) => self.fan_out(&msg, wild[0].iter(), &mut out, congested, deferred),
+            (None, 0) if picked.is_empty() => {}
+            (None, 0) => self.fan_out(&msg, groups, &mut out, congested, deferred),
+            (Some(list), 0) => {
+                let routes = list.iter().map(plain).chain(groups);
+                self.fan_out(&msg, routes, &mut out, congested, deferred)
+            }
+            (None, 1) => {
+                let routes = wild[0].iter().map(plain).chain(groups);
+                self.fan_out(&msg, routes, &mut out, congested, deferred)
+            }
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
                 let mut all: Vec<&Route<I>> = exact
@@ -302,7 +331,8 @@ impl<I: Inbox> Router<I> {
                     .collect();
                 all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
                 all.dedup_by_key(|r| r.session);
-                self.fan_out(&msg, all.into_iter(), &mut out, congested, deferred);
+                let routes = all.into_iter().map(plain).chain(groups);
+                self.fan_out(&msg, routes, &mut out, congested, deferred);
             }
         }
         out
@@ -320,10 +350,11 @@ impl<I: Inbox> Router<I> {
         Matched { exact, wild }
     }
 
+    /// Hands `msg` to each route, a group's pick with the group's key.
     fn fan_out<'a>(
         &self,
         msg: &Arc<Message>,
-        routes: impl Iterator<Item = &'a Route<I>> + Clone,
+        routes: impl Iterator<Item = (&'a Route<I>, Option<&'a ShareKey>)> + Clone,
         out: &mut Published,
         mut congested: Option<&mut Vec<Arc<I>>>,
         mut deferred: Option<&mut Deferred<I>>,
@@ -345,6 +376,7 @@ impl<I: Inbox> Router<I> {
             let mut lazy = deferred.is_none();
             let sessions: Vec<(u64, QoS)> = routes
                 .clone()
+                .map(|(r, _)| r)
                 .filter(|r| r.stored.is_some() && qos_for(r) != QoS::AtMostOnce)
                 .filter_map(|r| {
                     lazy &= r.mailbox.keeps_up();
@@ -377,7 +409,7 @@ impl<I: Inbox> Router<I> {
                 }
             }
         }
-        for route in routes {
+        for (route, share) in routes {
             let qos = qos_for(route);
             let id = match route.stored {
                 Some(_) if stored > 0 && qos != QoS::AtMostOnce => stored,
@@ -388,6 +420,7 @@ impl<I: Inbox> Router<I> {
                 qos,
                 stored: id,
                 owed: owed.clone().filter(|_| id > 0),
+                share: share.cloned(),
             };
             match deferred.as_deref_mut() {
                 Some(later) => later.0.push((route.clone(), delivery)),
@@ -401,13 +434,33 @@ impl<I: Inbox> Router<I> {
         &self,
         route: &Route<I>,
         delivery: Delivery,
-        msg: &Message,
+        msg: &Arc<Message>,
         out: &mut Published,
         congested: Option<&mut Vec<Arc<I>>>,
     ) {
         let id = delivery.stored;
         let owed = delivery.owed.clone();
+        let share = delivery.share.clone();
         let offered = route.mailbox.offer(delivery);
+        if let (Some(key), Offered::Full | Offered::Gone) = (&share, offered) {
+            // A group's pick that cannot take it: another member may.
+            return self.pass_on(key, route, offered, id, owed, msg);
+        }
+        self.offered(route, offered, id, owed, msg, out, congested);
+    }
+
+    /// Counts what an offer did; a delivery a session's limit dropped is done with on disk.
+    #[allow(clippy::too_many_arguments)]
+    fn offered(
+        &self,
+        route: &Route<I>,
+        offered: Offered,
+        id: u64,
+        owed: Option<Arc<Owed>>,
+        msg: &Message,
+        out: &mut Published,
+        congested: Option<&mut Vec<Arc<I>>>,
+    ) {
         if let (Some(sid), true) = (route.stored, id > 0 && matches!(offered, Offered::Full)) {
             // Dropped by the session's limit: it owes the session nothing on disk either. A
             // session that is going keeps its entry: if it is ending, its end deletes the
@@ -446,155 +499,5 @@ impl<I: Inbox> Router<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use parking_lot::Mutex;
-
-    /// An inbox of `cap` deliveries.
-    struct TestInbox {
-        cap: usize,
-        got: Mutex<std::collections::VecDeque<Delivery>>,
-    }
-
-    impl Inbox for TestInbox {
-        fn offer(&self, delivery: Delivery) -> Offered {
-            let mut got = self.got.lock();
-            if got.len() >= self.cap {
-                return Offered::Full;
-            }
-            got.push_back(delivery);
-            Offered::Taken { congested: false }
-        }
-
-        fn keeps_up(&self) -> bool {
-            true
-        }
-    }
-
-    fn router() -> Router<TestInbox> {
-        Router::new(RetainStore::default(), Arc::new(Metrics::default()))
-    }
-
-    fn route(session: SessionId, qos: QoS, cap: usize) -> (Route<TestInbox>, Arc<TestInbox>) {
-        let mailbox = Arc::new(TestInbox {
-            cap,
-            got: Mutex::default(),
-        });
-        (
-            Route {
-                session,
-                client_id: format!("c{session}").into(),
-                qos,
-                stored: None,
-                mailbox: mailbox.clone(),
-            },
-            mailbox,
-        )
-    }
-
-    /// The next delivery in an inbox.
-    fn next(rx: &TestInbox) -> Option<Delivery> {
-        rx.got.lock().pop_front()
-    }
-
-    fn msg(topic: &str, qos: QoS) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: Bytes::from_static(b"p"),
-            qos,
-            retain: false,
-        })
-    }
-
-    #[test]
-    fn overlapping_filters_deliver_once_at_highest_qos() {
-        // [MQTT-3.3.5-1]
-        let r = router();
-        let (a0, rx) = route(1, QoS::AtMostOnce, 8);
-        let a2 = Route {
-            qos: QoS::ExactlyOnce,
-            ..a0.clone()
-        };
-        let a1 = Route {
-            qos: QoS::AtLeastOnce,
-            ..a0.clone()
-        };
-        r.subscribe("a/#", a0, 0);
-        r.subscribe("a/b", a2, 0);
-        r.subscribe("+/b", a1, 0);
-        let out = r.publish(msg("a/b", QoS::ExactlyOnce));
-        assert_eq!((1, 0, 0), (out.delivered, out.dropped, out.wait.lsn),);
-        let d = next(&rx).expect("one delivery");
-        assert_eq!(d.qos, QoS::ExactlyOnce);
-        assert!(next(&rx).is_none());
-    }
-
-    #[test]
-    fn qos_is_downgraded_to_the_grant() {
-        // [MQTT-3.8.4-6]
-        let r = router();
-        let (a, rx) = route(1, QoS::AtLeastOnce, 8);
-        r.subscribe("t", a, 0);
-        r.publish(msg("t", QoS::ExactlyOnce));
-        r.publish(msg("t", QoS::AtMostOnce));
-        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
-        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtMostOnce));
-    }
-
-    #[test]
-    fn resubscribe_replaces_and_unsubscribe_is_exact() {
-        // [MQTT-3.8.4-3], [MQTT-3.10.4-1]
-        let r = router();
-        let (a, rx) = route(1, QoS::AtMostOnce, 8);
-        r.subscribe("a/+", a.clone(), 0);
-        r.subscribe(
-            "a/+",
-            Route {
-                qos: QoS::AtLeastOnce,
-                ..a.clone()
-            },
-            0,
-        );
-        r.subscribe("a/b", a, 0);
-        assert_eq!(r.filter_count(), 2);
-        assert!(!r.unsubscribe("a/#", 1));
-        assert!(r.unsubscribe("a/b", 1));
-        assert!(!r.unsubscribe("a/b", 1));
-        r.publish(msg("a/b", QoS::AtLeastOnce));
-        assert_eq!(next(&rx).map(|d| d.qos), Some(QoS::AtLeastOnce));
-        assert!(next(&rx).is_none(), "one route only");
-        assert!(r.unsubscribe("a/+", 1));
-        assert_eq!(r.filter_count(), 0);
-        assert_eq!(r.publish(msg("a/b", QoS::AtLeastOnce)).delivered, 0);
-    }
-
-    #[test]
-    fn full_mailbox_is_counted_not_blocking() {
-        let metrics = Arc::new(Metrics::default());
-        let r: Router<TestInbox> = Router::new(RetainStore::default(), metrics.clone());
-        let (a, _rx) = route(1, QoS::AtMostOnce, 1);
-        let (b, rxb) = route(2, QoS::AtMostOnce, 8);
-        r.subscribe("t", a, 0);
-        r.subscribe("t", b, 0);
-        for _ in 0..3 {
-            r.publish(msg("t", QoS::AtMostOnce));
-        }
-        assert_eq!(metrics.snapshot().dropped_mailbox_full, 2);
-        let mut got = 0;
-        while next(&rxb).is_some() {
-            got += 1;
-        }
-        assert_eq!(got, 3, "the other subscriber is unaffected");
-    }
-
-    #[test]
-    fn dollar_topics_and_wildcards() {
-        // [MQTT-4.7.2-1]
-        let r = router();
-        let (a, rx) = route(1, QoS::AtMostOnce, 8);
-        r.subscribe("#", a, 0);
-        assert_eq!(r.publish(msg("$SYS/x", QoS::AtMostOnce)).delivered, 0);
-        assert_eq!(r.publish(msg("x", QoS::AtMostOnce)).delivered, 1);
-        assert!(next(&rx).is_some());
-    }
-}
+#[path = "router_tests.rs"]
+mod tests;

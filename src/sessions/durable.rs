@@ -83,6 +83,7 @@ impl Session {
                 retain: entry.retain,
                 stored: id,
                 owed: None,
+                share: None,
             };
             if entry.pkid == 0 {
                 session.mailbox.backlog().added_directly();

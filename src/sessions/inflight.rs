@@ -146,6 +146,26 @@ impl Inflight {
         self.entries.insert(id, (self.seq, flight));
     }
 
+    /// Ends, in the order they started, the flows still awaiting PUBACK or PUBREC whose
+    /// message `take` picks, and returns those messages.
+    pub fn take_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
+        let mut ids: Vec<(u64, u16)> = self
+            .entries
+            .iter()
+            .filter(|(_, (_, f))| matches!(f, Flight::Publish(q) if take(q)))
+            .map(|(id, (seq, _))| (*seq, *id))
+            .collect();
+        ids.sort_unstable();
+        let mut taken = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some((_, Flight::Publish(q))) = self.entries.remove(&id) {
+                self.bytes -= q.msg.payload.len();
+                taken.push(q);
+            }
+        }
+        taken
+    }
+
     /// Every flow in the order it started, for resending after a reconnect [MQTT-4.4.0-1].
     pub fn in_order(&self) -> Vec<(u16, &Flight)> {
         let mut all: Vec<(u64, u16, &Flight)> = self
@@ -181,6 +201,7 @@ mod tests {
             retain: false,
             stored: 0,
             owed: None,
+            share: None,
         }
     }
 

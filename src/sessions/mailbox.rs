@@ -275,17 +275,17 @@ impl Mailbox {
     }
 
     /// The session has ended: drops what is queued and refuses everything from now on.
-    pub fn close(&self) {
+    pub fn close(&self) -> Vec<SessionCmd> {
         let (queued, room) = {
             let mut inner = self.inner.lock();
             inner.closed = true;
             inner.waker = None;
             (std::mem::take(&mut inner.queue), inner.room.clone())
         };
-        drop(queued);
         if let Some(room) = room {
             room.notify_waiters();
         }
+        queued.into()
     }
 }
 

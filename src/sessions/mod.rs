@@ -5,6 +5,8 @@
 //!
 //! - `session`: the actor (subscriptions, inflight window, mqueue; outlives its connection when
 //!   clean_session = 0), with `pending`, what waits for its connection.
+//! - `delivering`: what the session does with a message owed to it, and how a member of a
+//!   shared subscription hands its group's messages on when its connection goes.
 //! - `commands`: the messages between a connection and its session.
 //! - `mailbox`: the session's inbox, bounded, with the fence against a replaced connection
 //!   and the inbound QoS 2 ids; `backlog`: the congestion gauge publishers read.
@@ -15,6 +17,7 @@
 
 pub mod backlog;
 pub mod commands;
+mod delivering;
 mod durable;
 pub mod inflight;
 pub mod mailbox;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use crate::config::QueueOverflow;
 use crate::message::{Message, QoS};
+use crate::routing::route::Delivery;
+use crate::routing::shared::ShareKey;
 use crate::store::Owed;
 
 /// A message owed to this session, at the QoS it will be delivered with.
@@ -27,6 +29,21 @@ pub struct Queued {
     pub stored: u64,
     /// What its publisher waits on, settled once this session is done with it.
     pub owed: Option<Arc<Owed>>,
+    /// The shared subscription's group it came through, if it did.
+    pub share: Option<ShareKey>,
+}
+
+impl From<Delivery> for Queued {
+    fn from(d: Delivery) -> Queued {
+        Queued {
+            msg: d.msg,
+            qos: d.qos,
+            retain: false,
+            stored: d.stored,
+            owed: d.owed,
+            share: d.share,
+        }
+    }
 }
 
 /// A bounded FIFO of `Queued` messages with an overflow policy.
@@ -118,6 +135,24 @@ impl MQueue {
         Some(item)
     }
 
+    /// Removes and returns, in order, every message `take` picks.
+    pub fn take_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.items.len());
+        for item in self.items.drain(..) {
+            if take(&item) {
+                taken.push(item);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        self.items = kept;
+        for item in &taken {
+            self.account_out(item);
+        }
+        taken
+    }
+
     fn full_for(&self, size: usize) -> bool {
         self.items.len() >= self.max_len
             || (self.max_bytes > 0 && self.bytes + size > self.max_bytes)
@@ -162,6 +197,7 @@ mod tests {
             retain: false,
             stored: 0,
             owed: None,
+            share: None,
         }
     }
 

@@ -20,11 +20,10 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::{Access, Acl};
 use crate::codec::Packet;
 use crate::config::Config;
-use crate::message::{next_id, ClientId, ConnId, Message, QoS, SessionId};
-use crate::observability::metrics::{DropReason, Metrics, Tally};
+use crate::message::{next_id, ClientId, ConnId, QoS, SessionId};
+use crate::observability::metrics::Tally;
 use crate::routing::router::Route;
 use crate::sessions::inflight::{Flight, Inflight};
 use crate::sessions::mailbox::{Mailbox, Received};
@@ -35,7 +34,7 @@ use crate::sessions::Shared;
 
 use super::commands::{Admin, Attach, ConnInfo, ConnLink, Kick, Outbound, SessionCmd, SessionInfo};
 use super::pending::Pending;
-use crate::store::{Op, Owed, QueueEntry};
+use crate::store::{Op, QueueEntry};
 
 use super::durable::{stored_reply, wall_clock_ms};
 
@@ -276,7 +275,7 @@ impl Session {
                 }
             }
             SessionCmd::PubComp(id) => self.finish(id, Inflight::pubcomp),
-            SessionCmd::Deliver(d) => self.deliver(d.msg, d.qos, false, d.stored, d.owed),
+            SessionCmd::Deliver(d) => self.deliver(d.into()),
             SessionCmd::Admin(a) => match *a {
                 Admin::Inspect(reply) => {
                     let _ = reply.send(self.info());
@@ -367,64 +366,6 @@ impl Session {
         }
     }
 
-    /// Queues a message owed to this session (`stored`: its id in the store, or 0; `owed`:
-    /// what its publisher waits on).
-    pub(super) fn deliver(
-        &mut self,
-        msg: Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        stored: u64,
-        owed: Option<Arc<Owed>>,
-    ) {
-        let metrics = &self.shared.metrics;
-        let (store, sid) = (&self.shared.store, self.sid);
-        // A stored message that is not queued after all is done with on disk too.
-        let done = |id: u64, owed: Option<&Owed>| {
-            if let (Some(store), Some(sid), true) = (store, sid, id > 0) {
-                store.done(sid, id, owed);
-            }
-        };
-        // A wildcard subscription may cover topics this client may not read: check each message.
-        let policy = self.shared.policy.load();
-        if policy.checks_reads()
-            && !policy.allowed(
-                &self.client_id,
-                self.username.as_deref(),
-                Access::Read,
-                msg.topic_str(),
-            )
-        {
-            self.mailbox.backlog().removed(1, false);
-            Metrics::incr(&metrics.acl_denied);
-            done(stored, owed.as_deref());
-            return;
-        }
-        if self.link.is_none() && qos == QoS::AtMostOnce && !self.config.session.queue_qos0_messages
-        {
-            self.mailbox.backlog().removed(1, false);
-            metrics.dropped(DropReason::Qos0Offline, &self.client_id, msg.topic_str());
-            return;
-        }
-        let (config, client_id) = (&self.config, &self.client_id);
-        let dropped = Pending::made(&mut self.pending, &config.session)
-            .mqueue
-            .push_with(
-                Queued {
-                    msg,
-                    qos,
-                    retain,
-                    stored,
-                    owed,
-                },
-                |q| {
-                    metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
-                    done(q.stored, q.owed.as_deref());
-                },
-            );
-        self.mailbox.backlog().removed(dropped, false);
-    }
-
     fn has_work(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.has_work())
     }
@@ -492,6 +433,10 @@ impl Session {
     fn unlink(&mut self, kick: Option<Kick>) {
         if let Some(link) = self.link.take() {
             self.mailbox.backlog().set_attached(false);
+            // A new connection takes over at once, and gets them resent.
+            if kick != Some(Kick::TakenOver) {
+                self.hand_back_shared(false, Vec::new());
+            }
             let expiry = self.config.session.persistent_client_expiration;
             self.expiry = expiry.map(|e| Box::pin(tokio::time::sleep_until(Instant::now() + e)));
             // When it went, so its expiry can be measured across a restart.
@@ -509,8 +454,9 @@ impl Session {
     /// Ends the session. `discarded` says why its connection, if any, must close; a session
     /// that ends by itself (expired, or clean and left) takes itself out of the registry.
     fn close(mut self, discarded: Option<Kick>) {
-        // Nothing sent from now on is read; queued deliveries go with the session.
-        self.mailbox.close();
+        // Nothing sent from now on is read; queued deliveries go with the session, but for
+        // those of shared subscriptions.
+        let left = self.mailbox.close();
         if let Some(link) = self.link.take() {
             link.outbound.kick(discarded.unwrap_or(Kick::Discarded));
             // Still attached when the broker stops (its connection's goodbye may not have
@@ -519,6 +465,9 @@ impl Session {
             if discarded == Some(Kick::Shutdown) {
                 self.record(wall_clock_ms());
             }
+        }
+        if discarded != Some(Kick::Shutdown) {
+            self.hand_back_shared(true, left);
         }
         // A stored session keeps its routes while the broker stops: a message acknowledged
         // in that window is still written to its queue on disk (the offer itself is refused),

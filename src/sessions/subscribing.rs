@@ -10,6 +10,7 @@ use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::message::QoS;
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::Retained;
+use crate::sessions::mqueue::Queued;
 use crate::store::Op;
 
 impl Session {
@@ -88,22 +89,22 @@ impl Session {
                 // Owed to a stored session like any other message: on disk too, so a restart
                 // before it is acknowledged sends it again.
                 let stored = match (&self.shared.store, self.sid) {
+                    // Its PUBLISH waits for it (see `encode_outbound`): no publisher would
+                    // send it again if a crash lost it.
                     (Some(store), Some(sid)) if q != QoS::AtMostOnce => {
-                        let id = store.new_message_id();
-                        // Its PUBLISH waits for it (see `encode_outbound`): no publisher
-                        // would send it again if a crash lost it.
-                        store.submit(Op::Message {
-                            id,
-                            msg: msg.clone(),
-                            sessions: vec![(sid, q)],
-                            retain: true,
-                        });
-                        id
+                        store.submit_for_one(&msg, sid, q, true)
                     }
                     _ => 0,
                 };
                 self.mailbox.backlog().added_directly();
-                self.deliver(msg, q, true, stored, None);
+                self.deliver(Queued {
+                    msg,
+                    qos: q,
+                    retain: true,
+                    stored,
+                    owed: None,
+                    share: None,
+                });
             }
             if batch.more {
                 // At least one more retained message matched than the queue could take.

@@ -201,6 +201,20 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Stores `msg` for one session at `qos` now (not lazily: something is about to wait for
+    /// it, or must not be later than what was submitted before) and returns its new id;
+    /// `retain` marks a retained message owed on SUBSCRIBE.
+    pub fn submit_for_one(&self, msg: &Arc<Message>, sid: u64, qos: QoS, retain: bool) -> u64 {
+        let id = self.new_message_id();
+        self.submit(Op::Message {
+            id,
+            msg: msg.clone(),
+            sessions: vec![(sid, qos)],
+            retain,
+        });
+        id
+    }
+
     /// Adds `op` to the open batch, which the writer takes at once; the LSN that `durable`
     /// must reach for it to be on disk.
     pub fn submit(&self, op: Op) -> u64 {

@@ -94,6 +94,53 @@ async fn persistent_sessions_and_subscriptions_survive_and_clean_ones_leave_noth
 }
 
 #[tokio::test]
+async fn shared_subscriptions_of_persistent_sessions_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = config(dir.path(), "always");
+    let mut broker = BinaryBroker::start(&conf).await;
+    let mut members = Vec::new();
+    for id in ["w1", "w2"] {
+        let (mut m, _) = common::connect_as(broker.addr, id, false, None, None).await;
+        let codes = m
+            .subscribe(1, &[("$share/g/jobs/+", QoS::AtLeastOnce)])
+            .await;
+        assert_eq!(codes, [tern::codec::SubAckCode::Granted(QoS::AtLeastOnce)]);
+        members.push(m);
+    }
+    kill_9(&mut broker).await;
+    let broker = BinaryBroker::start(&conf).await;
+    // Both offline: each message waits in one member's queue, none is lost or doubled.
+    let (mut publ, _) = Raw::connect(broker.addr, "pub", true, 60).await;
+    for i in 1..=10u16 {
+        publ.publish("jobs/a", QoS::AtLeastOnce, Some(i), false, &i.to_be_bytes())
+            .await;
+        assert_eq!(publ.recv().await, Packet::PubAck(i));
+    }
+    let (mut w1, ack1) = common::connect_as(broker.addr, "w1", false, None, None).await;
+    let (mut w2, ack2) = common::connect_as(broker.addr, "w2", false, None, None).await;
+    assert!(
+        ack1.session_present && ack2.session_present,
+        "[MQTT-3.2.2-2]"
+    );
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let (p, m) = tokio::select! {
+            p = w1.recv() => (p, &mut w1),
+            p = w2.recv() => (p, &mut w2),
+        };
+        let Packet::Publish(p) = p else {
+            panic!("unexpected {p:?}");
+        };
+        got.push(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+        m.send_packet(&Packet::PubAck(p.pkid.expect("id"))).await;
+    }
+    w1.expect_silence(Duration::from_millis(300)).await;
+    w2.expect_silence(Duration::from_millis(300)).await;
+    got.sort_unstable();
+    assert_eq!(got, (1..=10).collect::<Vec<u16>>());
+}
+
+#[tokio::test]
 async fn an_expired_session_is_gone_after_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = format!(
