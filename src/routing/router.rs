@@ -300,42 +300,77 @@ impl<I: Inbox> Router<I> {
             wait: Wait::from(out_lsn),
             ..Published::default()
         };
+        if self.shared.is_empty() {
+            // Without shared subscriptions the fan-out is monomorphized with nothing chained.
+            self.fan_out_matched(
+                &msg,
+                exact.as_ref(),
+                &wild,
+                std::iter::empty(),
+                &mut out,
+                congested,
+                deferred,
+            );
+            return out;
+        }
         // One member of each matching group, each delivery tagged with its group.
         let mut picked = Picked::new();
-        if !self.shared.is_empty() {
-            let pick = Pick {
-                topic: &msg.topic,
-                publisher: from.map(|p| &*p.client_id),
-            };
-            self.shared.pick(pick, &mut picked);
-        }
+        let pick = Pick {
+            topic: &msg.topic,
+            publisher: from.map(|p| &*p.client_id),
+        };
+        self.shared.pick(pick, &mut picked);
         let groups = picked.iter().map(|(r, key)| (r, Some(key)));
+        self.fan_out_matched(
+            &msg,
+            exact.as_ref(),
+            &wild,
+            groups,
+            &mut out,
+            congested,
+            deferred,
+        );
+        out
+    }
+
+    /// Fans `msg` out to the matched routes (one delivery per session, at its highest grant)
+    /// and then to `groups`, the shared subscriptions' picks.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out_matched<'a>(
+        &self,
+        msg: &Arc<Message>,
+        exact: Option<&'a Routes<I>>,
+        wild: &'a [Routes<I>],
+        groups: impl Iterator<Item = (&'a Route<I>, Option<&'a ShareKey>)> + Clone,
+        out: &mut Published,
+        congested: Option<&mut Vec<Arc<I>>>,
+        deferred: Option<&mut Deferred<I>>,
+    ) {
         let plain = |r| (r, None);
         match (exact, wild.len()) {
-            (None, 0) if picked.is_empty() => {}
-            (None, 0) => self.fan_out(&msg, groups, &mut out, congested, deferred),
+            (None, 0) if groups.clone().next().is_none() => {}
+            (None, 0) => self.fan_out(msg, groups, out, congested, deferred),
             (Some(list), 0) => {
                 let routes = list.iter().map(plain).chain(groups);
-                self.fan_out(&msg, routes, &mut out, congested, deferred)
+                self.fan_out(msg, routes, out, congested, deferred)
             }
             (None, 1) => {
                 let routes = wild[0].iter().map(plain).chain(groups);
-                self.fan_out(&msg, routes, &mut out, congested, deferred)
+                self.fan_out(msg, routes, out, congested, deferred)
             }
             (exact, _) => {
                 // Several filters matched: one delivery per session, at its highest grant.
                 let mut all: Vec<&Route<I>> = exact
-                    .iter()
+                    .into_iter()
                     .chain(wild.iter())
                     .flat_map(|l| l.iter())
                     .collect();
                 all.sort_unstable_by(|a, b| a.session.cmp(&b.session).then(b.qos.cmp(&a.qos)));
                 all.dedup_by_key(|r| r.session);
                 let routes = all.into_iter().map(plain).chain(groups);
-                self.fan_out(&msg, routes, &mut out, congested, deferred);
+                self.fan_out(msg, routes, out, congested, deferred);
             }
         }
-        out
     }
 
     #[inline]
