@@ -8,6 +8,7 @@
 #   DURABLE_ONLY=1 benches/compare.sh   # only the persistence table (about 2 minutes)
 #   WS_ONLY=1 benches/compare.sh        # only the WebSocket table (about 2 minutes)
 #   SHARED_ONLY=1 benches/compare.sh    # only the shared-subscription table (about 2 minutes)
+#   TERN=path/to/tern DURABLE_ONLY=1 benches/compare.sh   # another build of Tern
 #
 # The persistence table runs QoS 1 fan-in (4 publishers, 64 B) to one subscriber with a
 # persistent session and to a clean one, against Tern in memory, Tern with `persistence` on and
@@ -38,7 +39,7 @@ mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --quiet --bin tern --example load
 LOAD=target/release/examples/load
-TERN=target/release/tern
+TERN=${TERN:-target/release/tern}
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 NEEDED="$MOSQUITTO"

@@ -6,10 +6,11 @@
 //!   fan-out, the retained store under the same lock for exactness.
 //! - `route`: a route, the delivery it makes, the `Inbox` seam, what a publish did.
 //! - `shared`: shared subscriptions' groups (`$share/`, `$queue/`) and how a member is picked.
-//! - `trie`: the wildcard subscription tree.
+//! - `trie`: the wildcard subscription tree; `levels`, a node's children.
 //! - `retain`: the retained-message store and its limits.
 //! - `topic`: topic name and filter rules (validation, matching, covering, overlap).
 
+pub mod levels;
 pub mod retain;
 pub mod route;
 pub mod router;

@@ -32,6 +32,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// True if the receiver is connected and keeping up, so what it is offered now will
     /// likely be acknowledged soon.
     fn keeps_up(&self) -> bool;
+
+    /// Messages offered that the receiver has not yet taken on (0: it is idle).
+    fn waiting(&self) -> usize;
 }
 
 /// What an `Inbox` did with a delivery.

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::message::{Message, Publisher, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
-use crate::routing::shared::{self, Form, Pick, Picked, ShareKey, SharedSubs};
+use crate::routing::shared::{self, Form, Pick, ShareKey, SharedSubs};
 
 #[path = "redispatch.rs"]
 mod redispatch;
@@ -314,22 +314,22 @@ impl<I: Inbox> Router<I> {
             return out;
         }
         // One member of each matching group, each delivery tagged with its group.
-        let mut picked = Picked::new();
         let pick = Pick {
             topic: &msg.topic,
             publisher: from.map(|p| &*p.client_id),
         };
-        self.shared.pick(pick, &mut picked);
-        let groups = picked.iter().map(|(r, key)| (r, Some(key)));
-        self.fan_out_matched(
-            &msg,
-            exact.as_ref(),
-            &wild,
-            groups,
-            &mut out,
-            congested,
-            deferred,
-        );
+        self.shared.with_picks(pick, |picked| {
+            let groups = picked.iter().map(|&(r, key)| (r, Some(key)));
+            self.fan_out_matched(
+                &msg,
+                exact.as_ref(),
+                &wild,
+                groups,
+                &mut out,
+                congested,
+                deferred,
+            );
+        });
         out
     }
 

@@ -1,10 +1,11 @@
 //! A topic-filter trie for wildcard filters (exact filters live in a hash map beside it).
 //!
 //! Each node is one topic level. `+` and `#` have their own slots so matching a name costs one
-//! hash lookup per level plus a visit of every `+` branch, never a scan of all filters.
+//! child lookup per level (a short list or a hash map, see `levels`) plus a visit of every `+`
+//! branch, never a scan of all filters.
 //! Wildcards at the first level skip names starting with `$` [MQTT-4.7.2-1].
 
-use std::collections::HashMap;
+use super::levels::Levels;
 
 /// Maps topic filters to values and finds every value whose filter matches a topic name.
 #[derive(Debug)]
@@ -15,7 +16,7 @@ pub struct Trie<V> {
 
 #[derive(Debug)]
 struct Node<V> {
-    children: HashMap<Box<[u8]>, Node<V>>,
+    children: Levels<Node<V>>,
     plus: Option<Box<Node<V>>>,
     /// Value of the filter ending in `#` at this level.
     hash: Option<V>,
@@ -26,7 +27,7 @@ struct Node<V> {
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: Levels::default(),
             plus: None,
             hash: None,
             value: None,
@@ -126,7 +127,7 @@ impl<V> Trie<V> {
             match level {
                 "#" if levels.peek().is_none() => break &mut node.hash,
                 "+" => node = node.plus.get_or_insert_with(Box::default),
-                l => node = node.children.entry(l.as_bytes().into()).or_default(),
+                l => node = node.children.get_or_default(l.as_bytes()),
             }
         };
         (slot, &mut self.len)
@@ -173,7 +174,7 @@ fn visit_all<V>(node: &Node<V>, path: &mut String, visit: &mut impl FnMut(&str, 
         visit_all(plus, path, visit);
         path.truncate(here);
     }
-    for (level, child) in &node.children {
+    for (level, child) in node.children.iter() {
         path.push_str(&String::from_utf8_lossy(level));
         path.push('/');
         visit_all(child, path, visit);

@@ -319,6 +319,10 @@ impl Inbox for Mailbox {
     fn keeps_up(&self) -> bool {
         self.backlog().keeps_up()
     }
+
+    fn waiting(&self) -> usize {
+        self.backlog().pending()
+    }
 }
 
 #[cfg(test)]
