@@ -10,6 +10,31 @@ use bytes::Bytes;
 /// one call per level, and this keeps that far inside a worker thread's stack.
 pub const MAX_TOPIC_LEVELS: usize = 1024;
 
+/// True if `name` may be published to: non-empty, no wildcards [MQTT-3.3.2-2, MQTT-4.7.1-1,
+/// MQTT-4.7.3-1].
+pub fn valid_topic_name(name: &[u8]) -> bool {
+    !name.is_empty() && !name.iter().any(|&b| b == b'+' || b == b'#')
+}
+
+/// True if `filter` is a well-formed subscription filter: non-empty, `#` only as the whole last
+/// level, `+` only as a whole level [MQTT-4.7.1-2, MQTT-4.7.1-3, MQTT-4.7.3-1].
+pub fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        match level {
+            "#" if last => {}
+            "+" => {}
+            l if l.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Quality of service of a PUBLISH or a subscription; ordered so `min` downgrades.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]

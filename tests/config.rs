@@ -173,6 +173,59 @@ fn http_half_configured_or_exposed_is_refused() {
     );
 }
 
+#[test]
+fn bridge_tables_are_checked_and_refused_until_bridges_exist() {
+    let good = "[[bridge]]\nname = \"up\"\naddress = \"127.0.0.1:1884\"\ntopic = [\"# out 1 edge/ central/\"]\n";
+    for (text, key, why) in [
+        (
+            good.replace("# out 1", "# sideways 1"),
+            "bridge[0].topic",
+            "direction \"sideways\"",
+        ),
+        (
+            good.replace("edge/", "edge/+/"),
+            "bridge[0].topic",
+            "wildcard",
+        ),
+        (
+            good.replace("\"up\"", "\"a/b\""),
+            "bridge.name",
+            "without '/'",
+        ),
+        (good.replace(":1884", ":0"), "bridge.address", "host:port"),
+        (
+            format!("{good}password = \"p\"\n"),
+            "bridge.password",
+            "needs username",
+        ),
+        (
+            format!("{good}certfile = \"c.pem\"\nkeyfile = \"k.pem\"\n"),
+            "bridge.certfile",
+            "needs cafile",
+        ),
+        (
+            format!("{good}restart_timeout = [\"5m\", \"5s\"]\n"),
+            "bridge.restart_timeout",
+            "at least the first",
+        ),
+        (format!("{good}{good}"), "bridge.name", "names two bridges"),
+        (
+            format!("{good}bogus = 1\n"),
+            "bridge[0].bogus",
+            "unknown field",
+        ),
+        // A well-formed bridge is refused, not ignored, until bridges exist.
+        (good.to_owned(), "bridge", "not available"),
+    ] {
+        let (code, err, path) = check(&text);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            err.contains(&path) && err.contains(key) && err.contains(why),
+            "{text}: {err}"
+        );
+    }
+}
+
 /// `config/tern.service`: hardened as the README says, running the binary with the flags it
 /// has, and, where systemd is installed, a unit `systemd-analyze verify` accepts.
 #[test]

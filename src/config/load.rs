@@ -23,6 +23,10 @@ impl Config {
                 &mut l.crlfile,
             ]
         });
+        let bridge_files = config
+            .bridge
+            .iter_mut()
+            .flat_map(|b| [&mut b.cafile, &mut b.certfile, &mut b.keyfile]);
         let location = &mut config.persistence.persistence_location;
         if location.is_relative() && !location.as_os_str().is_empty() {
             *location = base.join(&*location);
@@ -34,6 +38,7 @@ impl Config {
         ]
         .into_iter()
         .chain(listener_files)
+        .chain(bridge_files)
         .flatten()
         {
             if file.is_relative() {

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod bridge;
 mod load;
 mod validate;
+
+pub use bridge::{BridgeConfig, Direction, TopicRule};
 
 /// The shipped default configuration file, printed by `tern --print-default-config`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tern.toml");
@@ -64,6 +67,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// Metrics, health, the JSON API and the dashboard (`[http]`).
     pub http: HttpConfig,
+    /// Connections to other brokers (`[[bridge]]`).
+    pub bridge: Vec<BridgeConfig>,
     /// Where this configuration was read from, so SIGHUP can read it again.
     #[serde(skip)]
     pub origin: Origin,
@@ -318,6 +323,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
             http: HttpConfig::default(),
+            bridge: Vec::new(),
             origin: Origin::default(),
         }
     }

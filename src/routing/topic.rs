@@ -16,30 +16,7 @@ pub fn too_deep(topic: &[u8], max: usize) -> bool {
     topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
-/// True if `name` may be published to: non-empty, no wildcards [MQTT-3.3.2-2, MQTT-4.7.1-1,
-/// MQTT-4.7.3-1].
-pub fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && !name.iter().any(|&b| b == b'+' || b == b'#')
-}
-
-/// True if `filter` is a well-formed subscription filter: non-empty, `#` only as the whole last
-/// level, `+` only as a whole level [MQTT-4.7.1-2, MQTT-4.7.1-3, MQTT-4.7.3-1].
-pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
-        return false;
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        match level {
-            "#" if last => {}
-            "+" => {}
-            l if l.contains(['+', '#']) => return false,
-            _ => {}
-        }
-    }
-    true
-}
+pub use crate::message::{valid_filter, valid_topic_name as valid_name};
 
 /// True if the filter has a `+` or `#` level, so it must live in the wildcard trie.
 pub fn is_wildcard(filter: &str) -> bool {
