@@ -106,4 +106,8 @@ pub struct Publisher {
     pub client_id: ClientId,
     /// The user name it authenticated as.
     pub username: Option<Arc<str>>,
+    /// The session of a bridge (its CONNECT carried the bridge bit, Mosquitto's
+    /// `try_private`): what it publishes is not delivered back to it, so two brokers bridged
+    /// both ways pass a message once. Not stored.
+    pub bridge_session: Option<SessionId>,
 }

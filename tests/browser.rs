@@ -80,6 +80,7 @@ async fn the_dashboard_shows_the_api_figures_and_kicks_publishes_and_browses() {
     }
     let victim = tern::codec::Connect {
         protocol: tern::codec::Protocol::V311,
+        bridge: false,
         clean_session: true,
         keep_alive: 60,
         client_id: "dash-victim".into(),

@@ -292,6 +292,7 @@ async fn connect_with_every_field_is_accepted() {
     let mut raw = Raw::open(b.addr).await;
     raw.send_packet(&Packet::Connect(Box::new(tern::codec::Connect {
         protocol: tern::codec::Protocol::V311,
+        bridge: false,
         clean_session: true,
         keep_alive: 30,
         client_id: "full".into(),

@@ -46,6 +46,7 @@ async fn a_reset_right_after_connect_leaves_no_session() {
         let mut raw = Raw::open(b.addr).await;
         raw.send_packet(&Packet::Connect(Box::new(Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             // An assigned id: nothing would ever reuse a leaked session.

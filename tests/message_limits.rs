@@ -42,6 +42,7 @@ async fn connect_with_will(addr: SocketAddr, len: usize) -> ConnectReturnCode {
     let mut raw = Raw::open(addr).await;
     raw.send_packet(&Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: true,
         keep_alive: 60,
         client_id: format!("will-{len}"),

@@ -393,6 +393,7 @@ async fn packet_ids_wrap_and_are_never_reused_while_in_flight() {
 async fn v31_resume_connack(addr: std::net::SocketAddr) -> Vec<u8> {
     let connect = Packet::Connect(Box::new(tern::codec::Connect {
         protocol: tern::codec::Protocol::V31,
+        bridge: false,
         clean_session: false,
         keep_alive: 60,
         client_id: "old-client".into(),

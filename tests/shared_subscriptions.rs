@@ -177,6 +177,29 @@ async fn each_strategy_spreads_as_named() {
             assert!(per.len() >= 2, "{strategy:?}: {per:?}");
         }
     }
+    // By publisher: each publisher's messages go to one member, and six publishers do not all
+    // land on the same one.
+    let b = broker(ShareStrategy::HashClientid).await;
+    let mut g = group(b.addr, &ids, "$share/g/s/+", QoS::AtLeastOnce).await;
+    let mut owner = HashMap::new();
+    for p in 0..6u32 {
+        let (mut raw, _) = Raw::connect(b.addr, &format!("publisher-{p}"), true, 0).await;
+        for i in 0..20u32 {
+            let n = p * 20 + i;
+            let pkid = i as u16 + 1;
+            raw.publish("s/x", QoS::AtLeastOnce, Some(pkid), false, &n.to_be_bytes())
+                .await;
+            assert_eq!(raw.recv().await, Packet::PubAck(pkid));
+        }
+    }
+    for _ in 0..120 {
+        let (id, n) = within(WAIT, g.rx.recv()).await.expect("members running");
+        let first = owner.entry(n / 20).or_insert_with(|| id.clone());
+        assert_eq!(*first, id, "publisher {}'s messages split", n / 20);
+    }
+    let members: std::collections::HashSet<_> = owner.values().collect();
+    assert!(members.len() >= 2, "{owner:?}");
+    drop(g);
     // By topic: the members' shares follow the topics, whoever publishes.
     let b = broker(ShareStrategy::HashTopic).await;
     let mut g = group(b.addr, &ids, "$share/g/s/+", QoS::AtLeastOnce).await;

@@ -14,6 +14,7 @@ const QUIET: Duration = Duration::from_millis(300);
 fn connect_with_will(id: &str, keep_alive: u16, qos: QoS, retain: bool) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: true,
         keep_alive,
         client_id: id.into(),
@@ -135,6 +136,7 @@ async fn will_with_wildcard_topic_is_refused() {
     let mut raw = Raw::open(b.addr).await;
     raw.send_packet(&Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: true,
         keep_alive: 60,
         client_id: "w".into(),

@@ -31,6 +31,7 @@ impl Conn {
         };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: clean,
             keep_alive: 0,
             client_id: id.into(),

@@ -305,6 +305,7 @@ async fn open(broker: SocketAddr, local: Option<IpAddr>, id: &str, clean: bool) 
     codec::encode(
         &Packet::Connect(Box::new(Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: clean,
             // Some brokers (rumqttd) refuse keepalive 0; runs are far shorter than this.
             keep_alive: 600,

@@ -116,6 +116,7 @@ impl<S: Transport + 'static> Connection<S> {
             },
             keepalive: accepted.keep_alive.secs(),
             since: std::time::SystemTime::now(),
+            bridge: accepted.bridge,
         });
         let mut attached = None;
         // If the session ended between lookup and attach, or never answered, look again once,

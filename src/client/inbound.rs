@@ -28,7 +28,7 @@ impl<S: Transport> Connection<S> {
     /// Routes a message whose deliveries wait for the store (see `Router::publish_deferred`);
     /// the LSN its acknowledgement waits for, at least `after`.
     fn route_later(&mut self, msg: Arc<Message>, client: &mut Client, after: u64) -> u64 {
-        let from = msg.retain.then(|| client.publisher());
+        let from = Some(client.publisher());
         let (published, later) = self.shared.router.publish_deferred(msg, from);
         let lsn = published.wait.lsn.max(after);
         self.gated
@@ -39,7 +39,7 @@ impl<S: Transport> Connection<S> {
 
     /// What its acknowledgement waits for (nothing, without a store).
     fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> Wait {
-        let from = msg.retain.then(|| client.publisher());
+        let from = Some(client.publisher());
         let congested = backpressure.then_some(&mut self.congested);
         self.shared.router.publish_from(msg, from, congested).wait
     }

@@ -256,8 +256,8 @@ struct Connection<S> {
 /// The state of a connected client.
 struct Client {
     accepted: Accepted,
-    /// The client as the ACL knows it, kept with what it retains; made by its first retained
-    /// message or its will, since most clients retain nothing.
+    /// The client as the ACL knows it, passed with what it publishes; made by its first
+    /// PUBLISH or its will.
     publisher: Option<Arc<Publisher>>,
     session: SessionHandle,
     outbound: OutboundRx,
@@ -290,11 +290,12 @@ impl<S> Connection<S> {
 impl Client {
     /// The publisher to store with a retained message (made on first use).
     fn publisher(&mut self) -> &Arc<Publisher> {
-        let accepted = &self.accepted;
+        let (accepted, session) = (&self.accepted, self.session.id);
         self.publisher.get_or_insert_with(|| {
             Arc::new(Publisher {
                 client_id: accepted.client_id.clone(),
                 username: accepted.username.as_deref().map(Arc::from),
+                bridge_session: accepted.bridge.then_some(session),
             })
         })
     }

@@ -67,6 +67,8 @@ pub struct Accepted {
     pub username: Option<String>,
     /// The protocol version spoken: a 3.1 CONNACK has no session-present flag.
     pub protocol: Protocol,
+    /// Another broker's bridge: not sent back what it publishes.
+    pub bridge: bool,
 }
 
 /// Where a client's user name comes from.
@@ -136,6 +138,7 @@ pub fn check_connect(
         will,
         username,
         protocol: c.protocol,
+        bridge: c.bridge,
     })
 }
 
@@ -231,6 +234,7 @@ mod tests {
     fn connect(id: &str, clean: bool) -> Connect {
         Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: clean,
             keep_alive: 60,
             client_id: id.into(),

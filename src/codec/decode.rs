@@ -127,7 +127,9 @@ fn return_code(code: u8) -> Result<super::ConnectReturnCode, DecodeError> {
 fn parse_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     let name = take_bytes(body)?;
     let level = take_u8(body)?;
-    let protocol = match (&name[..], level) {
+    // The top bit is Mosquitto's bridge mark (`try_private`): the client is another broker.
+    let bridge = level & 0x80 != 0;
+    let protocol = match (&name[..], level & 0x7f) {
         (b"MQTT", 4) => Protocol::V311,
         (b"MQIsdp", 3) => Protocol::V31,
         (b"MQTT", l) | (b"MQIsdp", l) => return Err(DecodeError::UnsupportedProtocolLevel(l)),
@@ -175,6 +177,7 @@ fn parse_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     };
     Ok(Connect {
         protocol,
+        bridge,
         clean_session: flags & 0x02 != 0,
         keep_alive,
         client_id,

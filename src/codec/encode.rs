@@ -80,6 +80,7 @@ fn encode_connect(c: &Connect, buf: &mut BytesMut) {
         Protocol::V311 => (b"MQTT", 4),
         Protocol::V31 => (b"MQIsdp", 3),
     };
+    let level = level | if c.bridge { 0x80 } else { 0 };
     let mut flags = u8::from(c.clean_session) << 1;
     let mut len = 2 + name.len() + 4 + 2 + c.client_id.len();
     if let Some(w) = &c.will {

@@ -40,6 +40,8 @@ pub struct LastWill {
 pub struct Connect {
     /// Protocol name and level.
     pub protocol: Protocol,
+    /// The level's top bit (0x80) set: another broker's bridge (Mosquitto's `try_private`).
+    pub bridge: bool,
     /// Clean-session flag.
     pub clean_session: bool,
     /// Keepalive in seconds, 0 = off.

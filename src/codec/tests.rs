@@ -29,6 +29,7 @@ fn all_packets() -> Vec<Packet> {
     vec![
         Packet::Connect(Box::new(Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: "client-1".into(),
@@ -43,6 +44,7 @@ fn all_packets() -> Vec<Packet> {
         })),
         Packet::Connect(Box::new(Connect {
             protocol: Protocol::V31,
+            bridge: true,
             clean_session: false,
             keep_alive: 0,
             client_id: String::new(),
@@ -501,4 +503,35 @@ fn encoded_len(remaining: usize) -> usize {
         _ => 5,
     };
     header + remaining
+}
+
+#[test]
+fn a_bridge_sets_the_protocol_levels_top_bit() {
+    for (protocol, name, level) in [
+        (Protocol::V311, &b"MQTT"[..], 0x84),
+        (Protocol::V31, b"MQIsdp", 0x83),
+    ] {
+        let mut buf = BytesMut::new();
+        let c = Connect {
+            protocol,
+            bridge: true,
+            clean_session: true,
+            keep_alive: 0,
+            client_id: "b".into(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        encode(&Packet::Connect(Box::new(c.clone())), &mut buf);
+        // Fixed header (2), name length (2), name, then the level.
+        assert_eq!(&buf[4..4 + name.len()], name);
+        assert_eq!(buf[4 + name.len()], level);
+        match decode(&mut buf, usize::MAX) {
+            Ok(Some(Packet::Connect(back))) => assert_eq!(*back, c),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Any other level is still refused, with or without the bit [MQTT-3.1.2-2].
+    let mut buf = BytesMut::from(&b"\x10\x0c\x00\x04MQTT\x85\x02\x00\x00\x00\x00"[..]);
+    assert!(decode(&mut buf, usize::MAX).is_err());
 }

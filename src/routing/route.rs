@@ -111,4 +111,6 @@ pub struct Published {
     /// What must be on disk (or settled) before the message is acknowledged; nothing if
     /// the store wrote nothing.
     pub wait: Wait,
+    /// The session of the bridge that published it, which it is not handed back to.
+    pub from_bridge: Option<SessionId>,
 }

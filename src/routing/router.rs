@@ -298,6 +298,7 @@ impl<I: Inbox> Router<I> {
         let Matched { exact, wild } = matched;
         let mut out = Published {
             wait: Wait::from(out_lsn),
+            from_bridge: from.and_then(|p| p.bridge_session),
             ..Published::default()
         };
         if self.shared.is_empty() {
@@ -385,7 +386,8 @@ impl<I: Inbox> Router<I> {
         Matched { exact, wild }
     }
 
-    /// Hands `msg` to each route, a group's pick with the group's key.
+    /// Hands `msg` to each route, a group's pick with the group's key; never back to the
+    /// bridge that published it.
     fn fan_out<'a>(
         &self,
         msg: &Arc<Message>,
@@ -394,6 +396,8 @@ impl<I: Inbox> Router<I> {
         mut congested: Option<&mut Vec<Arc<I>>>,
         mut deferred: Option<&mut Deferred<I>>,
     ) {
+        let bridge = out.from_bridge;
+        let routes = routes.filter(move |(r, _)| Some(r.session) != bridge);
         let upgrade = self.upgrade_outgoing_qos.load(Ordering::Relaxed);
         let qos_for = |route: &Route<I>| {
             if upgrade {

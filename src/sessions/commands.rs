@@ -97,6 +97,9 @@ pub struct ConnInfo {
     pub keepalive: u16,
     /// When its CONNECT was accepted.
     pub since: SystemTime,
+    /// Another broker's bridge: live messages keep their RETAIN flag, so retained messages
+    /// propagate (as Mosquitto does for a bridge with `try_private`).
+    pub bridge: bool,
 }
 
 /// Why a connection is told to close by its session.

@@ -275,7 +275,11 @@ impl Session {
                 }
             }
             SessionCmd::PubComp(id) => self.finish(id, Inflight::pubcomp),
-            SessionCmd::Deliver(d) => self.deliver(d.into()),
+            SessionCmd::Deliver(d) => {
+                let mut q = Queued::from(d);
+                q.retain = q.msg.retain && self.link.as_ref().is_some_and(|l| l.info.bridge);
+                self.deliver(q)
+            }
             SessionCmd::Admin(a) => match *a {
                 Admin::Inspect(reply) => {
                     let _ = reply.send(self.info());

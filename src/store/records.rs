@@ -261,6 +261,7 @@ pub fn decode_retained(
         _ => Some(Publisher {
             client_id: r.text()?,
             username: r.optional_text()?,
+            bridge_session: None,
         }),
     };
     if std::str::from_utf8(topic).is_err() {
@@ -316,6 +317,7 @@ mod tests {
         let from = Publisher {
             client_id: "c".into(),
             username: None,
+            bridge_session: None,
         };
         let (back, who) = decode_retained(b"a/b", &encode_retained(&m, Some(&from))).expect("ok");
         assert_eq!(

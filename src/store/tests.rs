@@ -104,6 +104,7 @@ async fn what_was_made_durable_is_recovered_in_order() {
                 from: Some(Arc::new(Publisher {
                     client_id: "p".into(),
                     username: None,
+                    bridge_session: None,
                 })),
             },
         ],

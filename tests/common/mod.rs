@@ -500,6 +500,7 @@ pub async fn connect_as(
     let mut raw = Raw::open(addr).await;
     raw.send_packet(&Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: clean,
         keep_alive: 60,
         client_id: id.into(),
@@ -541,6 +542,7 @@ pub async fn acl_broker(acl: &str) -> (TestBroker, tempfile::TempDir) {
 pub fn connect_packet(id: &str, clean: bool, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: clean,
         keep_alive,
         client_id: id.into(),
