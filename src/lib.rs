@@ -9,6 +9,7 @@
 //! | folder | what it is |
 //! |---|---|
 //! | [`broker`] | the top: binds, wires and runs everything; reloads the configuration |
+//! | [`bridge`] | `[[bridge]]`: connections to other brokers, each an MQTT client of the remote and, through an in-process pipe, of this broker |
 //! | [`door`] | listeners, TLS, WebSocket, the descriptor table: where sockets come in |
 //! | [`http`] | `[http]`: `/metrics`, health, the JSON API and the dashboard (axum), beside the door |
 //! | [`client`] | the connection task (one per socket) and the protocol rules |
@@ -38,6 +39,11 @@
 //!   its mailbox, so the connection checks them without a round trip.
 //! - The router ([`routing::router`]) is a shared object, not a task: exact filters in a map,
 //!   wildcards in the trie, retained messages beside them.
+//! - One task per `[[bridge]]` ([`bridge`]): a client of the remote broker, and of this one
+//!   through a `tokio::io::duplex` pipe that an ordinary connection task serves, so the
+//!   bridge's local side is a session like any other (its queue holds what waits for the
+//!   remote). Both CONNECTs carry the bridge bit: a broker does not send a bridge back what it
+//!   published (`Publisher::bridge_session`), and gives it live messages with their RETAIN flag.
 //! - One `$SYS` task, and a SIGHUP task in the binary.
 //! - With `[http]`, one axum server ([`http`]). It reads the counters and the router
 //!   directly and asks sessions through their mailboxes (`SessionCmd::Admin`, with
@@ -149,6 +155,7 @@
 //! integration tests both use.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod codec;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use arc_swap::ArcSwap;
 
 use crate::auth::{AuthError, Policy};
+use crate::bridge::Bridges;
 use crate::config::{Config, ListenerConfig, SyncMode};
 use crate::door::listener::{self, Door};
 use crate::http::{Http, HttpHandle};
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The HTTP server cannot start.
     #[error("{0}")]
     Http(#[from] crate::http::HttpError),
+    /// A bridge's TLS files cannot be used.
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
 }
 
 /// A bound, not yet running broker.
@@ -65,6 +69,8 @@ pub struct Broker {
     /// The HTTP server, with `[http] bind`.
     http: Option<Http>,
     http_handle: Option<HttpHandle>,
+    /// `[[bridge]]`, started by `run`.
+    bridges: Bridges,
 }
 
 /// Every listener's door, in listener order.
@@ -123,12 +129,14 @@ impl Broker {
         let http_config = shared.config.load().http.clone();
         let http = Http::bind(&http_config, &shared).await?;
         let http_handle = http.as_ref().map(Http::handle);
+        let bridges = Bridges::prepare(&shared.config.load())?;
         Ok(Broker {
             shared,
             listeners,
             doors: Arc::new(doors),
             http,
             http_handle,
+            bridges,
         })
     }
 
@@ -182,6 +190,7 @@ impl Broker {
         if let Some(http) = self.http {
             shared.tracker.spawn(http.serve());
         }
+        self.bridges.start(&shared);
         if let Some(h) = &self.http_handle {
             h.ready.store(true, std::sync::atomic::Ordering::Release);
         }

@@ -75,6 +75,11 @@ impl Reloader {
             new.mqtt.memory_limit = 0;
             need_restart.push("mqtt.memory_limit (none was set at start)".into());
         }
+        if new.bridge != old.bridge {
+            // Each bridge is one task started with the broker.
+            new.bridge = old.bridge.clone();
+            need_restart.push("bridge".into());
+        }
         if new.http.bind != old.http.bind {
             new.http = old.http.clone();
             need_restart.push("http.bind".into());

@@ -65,6 +65,10 @@ impl<S: Transport + 'static> Connection<S> {
         };
         let shared = self.shared.clone();
         let policy = shared.policy.load_full();
+        let max_queued = match &identity {
+            Identity::Internal { max_queued, .. } => Some(*max_queued),
+            _ => None,
+        };
         // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
         // runs on the blocking pool, so a burst of logins cannot stall the async workers.
         let hashes = protocol::checks_password(&connect, &identity, &policy);
@@ -117,6 +121,7 @@ impl<S: Transport + 'static> Connection<S> {
             keepalive: accepted.keep_alive.secs(),
             since: std::time::SystemTime::now(),
             bridge: accepted.bridge,
+            max_queued,
         });
         let mut attached = None;
         // If the session ended between lookup and attach, or never answered, look again once,

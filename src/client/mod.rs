@@ -347,16 +347,27 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
-    fn poll_read_some(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        buf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
-    }
+/// Streams that buffer their own reads (TLS; the in-process pipe this broker's bridges
+/// reach it through): read into the buffer directly.
+macro_rules! buffered_transport {
+    ($($t:ty),*) => {$(
+        impl Transport for $t {
+            fn poll_read_some(
+                &mut self,
+                cx: &mut Context<'_>,
+                buf: &mut BytesMut,
+            ) -> Poll<io::Result<usize>> {
+                buf.reserve(READ_CHUNK);
+                tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+            }
+        }
+    )*};
 }
+
+buffered_transport!(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio::io::DuplexStream
+);
 
 /// Bytes reserved for each read; the buffer is released again once it holds no partial frame.
 const READ_CHUNK: usize = 16 * 1024;

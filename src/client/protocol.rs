@@ -83,6 +83,14 @@ pub enum Identity {
     /// A `use_identity_as_username` listener got a certificate with no usable common name:
     /// refused with 0x05, never replaced by the CONNECT's user name.
     Unusable,
+    /// A bridge's own connection to this broker, from inside the process: trusted, so no
+    /// password is checked; the ACL sees its `local_username`, if it has one.
+    Internal {
+        /// The bridge's `local_username`.
+        username: Option<String>,
+        /// Its `max_queued_messages`: the limit of the session it makes here.
+        max_queued: usize,
+    },
 }
 
 /// Applies the CONNECT rules of section 3.1 in the order Mosquitto does.
@@ -117,6 +125,7 @@ pub fn check_connect(
     };
     let username = match identity {
         Identity::Certificate(name) => Some(name.clone()),
+        Identity::Internal { username, .. } => username.clone(),
         Identity::Unusable => return Err(Refusal::Connack(ConnectReturnCode::NotAuthorized)),
         Identity::FromConnect => {
             let creds = Credentials {

@@ -23,8 +23,16 @@ pub struct BridgeConfig {
     /// The client id on the remote; default `tern.NAME`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Connect with clean session 1 (Mosquitto's `cleansession`; default false, so the remote
-    /// keeps the bridge's subscriptions and its QoS 1/2 messages while it is away).
+    /// The client id of the bridge's own session on this broker; default `local.CLIENT_ID`.
+    #[serde(default)]
+    pub local_client_id: Option<String>,
+    /// The user name the ACL sees for the bridge on this broker (no password: the bridge is
+    /// inside the broker); none = anonymous.
+    #[serde(default)]
+    pub local_username: Option<String>,
+    /// Connect with clean session 1, on both brokers (Mosquitto's `cleansession`; default
+    /// false, so each keeps the bridge's subscriptions and its QoS 1/2 messages while the
+    /// other is away).
     #[serde(default)]
     pub clean_session: bool,
     /// Keepalive on the remote connection, in seconds.
@@ -203,6 +211,13 @@ impl BridgeConfig {
         self.client_id
             .clone()
             .unwrap_or_else(|| format!("tern.{}", self.name))
+    }
+
+    /// The client id of the bridge's session on this broker.
+    pub fn local_client_id(&self) -> String {
+        self.local_client_id
+            .clone()
+            .unwrap_or_else(|| format!("local.{}", self.remote_client_id()))
     }
 
     /// Where the connection state is published.

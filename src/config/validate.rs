@@ -138,17 +138,6 @@ impl Config {
                 return Err(("bridge.name", format!("{:?} names two bridges", b.name)));
             }
         }
-        // Read and checked, so the tables can be written now; refused rather than ignored
-        // until the bridge itself is built (issue 14).
-        if let Some(b) = self.bridge.first() {
-            return Err((
-                "bridge",
-                format!(
-                    "bridge {:?}: bridges are not available in this version yet",
-                    b.name
-                ),
-            ));
-        }
         let h = &self.http;
         if h.password_file.is_some() && h.bind.is_none() {
             return Err(("http.password_file", "needs http.bind".into()));

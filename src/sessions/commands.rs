@@ -100,6 +100,9 @@ pub struct ConnInfo {
     /// Another broker's bridge: live messages keep their RETAIN flag, so retained messages
     /// propagate (as Mosquitto does for a bridge with `try_private`).
     pub bridge: bool,
+    /// The queue limit of a session this connection makes, in place of
+    /// `session.max_queued_messages` (this broker's own bridges).
+    pub max_queued: Option<usize>,
 }
 
 /// Why a connection is told to close by its session.

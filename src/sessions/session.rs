@@ -101,7 +101,12 @@ impl Session {
             .as_ref()
             .filter(|_| persistent)
             .map(|s| s.new_sid());
-        let config = shared.config.load_full();
+        let mut config = shared.config.load_full();
+        if let Some(n) = link.info.max_queued {
+            let mut own = (*config).clone();
+            own.session.max_queued_messages = n;
+            config = Arc::new(own);
+        }
         let cfg = &config.session;
         let mailbox = Arc::new(Mailbox::new(
             cfg.max_queued_messages.max(64) + 64,
