@@ -8,6 +8,7 @@
 #   DURABLE_ONLY=1 benches/compare.sh   # only the persistence table (about 2 minutes)
 #   WS_ONLY=1 benches/compare.sh        # only the WebSocket table (about 2 minutes)
 #   SHARED_ONLY=1 benches/compare.sh    # only the shared-subscription table (about 2 minutes)
+#   BRIDGE_ONLY=1 benches/compare.sh    # only the bridge table (about 2 minutes)
 #   TERN=path/to/tern DURABLE_ONLY=1 benches/compare.sh   # another build of Tern
 #
 # The persistence table runs QoS 1 fan-in (4 publishers, 64 B) to one subscriber with a
@@ -43,7 +44,7 @@ TERN=${TERN:-target/release/tern}
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 NEEDED="$MOSQUITTO"
-[ -n "${DURABLE_ONLY:-}${WS_ONLY:-}${SHARED_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
+[ -n "${DURABLE_ONLY:-}${WS_ONLY:-}${SHARED_ONLY:-}${BRIDGE_ONLY:-}" ] || NEEDED="$NEEDED $RUMQTTD"
 for b in $NEEDED; do
   [ -x "$b" ] || { echo "missing $b: apt-get install mosquitto; cargo install rumqttd" >&2; exit 1; }
 done
@@ -305,7 +306,50 @@ EOF
   )
 }
 
+# Bridges: QoS 1 fan-in (4 publishers, 64 B) published on an edge Tern whose bridge carries
+# everything (`# out 1`) to a remote, with the subscriber on the remote; the remote is Tern or
+# Mosquitto, beside fan-in straight to that remote. Both brokers share CPU 0.
+bridge_bench() {
+  : > "$OUT/bridge-tern.results"; : > "$OUT/bridge-mosquitto.results"
+  for rep in $(seq 1 "$REPS"); do
+    for remote in tern mosquitto; do
+      port=$(free_port); start_broker "$remote" "$port"; RPID=$PID
+      line=$(taskset -c 1 timeout 120 "$LOAD" --port "$port" --broker-pid "$RPID" --timeout 30 fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 64 2>>"$OUT/bridge.err" || echo "failed=1")
+      echo "direct#$rep $line" >> "$OUT/bridge-$remote.results"
+      edge=$(free_port); conf=$OUT/edge.toml
+      tern_config "$edge" "$conf"
+      printf '[[bridge]]\nname = "up"\naddress = "127.0.0.1:%s"\ntopic = ["# out 1"]\n' "$port" >> "$conf"
+      taskset -c 0 "$TERN" -c "$conf" > "$OUT/edge.out" 2>&1 &
+      EPID=$!
+      wait_port "$edge"
+      # Up once the bridge has subscribed on both sides (its state topic says 1).
+      for _ in $(seq 1 100); do
+        [ "$(timeout 2 mosquitto_sub -p "$edge" -t '$SYS/broker/connection/up/state' -C 1 2>/dev/null)" = 1 ] && break
+        sleep 0.1
+      done
+      line=$(taskset -c 1 timeout 120 "$LOAD" --port "$edge" --broker-pid "$EPID" --timeout 30 fanin --publishers 4 --count $((COUNT / 4)) --qos 1 --payload 64 --subscribe-port "$port" 2>>"$OUT/bridge.err" || echo "failed=1")
+      echo "bridged#$rep $line" >> "$OUT/bridge-$remote.results"
+      kill "$EPID" "$RPID"; wait "$EPID" "$RPID" 2>/dev/null || true
+    done
+  done
+  (cd benches && python3 - "../$OUT" <<'EOF'
+import sys
+from chart import load
+print("| remote    | fan-in to the remote msg/s | through a bridge msg/s | bridged/direct | lost | dup |")
+print("|-----------|----------------------------|------------------------|----------------|------|-----|")
+for remote in ("tern", "mosquitto"):
+    rows = load(f"{sys.argv[1]}/bridge-{remote}.results")
+    d, b = rows.get("direct", {}), rows.get("bridged", {})
+    a, c = d.get("rate_msg_s"), b.get("rate_msg_s")
+    f = lambda v: "-" if v is None else f"{v:,.0f}"
+    ratio = "-" if not a or c is None else f"{c / a:.2f}"
+    print(f"| {remote:<9} | {f(a):>26} | {f(c):>22} | {ratio:>14} | {f(b.get('lost')):>4} | {f(b.get('dup')):>3} |")
+EOF
+  )
+}
+
 if [ -n "${DURABLE_ONLY:-}" ]; then durable; exit 0; fi
+if [ -n "${BRIDGE_ONLY:-}" ]; then bridge_bench; exit 0; fi
 if [ -n "${WS_ONLY:-}" ]; then websocket; exit 0; fi
 if [ -n "${SHARED_ONLY:-}" ]; then shared_subs; exit 0; fi
 

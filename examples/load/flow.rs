@@ -347,7 +347,10 @@ pub async fn run_flow(
     let mut subs = Vec::new();
     for (i, filter) in filters.iter().enumerate() {
         let id = format!("load-sub-{i}");
-        let mut s = connect_session(broker, &id, !flow.persistent_subscriber).await?;
+        let far = flow
+            .subscribe_port
+            .map_or(broker, |p| SocketAddr::new(broker.ip(), p));
+        let mut s = connect_session(far, &id, !flow.persistent_subscriber).await?;
         subscribe(&mut s, filter, qos).await?;
         let goal = match (pairs, shared) {
             (true, _) => Goal::new(flow.count),

@@ -62,6 +62,10 @@ struct Flow {
     /// Unacknowledged QoS 1/2 publishes per publisher.
     #[arg(long, default_value_t = 100)]
     window: usize,
+    /// Subscribers connect to this port instead: a second broker, at the far end of a
+    /// bridge from the first.
+    #[arg(long)]
+    subscribe_port: Option<u16>,
     /// Subscribers keep a persistent session (clean_session = 0), so a broker with
     /// persistence writes every QoS 1/2 message they are owed.
     #[arg(long)]

@@ -140,23 +140,43 @@ async fn connection(
         password: None,
     };
     let (mut local, _) = Peer::connect(Box::new(ours), local_connect, "local", usize::MAX).await?;
-    subscribe(
-        &mut remote,
-        cfg.topic.iter().filter(|r| r.comes_in()),
-        |r| r.remote_filter(),
-    );
-    subscribe(&mut local, cfg.topic.iter().filter(|r| r.goes_out()), |r| {
-        r.local_filter()
-    });
-    *connected = true;
-    tracing::info!(bridge = %cfg.name, address, "bridge up");
-    notify(shared, cfg, true);
-    if !cfg.notifications_local_only {
-        remote.queue(&state_publish(cfg, true));
-    }
+    // Up once both sides have answered their SUBSCRIBE: from then on what the rules match
+    // is carried. Messages may cross before (a resumed session resends what was in flight).
+    let ins = cfg.topic.iter().filter(|r| r.comes_in());
+    let mut subacks = usize::from(subscribe(&mut remote, ins, TopicRule::remote_filter));
+    let outs = cfg.topic.iter().filter(|r| r.goes_out());
+    subacks += usize::from(subscribe(&mut local, outs, TopicRule::local_filter));
     remote.flush().await?;
     local.flush().await?;
-    carry(cfg, &mut local, &mut remote).await
+    let mut up = || {
+        *connected = true;
+        tracing::info!(bridge = %cfg.name, address, "bridge up");
+        notify(shared, cfg, true);
+        (!cfg.notifications_local_only).then(|| state_publish(cfg, true))
+    };
+    let mut remote_note = None;
+    if subacks == 0 {
+        remote_note = up();
+    }
+    if let Some(note) = remote_note.take() {
+        remote.queue(&note);
+        remote.flush().await?;
+    }
+    let link = Link {
+        cfg,
+        subacks,
+        up: &mut up,
+    };
+    carry(link, &mut local, &mut remote).await
+}
+
+/// What `carry` needs besides the two sides.
+struct Link<'a, F: FnMut() -> Option<Packet>> {
+    cfg: &'a BridgeConfig,
+    /// SUBACKs still to come before the bridge is up.
+    subacks: usize,
+    /// Declares the bridge up; what to tell the remote, if anything.
+    up: &'a mut F,
 }
 
 /// Dials `address` and connects, with the bridge bit if `try_private` (and without it once
@@ -206,20 +226,28 @@ fn state_publish(cfg: &BridgeConfig, up: bool) -> Packet {
     })
 }
 
-/// Queues one SUBSCRIBE of every rule's filter on `side`, at the rule's QoS.
+/// Queues one SUBSCRIBE of every rule's filter on `side`, at the rule's QoS; false if there
+/// is none.
 fn subscribe<'a>(
     side: &mut Peer,
     rules: impl Iterator<Item = &'a TopicRule>,
     filter: impl Fn(&TopicRule) -> String,
-) {
+) -> bool {
     let filters: Vec<(String, QoS)> = rules.map(|r| (filter(r), r.qos)).collect();
-    if !filters.is_empty() {
-        side.queue(&Packet::Subscribe(Subscribe { pkid: 1, filters }));
+    if filters.is_empty() {
+        return false;
     }
+    side.queue(&Packet::Subscribe(Subscribe { pkid: 1, filters }));
+    true
 }
 
 /// Carries messages both ways until one side ends.
-async fn carry(cfg: &BridgeConfig, local: &mut Peer, remote: &mut Peer) -> Result<(), BridgeError> {
+async fn carry<F: FnMut() -> Option<Packet>>(
+    mut link: Link<'_, F>,
+    local: &mut Peer,
+    remote: &mut Peer,
+) -> Result<(), BridgeError> {
+    let cfg = link.cfg;
     // Toward the remote: its packet ids, each with the local one it answers.
     let mut out = Ids::default();
     // Toward this broker: its packet ids, each with the remote one it answers.
@@ -248,7 +276,7 @@ async fn carry(cfg: &BridgeConfig, local: &mut Peer, remote: &mut Peer) -> Resul
                         remote.queue(&ack_for(c));
                     }
                 }
-                Packet::SubAck(ack) => check_suback(cfg, "local", &ack.codes),
+                Packet::SubAck(ack) => suback(&mut link, "local", &ack.codes, remote),
                 _ => {}
             },
             p = remote.recv() => {
@@ -268,7 +296,7 @@ async fn carry(cfg: &BridgeConfig, local: &mut Peer, remote: &mut Peer) -> Resul
                             local.queue(&ack_for(c));
                         }
                     }
-                    Packet::SubAck(ack) => check_suback(cfg, "remote", &ack.codes),
+                    Packet::SubAck(ack) => suback(&mut link, "remote", &ack.codes, remote),
                     _ => {}
                 }
             }
@@ -292,9 +320,22 @@ fn ack_for(c: Crossing) -> Packet {
     }
 }
 
-fn check_suback(cfg: &BridgeConfig, side: &str, codes: &[crate::codec::SubAckCode]) {
+/// A side answered the bridge's SUBSCRIBE: after both, the bridge is up.
+fn suback<F: FnMut() -> Option<Packet>>(
+    link: &mut Link<'_, F>,
+    side: &str,
+    codes: &[crate::codec::SubAckCode],
+    remote: &mut Peer,
+) {
     if codes.contains(&crate::codec::SubAckCode::Failure) {
-        tracing::warn!(bridge = %cfg.name, side, ?codes, "a bridge subscription was refused");
+        let name = &link.cfg.name;
+        tracing::warn!(bridge = %name, side, ?codes, "a bridge subscription was refused");
+    }
+    link.subacks = link.subacks.saturating_sub(1);
+    if link.subacks == 0 {
+        if let Some(note) = (link.up)() {
+            remote.queue(&note);
+        }
     }
 }
 
