@@ -73,7 +73,10 @@ async fn out_and_in_with_prefixes_through_mosquitto() {
         "# out 1 edge/ central/site1/",
         "# in 1 edge/cmd/ central/cmd/site1/",
     ];
-    let b = TestBroker::start_with(|c| c.bridge = vec![bridge(remote, &rules)]).await;
+    let mut up = bridge(remote, &rules);
+    // Addresses are tried in turn: the first has nobody listening.
+    up.address.insert(0, format!("127.0.0.1:{}", free_port()));
+    let b = TestBroker::start_with(|c| c.bridge = vec![up]).await;
     state_is(b.addr, b"1").await;
     // Out: edge/... here is central/site1/... there.
     let mut far = subscriber(remote, "far", "central/site1/#").await;

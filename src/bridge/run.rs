@@ -37,6 +37,11 @@ pub async fn run(shared: Arc<Shared>, cfg: BridgeConfig, tls: Option<TlsConnecto
         open: AtomicU64::new(0),
     });
     notify(&shared, &cfg, false);
+    if !cfg.clean_session {
+        if let Err(e) = prime(&shared, &cfg, &stats).await {
+            tracing::warn!(bridge = %cfg.name, error = %e, "bridge session not made");
+        }
+    }
     for attempt in 0usize.. {
         let address = &cfg.address[attempt % cfg.address.len()];
         let mut connected = false;
@@ -115,31 +120,7 @@ async fn connection(
 ) -> Result<(), BridgeError> {
     let max_packet = shared.config.load().mqtt.max_packet_size;
     let mut remote = connect_remote(cfg, tls, address, max_packet).await?;
-    // This broker, through a pipe its own connection task serves.
-    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-    let identity = Identity::Internal {
-        username: cfg.local_username.clone(),
-        max_queued: cfg.max_queued_messages,
-    };
-    let slot = Slot {
-        open: OpenSocket::new(stats),
-        permit: None,
-    };
-    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    shared
-        .tracker
-        .spawn(client::serve(theirs, peer, shared.clone(), identity, slot));
-    let local_connect = Connect {
-        protocol: Protocol::V311,
-        bridge: true,
-        clean_session: cfg.clean_session,
-        keep_alive: 0,
-        client_id: cfg.local_client_id(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let (mut local, _) = Peer::connect(Box::new(ours), local_connect, "local", usize::MAX).await?;
+    let mut local = connect_local(shared, cfg, stats).await?;
     // Up once both sides have answered their SUBSCRIBE: from then on what the rules match
     // is carried. Messages may cross before (a resumed session resends what was in flight).
     let ins = cfg.topic.iter().filter(|r| r.comes_in());
@@ -177,6 +158,57 @@ struct Link<'a, F: FnMut() -> Option<Packet>> {
     subacks: usize,
     /// Declares the bridge up; what to tell the remote, if anything.
     up: &'a mut F,
+}
+
+/// Connects to this broker through a pipe its own connection task serves.
+async fn connect_local(
+    shared: &Arc<Shared>,
+    cfg: &BridgeConfig,
+    stats: &Arc<ListenerStats>,
+) -> Result<Peer, BridgeError> {
+    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+    let identity = Identity::Internal {
+        username: cfg.local_username.clone(),
+        max_queued: cfg.max_queued_messages,
+    };
+    let slot = Slot {
+        open: OpenSocket::new(stats),
+        permit: None,
+    };
+    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    shared
+        .tracker
+        .spawn(client::serve(theirs, peer, shared.clone(), identity, slot));
+    let local_connect = Connect {
+        protocol: Protocol::V311,
+        bridge: true,
+        clean_session: cfg.clean_session,
+        keep_alive: 0,
+        client_id: cfg.local_client_id(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let (local, _) = Peer::connect(Box::new(ours), local_connect, "local", usize::MAX).await?;
+    Ok(local)
+}
+
+/// Makes the bridge's persistent session here, subscribed to the out rules, and leaves it
+/// offline: what they match then waits for the remote from the start, even if the remote
+/// was never reached.
+async fn prime(
+    shared: &Arc<Shared>,
+    cfg: &BridgeConfig,
+    stats: &Arc<ListenerStats>,
+) -> Result<(), BridgeError> {
+    let mut local = connect_local(shared, cfg, stats).await?;
+    let outs = cfg.topic.iter().filter(|r| r.goes_out());
+    if subscribe(&mut local, outs, TopicRule::local_filter) {
+        local.flush().await?;
+        while !matches!(local.recv().await?, Packet::SubAck(_)) {}
+    }
+    local.queue(&Packet::Disconnect);
+    local.flush().await
 }
 
 /// Dials `address` and connects, with the bridge bit if `try_private` (and without it once

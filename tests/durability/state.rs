@@ -141,6 +141,43 @@ async fn shared_subscriptions_of_persistent_sessions_survive_kill_9() {
 }
 
 #[tokio::test]
+async fn what_waits_for_a_bridge_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The remote is down from the start; its address is reserved for later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let conf = format!(
+        "{}[[bridge]]\nname = \"up\"\naddress = \"127.0.0.1:{port}\"\ntopic = [\"b/# out 1\"]\nrestart_timeout = \"200ms\"\n",
+        config(dir.path(), "always")
+    );
+    let mut edge = BinaryBroker::start(&conf).await;
+    // The bridge's session is made at start, so what its rules match waits even though the
+    // remote was never reached; each PUBACK came once the message was on disk.
+    let (mut p, _) = Raw::connect(edge.addr, "pub", true, 60).await;
+    for i in 1..=20u16 {
+        p.publish("b/n", QoS::AtLeastOnce, Some(i), false, &i.to_be_bytes())
+            .await;
+        assert_eq!(p.recv().await, Packet::PubAck(i));
+    }
+    kill_9(&mut edge).await;
+    let remote = common::TestBroker::start_with(|c| {
+        c.listener[0].bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    })
+    .await;
+    let (mut far, _) = Raw::connect(remote.addr, "far", true, 60).await;
+    far.subscribe(1, &[("b/#", QoS::AtLeastOnce)]).await;
+    let _edge = BinaryBroker::start(&conf).await;
+    for i in 1..=20u16 {
+        let m = far.recv_publish().await;
+        assert_eq!(&m.payload[..], i.to_be_bytes(), "in order, none lost");
+        far.send_packet(&Packet::PubAck(m.pkid.expect("id"))).await;
+    }
+    far.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
 async fn an_expired_session_is_gone_after_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = format!(
