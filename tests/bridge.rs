@@ -314,3 +314,17 @@ async fn what_waits_for_an_unreachable_remote_is_bounded_and_counted() {
     }
     far.expect_silence(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn notifications_on_the_remote_too_when_asked() {
+    let central = TestBroker::start().await;
+    let mut b = bridge(central.addr, &["x/# out 0"]);
+    b.notifications_local_only = false;
+    let edge = TestBroker::start_with(|c| c.bridge = vec![b]).await;
+    state_is(edge.addr, b"1").await;
+    // Retained on the remote: a subscriber that comes later still sees it.
+    state_is(central.addr, b"1").await;
+    // The edge goes without a goodbye: the remote publishes the bridge's will, 0.
+    edge.stop().await;
+    state_is(central.addr, b"0").await;
+}

@@ -90,6 +90,12 @@ pub fn may_publish(acl: &dyn Acl, client_id: &str, username: Option<&str>, topic
     acl.allowed(client_id, username, Access::Write, topic)
 }
 
+/// True for the one `$SYS` branch another broker's bridge may publish to: its connection
+/// state (Mosquitto's bridge notifications, `$SYS/broker/connection/NAME/state`).
+pub fn is_bridge_state(topic: &str) -> bool {
+    topic.starts_with("$SYS/broker/connection/")
+}
+
 /// `[auth]` in force: anonymous access, the password file and the ACL file, if configured.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {

@@ -141,12 +141,13 @@ impl<S: Transport> Connection<S> {
                     metrics.publish_dropped(counter, &acc.client_id, topic, "message_size_limit");
                     false
                 } else {
-                    let allowed = crate::auth::may_publish(
-                        self.shared.policy.load().as_ref(),
-                        &acc.client_id,
-                        acc.username.as_deref(),
-                        topic,
-                    );
+                    let allowed = (acc.bridge && crate::auth::is_bridge_state(topic))
+                        || crate::auth::may_publish(
+                            self.shared.policy.load().as_ref(),
+                            &acc.client_id,
+                            acc.username.as_deref(),
+                            topic,
+                        );
                     if !allowed {
                         // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
                         Metrics::incr(&metrics.acl_denied);

@@ -139,7 +139,11 @@ pub fn check_connect(
     };
     let client_id: ClientId = client_id.into();
     // A will the client may not publish is dropped now rather than refused later.
-    let will = will.filter(|w| may_publish(acl, &client_id, username.as_deref(), w.topic_str()));
+    let will = will.filter(|w| {
+        let topic = w.topic_str();
+        (c.bridge && crate::auth::is_bridge_state(topic))
+            || may_publish(acl, &client_id, username.as_deref(), topic)
+    });
     Ok(Accepted {
         client_id,
         clean_session: c.clean_session,
