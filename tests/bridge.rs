@@ -328,3 +328,25 @@ async fn notifications_on_the_remote_too_when_asked() {
     edge.stop().await;
     state_is(central.addr, b"0").await;
 }
+
+#[tokio::test]
+async fn a_message_this_broker_would_refuse_is_dropped_not_looped() {
+    let central = TestBroker::start().await;
+    let edge = TestBroker::start_with(|c| {
+        c.mqtt.max_packet_size = 200;
+        c.bridge = vec![bridge(central.addr, &["# in 1 edge/ \"\""])];
+    })
+    .await;
+    state_is(edge.addr, b"1").await;
+    let mut near = subscriber(edge.addr, "near", "edge/#").await;
+    let (mut p, _) = Raw::connect(central.addr, "far-pub", true, 0).await;
+    // Over the edge's max_packet_size once the prefix is added: acknowledged there, dropped
+    // here, counted; the bridge stays up and carries the next one.
+    publish_acked(&mut p, "big", 1, &[7u8; 190]).await;
+    publish_acked(&mut p, "small", 2, b"fits").await;
+    assert_eq!(
+        next(&mut near).await,
+        ("edge/small".into(), b"fits".to_vec())
+    );
+    assert_eq!(edge.metrics.snapshot().dropped_oversize, 1);
+}

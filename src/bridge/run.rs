@@ -19,7 +19,7 @@ use crate::client::{self, Slot};
 use crate::codec::{Connect, LastWill, Packet, Protocol, Publish, Subscribe};
 use crate::config::{BridgeConfig, TopicRule};
 use crate::message::{Message, QoS};
-use crate::observability::metrics::{ListenerStats, OpenSocket};
+use crate::observability::metrics::{ListenerStats, Metrics, OpenSocket};
 use crate::routing::topic;
 use crate::sessions::Shared;
 
@@ -98,12 +98,20 @@ struct Ids {
 }
 
 impl Ids {
-    fn take(&mut self, c: Crossing) -> u16 {
+    /// A free packet id for `c`; an error once all 65,535 are in flight (a side that never
+    /// acknowledges), which ends the connection instead of searching forever.
+    fn take(&mut self, c: Crossing, side: &'static str) -> Result<u16, BridgeError> {
+        if self.open.len() >= usize::from(u16::MAX) {
+            return Err(BridgeError::Protocol {
+                side,
+                what: "65,535 messages unacknowledged".into(),
+            });
+        }
         loop {
             self.next = self.next.checked_add(1).unwrap_or(1);
             if !self.open.contains_key(&self.next) {
                 self.open.insert(self.next, c);
-                return self.next;
+                return Ok(self.next);
             }
         }
     }
@@ -119,7 +127,9 @@ async fn connection(
     connected: &mut bool,
 ) -> Result<(), BridgeError> {
     let max_packet = shared.config.load().mqtt.max_packet_size;
-    let mut remote = connect_remote(cfg, tls, address, max_packet).await?;
+    // What comes in may be larger than this broker takes by the prefixes swapped (a topic is
+    // at most 65,535 bytes): read it, and let `coming_in` judge it after the swap.
+    let mut remote = connect_remote(cfg, tls, address, max_packet.saturating_add(65_535)).await?;
     let mut local = connect_local(shared, cfg, stats).await?;
     // Up once both sides have answered their SUBSCRIBE: from then on what the rules match
     // is carried. Messages may cross before (a resumed session resends what was in flight).
@@ -145,6 +155,8 @@ async fn connection(
     }
     let link = Link {
         cfg,
+        max_local: max_packet,
+        metrics: &shared.metrics,
         subacks,
         up: &mut up,
     };
@@ -154,6 +166,10 @@ async fn connection(
 /// What `carry` needs besides the two sides.
 struct Link<'a, F: FnMut() -> Option<Packet>> {
     cfg: &'a BridgeConfig,
+    /// This broker's `max_packet_size`: what comes in must fit.
+    max_local: usize,
+    /// Where a message refused here is counted.
+    metrics: &'a Metrics,
     /// SUBACKs still to come before the bridge is up.
     subacks: usize,
     /// Declares the bridge up; what to tell the remote, if anything.
@@ -263,9 +279,9 @@ fn state_publish(cfg: &BridgeConfig, up: bool) -> Packet {
 fn subscribe<'a>(
     side: &mut Peer,
     rules: impl Iterator<Item = &'a TopicRule>,
-    filter: impl Fn(&TopicRule) -> String,
+    filter: impl Fn(&TopicRule) -> &str,
 ) -> bool {
-    let filters: Vec<(String, QoS)> = rules.map(|r| (filter(r), r.qos)).collect();
+    let filters: Vec<(String, QoS)> = rules.map(|r| (filter(r).to_owned(), r.qos)).collect();
     if filters.is_empty() {
         return false;
     }
@@ -295,7 +311,7 @@ async fn carry<F: FnMut() -> Option<Packet>>(
     loop {
         tokio::select! {
             p = local.recv() => match p? {
-                Packet::Publish(p) => going_out(cfg, p, local, remote, &mut out),
+                Packet::Publish(p) => going_out(cfg, p, local, remote, &mut out)?,
                 Packet::PubRel(id) => local.queue(&Packet::PubComp(id)),
                 Packet::PubAck(id) | Packet::PubComp(id) => {
                     if let Some(c) = inn.open.remove(&id) {
@@ -314,7 +330,7 @@ async fn carry<F: FnMut() -> Option<Packet>>(
             p = remote.recv() => {
                 last_heard = Instant::now();
                 match p? {
-                    Packet::Publish(p) => coming_in(cfg, p, local, remote, &mut inn),
+                    Packet::Publish(p) => coming_in(&link, p, local, remote, &mut inn)?,
                     Packet::PubRel(id) => remote.queue(&Packet::PubComp(id)),
                     Packet::PubAck(id) => {
                         if let Some(c) = out.open.remove(&id) {
@@ -372,13 +388,19 @@ fn suback<F: FnMut() -> Option<Packet>>(
 }
 
 /// A message from this broker: to the remote under the first out rule that covers it.
-fn going_out(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer, out: &mut Ids) {
-    let topic = String::from_utf8_lossy(&p.topic);
+fn going_out(
+    cfg: &BridgeConfig,
+    p: Publish,
+    local: &mut Peer,
+    remote: &mut Peer,
+    out: &mut Ids,
+) -> Result<(), BridgeError> {
+    let topic = std::str::from_utf8(&p.topic).unwrap_or_default();
     let rule = cfg
         .topic
         .iter()
-        .find(|r| r.goes_out() && topic::matches(&r.local_filter(), &p.topic));
-    let Some(to) = rule.and_then(|r| r.to_remote(&topic)) else {
+        .find(|r| r.goes_out() && topic::matches(r.local_filter(), &p.topic));
+    let Some(to) = rule.and_then(|r| r.to_remote(topic)) else {
         // Not ours after all (an overlap the rules do not cover): acknowledged, not carried.
         if let Some(id) = p.pkid {
             local.queue(&ack_for(Crossing {
@@ -386,12 +408,12 @@ fn going_out(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer
                 qos: p.qos,
             }));
         }
-        return;
+        return Ok(());
     };
-    let pkid = p
-        .pkid
-        .filter(|_| p.qos != QoS::AtMostOnce)
-        .map(|from| out.take(Crossing { from, qos: p.qos }));
+    let pkid = match p.pkid.filter(|_| p.qos != QoS::AtMostOnce) {
+        Some(from) => Some(out.take(Crossing { from, qos: p.qos }, "remote")?),
+        None => None,
+    };
     remote.queue(&Packet::Publish(Publish {
         dup: false,
         qos: p.qos,
@@ -400,23 +422,44 @@ fn going_out(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer
         pkid,
         payload: p.payload,
     }));
+    Ok(())
 }
 
 /// A message from the remote: here under the first in rule that covers it, at most at the
-/// rule's QoS.
-fn coming_in(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer, inn: &mut Ids) {
-    let topic = String::from_utf8_lossy(&p.topic);
-    let rule = cfg
+/// rule's QoS. One this broker would refuse (a topic with a wildcard, or a packet over its
+/// `max_packet_size` once the prefix is swapped) is acknowledged and dropped, counted: carried,
+/// it would close the bridge's connection here, and the remote would send it again forever.
+fn coming_in<F: FnMut() -> Option<Packet>>(
+    link: &Link<'_, F>,
+    p: Publish,
+    local: &mut Peer,
+    remote: &mut Peer,
+    inn: &mut Ids,
+) -> Result<(), BridgeError> {
+    let topic = std::str::from_utf8(&p.topic).unwrap_or_default();
+    let rule = link
+        .cfg
         .topic
         .iter()
-        .find(|r| r.comes_in() && topic::matches(&r.remote_filter(), &p.topic));
+        .find(|r| r.comes_in() && topic::matches(r.remote_filter(), &p.topic));
     let crossing = p.pkid.map(|from| Crossing { from, qos: p.qos });
-    let (Some(rule), Some(to)) = (rule, rule.and_then(|r| r.to_local(&topic))) else {
+    let (Some(rule), Some(to)) = (rule, rule.and_then(|r| r.to_local(topic))) else {
         if let Some(c) = crossing {
             remote.queue(&ack_for(c));
         }
-        return;
+        return Ok(());
     };
+    // Fixed header (5 at most), topic length (2), packet id (2).
+    let size = 9 + to.len() + p.payload.len();
+    if !topic::valid_name(to.as_bytes()) || (link.max_local > 0 && size > link.max_local) {
+        let name = &link.cfg.name;
+        tracing::debug!(bridge = %name, topic = to, size, "refused here: dropped");
+        Metrics::incr(&link.metrics.dropped_oversize);
+        if let Some(c) = crossing {
+            remote.queue(&ack_for(c));
+        }
+        return Ok(());
+    }
     let qos = p.qos.min(rule.qos);
     let pkid = match (qos, crossing) {
         (QoS::AtMostOnce, Some(c)) => {
@@ -424,7 +467,7 @@ fn coming_in(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer
             remote.queue(&ack_for(c));
             None
         }
-        (_, Some(c)) => Some(inn.take(c)),
+        (_, Some(c)) => Some(inn.take(c, "local")?),
         (_, None) => None,
     };
     local.queue(&Packet::Publish(Publish {
@@ -435,4 +478,5 @@ fn coming_in(cfg: &BridgeConfig, p: Publish, local: &mut Peer, remote: &mut Peer
         pkid,
         payload: p.payload,
     }));
+    Ok(())
 }

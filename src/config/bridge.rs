@@ -108,6 +108,10 @@ pub struct TopicRule {
     pub local_prefix: String,
     /// Put before `pattern` on the remote.
     pub remote_prefix: String,
+    /// `local_prefix + pattern`, made once: every message crossing is matched against it.
+    local: String,
+    /// `remote_prefix + pattern`.
+    remote: String,
 }
 
 impl TopicRule {
@@ -142,6 +146,8 @@ impl TopicRule {
             }
         }
         let rule = TopicRule {
+            local: format!("{local_prefix}{pattern}"),
+            remote: format!("{remote_prefix}{pattern}"),
             pattern,
             direction,
             qos,
@@ -154,7 +160,7 @@ impl TopicRule {
             return Err("an empty pattern needs both prefixes (each then names one topic)".into());
         }
         for filter in [rule.local_filter(), rule.remote_filter()] {
-            if !crate::message::valid_filter(&filter) {
+            if !crate::message::valid_filter(filter) {
                 return Err(format!("{filter:?} is not a valid topic filter"));
             }
         }
@@ -162,13 +168,13 @@ impl TopicRule {
     }
 
     /// What the rule covers on this broker.
-    pub fn local_filter(&self) -> String {
-        format!("{}{}", self.local_prefix, self.pattern)
+    pub fn local_filter(&self) -> &str {
+        &self.local
     }
 
     /// What the rule covers on the remote.
-    pub fn remote_filter(&self) -> String {
-        format!("{}{}", self.remote_prefix, self.pattern)
+    pub fn remote_filter(&self) -> &str {
+        &self.remote
     }
 
     /// The remote topic for local topic `topic`, which the local filter matches.
@@ -361,7 +367,7 @@ mod tests {
         assert_eq!((r.direction, r.qos), (Direction::Out, QoS::AtMostOnce));
         assert_eq!(
             (r.local_filter(), r.remote_filter()),
-            ("sensors/#".into(), "sensors/#".into())
+            ("sensors/#", "sensors/#")
         );
         let r = rule("# both 1 edge/ central/site1/");
         assert_eq!(r.local_filter(), "edge/#");
@@ -375,7 +381,7 @@ mod tests {
         let r = rule("\"\" in 2 local/one remote/other");
         assert_eq!(
             (r.local_filter(), r.remote_filter()),
-            ("local/one".into(), "remote/other".into())
+            ("local/one", "remote/other")
         );
         assert_eq!(r.to_local("remote/other").as_deref(), Some("local/one"));
         assert!(!r.goes_out() && r.comes_in());

@@ -109,8 +109,8 @@ impl Session {
         let Some(pending) = &mut self.pending else {
             return;
         };
-        let unacked = pending.inflight.take_where(&mut pass).len();
-        let queued = pending.mqueue.take_where(&mut pass).len();
+        let unacked = pending.inflight.remove_where(&mut pass);
+        let queued = pending.mqueue.remove_where(&mut pass);
         if unacked + queued > 0 {
             tracing::debug!(
                 client_id = &*self.client_id,

@@ -147,23 +147,21 @@ impl Inflight {
     }
 
     /// Ends, in the order they started, the flows still awaiting PUBACK or PUBREC whose
-    /// message `take` picks, and returns those messages.
-    pub fn take_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
-        let mut ids: Vec<(u64, u16)> = self
-            .entries
-            .iter()
-            .filter(|(_, (_, f))| matches!(f, Flight::Publish(q) if take(q)))
-            .map(|(id, (seq, _))| (*seq, *id))
+    /// message `take` picks (it sees each once); how many.
+    pub fn remove_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> usize {
+        // `take` may hand the message on: it sees them in the order they started.
+        let ids: Vec<u16> = self
+            .in_order()
+            .into_iter()
+            .filter(|(_, f)| matches!(f, Flight::Publish(q) if take(q)))
+            .map(|(id, _)| id)
             .collect();
-        ids.sort_unstable();
-        let mut taken = Vec::with_capacity(ids.len());
-        for (_, id) in ids {
+        for &id in &ids {
             if let Some((_, Flight::Publish(q))) = self.entries.remove(&id) {
                 self.bytes -= q.msg.payload.len();
-                taken.push(q);
             }
         }
-        taken
+        ids.len()
     }
 
     /// Every flow in the order it started, for resending after a reconnect [MQTT-4.4.0-1].

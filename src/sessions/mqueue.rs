@@ -135,22 +135,22 @@ impl MQueue {
         Some(item)
     }
 
-    /// Removes and returns, in order, every message `take` picks.
-    pub fn take_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.items.len());
-        for item in self.items.drain(..) {
-            if take(&item) {
-                taken.push(item);
-            } else {
-                kept.push_back(item);
+    /// Removes, in order, every message `take` picks (it sees each once); how many. In
+    /// place: a queue with nothing to take is only read.
+    pub fn remove_where(&mut self, mut take: impl FnMut(&Queued) -> bool) -> usize {
+        let (mut n, mut bytes, mut qos0) = (0, 0, 0);
+        self.items.retain(|item| {
+            let gone = take(item);
+            if gone {
+                n += 1;
+                bytes += item.msg.payload.len();
+                qos0 += usize::from(item.qos == QoS::AtMostOnce);
             }
-        }
-        self.items = kept;
-        for item in &taken {
-            self.account_out(item);
-        }
-        taken
+            !gone
+        });
+        self.bytes -= bytes;
+        self.qos0 -= qos0;
+        n
     }
 
     fn full_for(&self, size: usize) -> bool {
