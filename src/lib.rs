@@ -16,7 +16,7 @@
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
 //! | [`routing`] | the router, the subscription trie, shared subscriptions' groups, the retained store, topic rules |
-//! | [`codec`], [`observability`], [`config`], [`store`] | packets; counters, `$SYS` and the heap count; the TOML configuration; durable state on disk (fjall) |
+//! | [`codec`], [`observability`], [`config`], [`store`], [`hooks`] | packets; counters, `$SYS` and the heap count; the TOML configuration; durable state on disk (fjall); the embedding application's extension seam |
 //! | [`message`] | the application message and the ids every layer shares |
 //!
 //! Two seams keep the lower layers ignorant of the upper ones: the router delivers to an
@@ -151,8 +151,15 @@
 //! - A retained publish and a subscribe's retained read are atomic under the retained store's
 //!   lock, so a new subscriber gets a concurrent retained message once.
 //!
+//! # Embedding
+//!
 //! The library exposes `Broker::bind(config)` and `broker.run(shutdown)`, which `main` and the
-//! integration tests both use.
+//! integration tests both use, and `Broker::builder(config).hooks(h).bind()` for an
+//! application that embeds Tern and changes or watches what clients do through
+//! [`hooks::Hooks`]. The router holds the hooks (`Router::hooks`), so every task reaches them
+//! where it already reaches the router; each hook runs in the task that has its event, and one
+//! that answers later (`hooks::Reply::Later`) holds only its own client's input
+//! (`client::hooked`). Without hooks each event costs one `Option` test.
 
 pub mod auth;
 pub mod bridge;
@@ -161,6 +168,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod door;
+pub mod hooks;
 pub mod http;
 pub mod message;
 pub mod observability;
@@ -168,5 +176,5 @@ pub mod routing;
 pub mod sessions;
 pub mod store;
 
-pub use broker::{Broker, StartError};
+pub use broker::{Broker, Builder, StartError};
 pub use config::Config;

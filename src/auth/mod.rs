@@ -1,6 +1,7 @@
 //! Who may connect, publish and subscribe: the `Authenticator` and `Acl` seams and `Policy`,
 //! their implementation from `[auth]`: `allow_anonymous`, a Mosquitto password file and a
-//! Mosquitto ACL file.
+//! Mosquitto ACL file. `Authz` puts an embedding application's `authorize` hook in front of
+//! the ACL file.
 
 pub mod acl;
 pub mod passwd;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::ConnectReturnCode;
 use crate::config::AuthConfig;
+use crate::hooks::{Action, ClientRef, Hooks, Verdict};
 
 pub use acl::AclFile;
 pub use passwd::PasswordFile;
@@ -160,6 +162,67 @@ impl Acl for Policy {
         self.acl
             .as_ref()
             .is_none_or(|acl| acl.may_subscribe(client_id, username, filter))
+    }
+}
+
+/// The ACL in force: an `authorize` hook's verdict first, the ACL file for `Verdict::Next`.
+#[derive(Clone, Copy)]
+pub struct Authz<'a> {
+    policy: &'a Policy,
+    hooks: Option<&'a dyn Hooks>,
+}
+
+impl<'a> Authz<'a> {
+    /// `policy`, behind `hooks` if there are any.
+    pub fn new(policy: &'a Policy, hooks: Option<&'a dyn Hooks>) -> Self {
+        Authz { policy, hooks }
+    }
+
+    /// True if deliveries must be checked (an ACL file, or a hook that may deny them).
+    pub fn checks_reads(&self) -> bool {
+        self.hooks.is_some() || self.policy.checks_reads()
+    }
+
+    fn ask(&self, client_id: &str, username: Option<&str>, action: Action, topic: &str) -> Verdict {
+        match self.hooks {
+            Some(h) => h.authorize(
+                ClientRef {
+                    client_id,
+                    username,
+                },
+                action,
+                topic,
+            ),
+            None => Verdict::Next,
+        }
+    }
+}
+
+impl Acl for Authz<'_> {
+    fn allowed(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        access: Access,
+        topic: &str,
+    ) -> bool {
+        let action = match access {
+            Access::Read => Action::Receive,
+            Access::Write => Action::Publish,
+        };
+        match self.ask(client_id, username, action, topic) {
+            Verdict::Allow => true,
+            Verdict::Deny => false,
+            Verdict::Next => self.policy.allowed(client_id, username, access, topic),
+        }
+    }
+
+    fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        match self.ask(client_id, username, Action::Subscribe, filter) {
+            Verdict::Allow => true,
+            Verdict::Deny => false,
+            Verdict::Next => self.policy.may_subscribe(client_id, username, filter),
+        }
     }
 }
 

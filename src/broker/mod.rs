@@ -1,6 +1,7 @@
 //! The top: `Broker` binds the listeners, makes the state every task shares, spawns the
 //! accept loops and the `$SYS` task, and runs until told to stop; `reload` puts a re-read
-//! configuration in force. Nothing below imports this folder.
+//! configuration in force. `Broker::builder` is how an application embedding Tern gives it
+//! hooks. Nothing below imports this folder.
 
 pub mod reload;
 
@@ -21,6 +22,7 @@ use crate::auth::{AuthError, Policy};
 use crate::bridge::Bridges;
 use crate::config::{Config, ListenerConfig, SyncMode};
 use crate::door::listener::{self, Door};
+use crate::hooks::Hooks;
 use crate::http::{Http, HttpHandle};
 use crate::observability::metrics::{ListenerStats, Metrics};
 use crate::routing::retain::RetainStore;
@@ -79,9 +81,44 @@ pub type Doors = Arc<Vec<Arc<ArcSwap<Door>>>>;
 /// How long `run` waits for connections and sessions to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-impl Broker {
+/// A broker to be bound: its configuration and, when it is embedded, the application's hooks.
+pub struct Builder {
+    config: Config,
+    hooks: Option<Arc<dyn Hooks>>,
+}
+
+impl Builder {
+    /// Calls `hooks` at every client event (see [`crate::hooks`]); the caller may keep a
+    /// clone to read what its hooks gathered.
+    pub fn hooks(mut self, hooks: Arc<dyn Hooks>) -> Builder {
+        self.hooks = Some(hooks);
+        self
+    }
+
     /// Binds every configured listener.
+    pub async fn bind(self) -> Result<Broker, StartError> {
+        Broker::bind_with(self.config, self.hooks).await
+    }
+}
+
+impl Broker {
+    /// A broker for `config`, to be given hooks and bound.
+    pub fn builder(config: Config) -> Builder {
+        Builder {
+            config,
+            hooks: None,
+        }
+    }
+
+    /// Binds every configured listener (a broker with no hooks).
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
+        Broker::bind_with(config, None).await
+    }
+
+    async fn bind_with(
+        config: Config,
+        hooks: Option<Arc<dyn Hooks>>,
+    ) -> Result<Broker, StartError> {
         crate::observability::memory::start(config.mqtt.memory_limit)?;
         let (store, recovered) = open_store(&config)?;
         let metrics = Arc::new(Metrics::default());
@@ -97,7 +134,7 @@ impl Broker {
             let stats = metrics.listener(bound.to_string(), Door::transport(l));
             listeners.push((socket, l.clone(), stats));
         }
-        let mut router = Router::new(RetainStore::default(), metrics.clone());
+        let mut router = Router::new(RetainStore::default(), metrics.clone()).with_hooks(hooks);
         router.configure(&config);
         if let Some(store) = &store {
             router = router.with_store(store.clone());

@@ -13,12 +13,14 @@ use tracing::{debug, info, trace};
 use super::{
     Client, CloseReason, Connected, Connection, Transport, ATTACH_TIMEOUT, GOODBYE_TIMEOUT,
 };
-use crate::client::protocol::{self, Identity, ProtocolError, Refusal};
-use crate::codec::{self, ConnAck, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::auth::Authz;
+use crate::client::protocol::{self, Accepted, Identity, ProtocolError, Refusal};
+use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::hooks::{ConnectInfo, Hooks, Reply, Verdict};
 use crate::observability::metrics::Metrics;
 use crate::sessions::outbound;
 use crate::sessions::registry::Opened;
-use crate::sessions::{Attach, ConnInfo, ConnLink, SessionCmd};
+use crate::sessions::{Attach, ConnInfo, ConnLink, SessionCmd, Shared};
 
 impl<S: Transport + 'static> Connection<S> {
     /// The handshake, boxed by the task; the connected state if it succeeded.
@@ -64,35 +66,11 @@ impl<S: Transport + 'static> Connection<S> {
             other => return Err(ProtocolError::FirstPacketNotConnect(other.name()).into()),
         };
         let shared = self.shared.clone();
-        let policy = shared.policy.load_full();
         let max_queued = match &identity {
             Identity::Internal { max_queued, .. } => Some(*max_queued),
             _ => None,
         };
-        // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
-        // runs on the blocking pool, so a burst of logins cannot stall the async workers.
-        let hashes = protocol::checks_password(&connect, &identity, &policy);
-        let check = {
-            let shared = shared.clone();
-            move || {
-                protocol::check_connect(
-                    &connect,
-                    &identity,
-                    &shared.config.load().mqtt,
-                    policy.as_ref(),
-                    policy.as_ref(),
-                )
-            }
-        };
-        let checked = if hashes {
-            match tokio::task::spawn_blocking(check).await {
-                Ok(r) => r,
-                Err(_) => return Err(CloseReason::SessionUnavailable),
-            }
-        } else {
-            check()
-        };
-        let accepted = match checked {
+        let accepted = match check(&shared, connect, identity, peer).await? {
             Ok(a) => a,
             Err(Refusal::Connack(code)) => {
                 if matches!(
@@ -114,10 +92,7 @@ impl<S: Transport + 'static> Connection<S> {
         let info = Arc::new(ConnInfo {
             peer,
             listener: self.slot.open.listener().clone(),
-            protocol: match accepted.protocol {
-                Protocol::V31 => "MQTT 3.1",
-                Protocol::V311 => "MQTT 3.1.1",
-            },
+            protocol: protocol_name(accepted.protocol),
             keepalive: accepted.keep_alive.secs(),
             since: std::time::SystemTime::now(),
             bridge: accepted.bridge,
@@ -254,4 +229,111 @@ impl<S: Transport + 'static> Connection<S> {
             }
         }
     }
+}
+
+/// The protocol's name, as the API and the hooks show it.
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V31 => "MQTT 3.1",
+        Protocol::V311 => "MQTT 3.1.1",
+    }
+}
+
+/// The CONNECT's rules, the hooks (if any) and the credentials: the accepted client or the
+/// refusal, or the connection's end.
+async fn check(
+    shared: &Arc<Shared>,
+    connect: Box<Connect>,
+    identity: Identity,
+    peer: SocketAddr,
+) -> Result<Result<Accepted, Refusal>, CloseReason> {
+    let config = shared.config.load_full();
+    let (client_id, will) = match protocol::prepare_connect(&connect, &config.mqtt) {
+        Ok(p) => p,
+        Err(r) => return Ok(Err(r)),
+    };
+    let verdict = match shared.router.hooks() {
+        None => Verdict::Next,
+        Some(hooks) => {
+            let asked = ask_hooks(hooks, &connect, &identity, &client_id, peer);
+            // A hook that never answers must not hold the socket forever.
+            match timeout(config.mqtt.connect_timeout, asked).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(code)) => return Ok(Err(Refusal::Connack(code))),
+                Err(_) => {
+                    debug!("a connect hook did not answer within connect_timeout");
+                    let code = ConnectReturnCode::ServerUnavailable;
+                    return Ok(Err(Refusal::Connack(code)));
+                }
+            }
+        }
+    };
+    let policy = shared.policy.load_full();
+    // A password check costs a PBKDF2 run (up to 10^6 iterations, as the file says): it
+    // runs on the blocking pool, so a burst of logins cannot stall the async workers.
+    let hashes =
+        verdict == Verdict::Next && protocol::checks_password(&connect, &identity, &policy);
+    let finish = {
+        let shared = shared.clone();
+        move || {
+            let (p, hooks) = (policy.as_ref(), shared.router.hooks());
+            let username = protocol::user_of(&connect, &identity, &client_id, verdict, p)?;
+            let authz = Authz::new(p, hooks);
+            Ok(protocol::accept(
+                &connect, client_id, will, username, &authz,
+            ))
+        }
+    };
+    if hashes {
+        tokio::task::spawn_blocking(finish)
+            .await
+            .map_err(|_| CloseReason::SessionUnavailable)
+    } else {
+        Ok(finish())
+    }
+}
+
+/// `on_connect`, then `authenticate` (for a client that has credentials to check): the
+/// latter's verdict, or the code to refuse with.
+async fn ask_hooks(
+    hooks: &dyn Hooks,
+    c: &Connect,
+    identity: &Identity,
+    client_id: &str,
+    peer: SocketAddr,
+) -> Result<Verdict, ConnectReturnCode> {
+    let username = match identity {
+        Identity::FromConnect => c.username.as_deref(),
+        Identity::Certificate(name) => Some(name.as_str()),
+        Identity::Internal { username, .. } => username.as_deref(),
+        Identity::Unusable => None,
+    };
+    let internal = matches!(identity, Identity::Internal { .. });
+    let info = ConnectInfo {
+        client_id,
+        username,
+        password: c.password.as_deref(),
+        peer,
+        clean_session: c.clean_session,
+        keep_alive: c.keep_alive,
+        protocol: protocol_name(c.protocol),
+        bridge: c.bridge || internal,
+    };
+    let connected = match hooks.on_connect(&info) {
+        Reply::Now(r) => r,
+        Reply::Later(f) => f.await,
+    };
+    match connected {
+        Ok(()) => {}
+        // "Refused with Accepted" is no refusal the client would understand: fail closed.
+        Err(ConnectReturnCode::Accepted) => return Err(ConnectReturnCode::NotAuthorized),
+        Err(code) => return Err(code),
+    }
+    if internal || *identity == Identity::Unusable {
+        return Ok(Verdict::Next);
+    }
+    Ok(match hooks.authenticate(&info) {
+        Reply::Now(v) => v,
+        Reply::Later(f) => f.await,
+    })
 }

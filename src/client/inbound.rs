@@ -7,10 +7,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, trace};
 
 use super::{Client, CloseReason, Connection, Flow, Transport};
+use crate::auth::Authz;
 use crate::client::protocol::{self, ProtocolError};
 use crate::codec::{self, Packet};
 use crate::message::{Message, QoS};
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::{DropReason, Metrics};
 use crate::sessions::{Outbound, SessionCmd};
 use crate::store::{Op, Store, Wait};
 
@@ -127,89 +128,52 @@ impl<S: Transport> Connection<S> {
                 let (memory_limit, limit) =
                     (config.mqtt.memory_limit, config.mqtt.message_size_limit);
                 let acc = &client.accepted;
-                let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+                let router = &self.shared.router;
+                let msg = Arc::new(Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                    qos: p.qos,
+                    retain: p.retain,
+                });
+                let topic = msg.topic_str();
                 if memory_limit > 0 && crate::observability::memory::used() > memory_limit {
                     // Nothing is acknowledged that the broker has no room for: the client goes
                     // (and may come back when there is room), what was acknowledged stays.
-                    let counter = &metrics.dropped_memory_limit;
-                    metrics.publish_dropped(counter, &acc.client_id, topic, "memory_limit");
+                    router.dropped(DropReason::MemoryLimit, &acc.client_id, &msg);
                     return Err(CloseReason::MemoryLimit);
                 }
-                let allowed = if limit > 0 && p.payload.len() > limit {
+                let allowed = if limit > 0 && msg.payload.len() > limit {
                     // Acknowledged as usual and dropped, as Mosquitto does.
-                    let counter = &metrics.dropped_oversize;
-                    metrics.publish_dropped(counter, &acc.client_id, topic, "message_size_limit");
+                    router.dropped(DropReason::MessageSizeLimit, &acc.client_id, &msg);
                     false
                 } else {
+                    let policy = self.shared.policy.load();
+                    let authz = Authz::new(&policy, router.hooks());
                     let allowed = (acc.bridge && crate::auth::is_bridge_state(topic))
                         || crate::auth::may_publish(
-                            self.shared.policy.load().as_ref(),
+                            &authz,
                             &acc.client_id,
                             acc.username.as_deref(),
                             topic,
                         );
                     if !allowed {
                         // [MQTT-3.3.5-2] acknowledged as usual, not delivered, counted.
-                        Metrics::incr(&metrics.acl_denied);
+                        router.dropped(DropReason::NotAuthorized, &acc.client_id, &msg);
                         debug!(topic, "publish denied; acknowledged and dropped");
                     }
                     allowed
                 };
-                let msg = allowed.then(|| {
-                    Arc::new(Message {
-                        topic: p.topic,
-                        payload: p.payload,
-                        qos: p.qos,
-                        retain: p.retain,
-                    })
-                });
-                // [MQTT-3.3.4-1], [MQTT-2.3.1-6]
-                match (p.qos, p.pkid) {
-                    (QoS::AtMostOnce, _) => {
-                        if let Some(msg) = msg {
-                            self.route(msg, client, backpressure);
-                        }
-                    }
-                    (QoS::AtLeastOnce, Some(id)) => {
-                        // PUBACK only after routing: the message is now owed to every
-                        // subscriber (and with a store, once its records are durable).
-                        let wait = msg
-                            .map_or(Wait::default(), |msg| self.route(msg, client, backpressure));
-                        codec::encode(&Packet::PubAck(id), self.out(wait));
-                    }
-                    (_, pkid) => {
-                        let pkid = pkid.unwrap_or(0);
-                        // [MQTT-4.3.3-2] route once; PUBREC for every copy.
-                        let max = max_awaiting_rel;
-                        let wait = match client.session.mailbox.receive_qos2(pkid, max) {
-                            Some(true) => {
-                                // Its id is kept with the message, so a PUBLISH resent after a
-                                // restart is still known as a duplicate; the id and the
-                                // message's records go to disk in one batch, or neither does.
-                                let store = client
-                                    .session
-                                    .stored
-                                    .and_then(|_| self.shared.store.clone());
-                                let _together = store.as_ref().map(Store::together);
-                                let awaiting =
-                                    self.stored(client, |sid| Op::AwaitRel { sid, pkid });
-                                match msg {
-                                    None => Wait::from(awaiting),
-                                    // Delivered only once on disk with its id: a crash before
-                                    // then leaves the publisher's resend as its first delivery.
-                                    Some(msg) if awaiting > 0 => {
-                                        Wait::from(self.route_later(msg, client, awaiting))
-                                    }
-                                    Some(msg) => self.route(msg, client, backpressure),
-                                }
-                            }
-                            Some(false) => Wait::default(),
-                            None => return Err(ProtocolError::TooManyAwaitingRel.into()),
-                        };
-                        codec::encode(&Packet::PubRec(pkid), self.out(wait));
-                    }
+                let inbound = Inbound {
+                    msg: allowed.then_some(msg),
+                    qos: p.qos,
+                    pkid: p.pkid,
+                    backpressure,
+                    max_awaiting_rel,
+                };
+                if self.shared.router.hooks().is_some() {
+                    return self.publish_hooked(inbound, client);
                 }
-                return Ok(Flow::Continue);
+                return self.finish_publish(inbound, client);
             }
             Packet::PubAck(id) => SessionCmd::PubAck(id),
             // The caller answers with PUBREL once the session has it.
@@ -225,21 +189,10 @@ impl<S: Transport> Connection<S> {
             }
             Packet::PubComp(id) => SessionCmd::PubComp(id),
             Packet::Subscribe(s) => {
-                let acc = &client.accepted;
-                let filters = protocol::grant(
-                    s.filters,
-                    &self.config.load().mqtt,
-                    self.shared.policy.load().as_ref(),
-                    &acc.client_id,
-                    acc.username.as_deref(),
-                );
-                let (routed, hold) = oneshot::channel();
-                let cmd = SessionCmd::Subscribe {
-                    pkid: s.pkid,
-                    filters: filters.into(),
-                    routed,
-                };
-                return Ok(Flow::ToSessionThenHold(cmd, hold));
+                if self.shared.router.hooks().is_some() {
+                    return Ok(self.subscribe_hooked(s.pkid, s.filters, client));
+                }
+                return Ok(self.subscribe(s.pkid, s.filters, &[], client));
             }
             Packet::Unsubscribe(u) => {
                 let (routed, hold) = oneshot::channel();
@@ -269,4 +222,108 @@ impl<S: Transport> Connection<S> {
         };
         Ok(Flow::ToSession(cmd))
     }
+
+    /// SUBSCRIBE, once any hook has had its say: `refused` are the indices of filters a hook
+    /// refused.
+    pub(super) fn subscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<(String, QoS)>,
+        refused: &[usize],
+        client: &Client,
+    ) -> Flow {
+        let acc = &client.accepted;
+        let policy = self.shared.policy.load();
+        let mut filters = protocol::grant(
+            filters,
+            &self.config.load().mqtt,
+            &Authz::new(&policy, self.shared.router.hooks()),
+            &acc.client_id,
+            acc.username.as_deref(),
+        );
+        for &i in refused {
+            if let Some((_, granted)) = filters.get_mut(i) {
+                *granted = None;
+            }
+        }
+        let (routed, hold) = oneshot::channel();
+        let cmd = SessionCmd::Subscribe {
+            pkid,
+            filters: filters.into(),
+            routed,
+        };
+        Flow::ToSessionThenHold(cmd, hold)
+    }
+
+    /// Routes a checked PUBLISH (`msg` is `None` if it is to be acknowledged and dropped) and
+    /// answers it.
+    pub(super) fn finish_publish(
+        &mut self,
+        inbound: Inbound,
+        client: &mut Client,
+    ) -> Result<Flow, CloseReason> {
+        let Inbound {
+            msg,
+            qos,
+            pkid,
+            backpressure,
+            max_awaiting_rel,
+        } = inbound;
+        // [MQTT-3.3.4-1], [MQTT-2.3.1-6]
+        match (qos, pkid) {
+            (QoS::AtMostOnce, _) => {
+                if let Some(msg) = msg {
+                    self.route(msg, client, backpressure);
+                }
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                // PUBACK only after routing: the message is now owed to every subscriber (and
+                // with a store, once its records are durable).
+                let wait = msg.map_or(Wait::default(), |msg| self.route(msg, client, backpressure));
+                codec::encode(&Packet::PubAck(id), self.out(wait));
+            }
+            (_, pkid) => {
+                let pkid = pkid.unwrap_or(0);
+                // [MQTT-4.3.3-2] route once; PUBREC for every copy.
+                let max = max_awaiting_rel;
+                let wait = match client.session.mailbox.receive_qos2(pkid, max) {
+                    Some(true) => {
+                        // Its id is kept with the message, so a PUBLISH resent after a restart
+                        // is still known as a duplicate; the id and the message's records go to
+                        // disk in one batch, or neither does.
+                        let store = client
+                            .session
+                            .stored
+                            .and_then(|_| self.shared.store.clone());
+                        let _together = store.as_ref().map(Store::together);
+                        let awaiting = self.stored(client, |sid| Op::AwaitRel { sid, pkid });
+                        match msg {
+                            None => Wait::from(awaiting),
+                            // Delivered only once on disk with its id: a crash before then
+                            // leaves the publisher's resend as its first delivery.
+                            Some(msg) if awaiting > 0 => {
+                                Wait::from(self.route_later(msg, client, awaiting))
+                            }
+                            Some(msg) => self.route(msg, client, backpressure),
+                        }
+                    }
+                    Some(false) => Wait::default(),
+                    None => return Err(ProtocolError::TooManyAwaitingRel.into()),
+                };
+                codec::encode(&Packet::PubRec(pkid), self.out(wait));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// A PUBLISH that passed the checks, on its way to routing.
+pub(super) struct Inbound {
+    /// The message, or `None` if it is acknowledged and dropped.
+    pub(super) msg: Option<Arc<Message>>,
+    /// The QoS it came at, which its acknowledgement follows.
+    pub(super) qos: QoS,
+    pub(super) pkid: Option<u16>,
+    pub(super) backpressure: bool,
+    pub(super) max_awaiting_rel: usize,
 }

@@ -13,6 +13,8 @@
 //!
 //! - `handshake`: CONNECT to CONNACK.
 //! - `inbound`: one packet from the client.
+//! - `hooked`: the embedding application's hooks this task runs (`on_publish`,
+//!   `on_subscribe`, `on_disconnect`), and where a packet goes on when one answers later.
 //! - `serving`: the connected loop: which source is polled when, keepalive, backpressure;
 //!   `serving::pause` holds input back (backpressure, and behind SUBSCRIBE/UNSUBSCRIBE).
 //! - `protocol`: the CONNECT, PUBLISH and SUBSCRIBE rules, with no IO.
@@ -37,6 +39,7 @@ use tracing::Instrument;
 
 mod gated;
 mod handshake;
+mod hooked;
 mod inbound;
 pub mod keepalive;
 pub mod protocol;
@@ -113,7 +116,7 @@ impl CloseReason {
     }
 
     /// True if the will is published for this close [MQTT-3.1.2-8], [MQTT-3.14.4-3].
-    fn publishes_will(&self) -> bool {
+    pub(super) fn publishes_will(&self) -> bool {
         !matches!(self, CloseReason::Disconnect | CloseReason::Shutdown)
     }
 
@@ -310,6 +313,9 @@ enum Flow {
     /// it until the session has changed its routes: a PUBLISH sent right behind a SUBSCRIBE
     /// then reaches the new subscription, as it would on a broker with one thread.
     ToSessionThenHold(SessionCmd, tokio::sync::oneshot::Receiver<()>),
+    /// A hook answers later: the input after this packet waits for the answer, and the
+    /// packet goes on from there (`Connection::resume`).
+    Hook(Boxed<hooked::Resume>),
 }
 
 /// A byte stream the connection reads from. TCP waits for readability before it reserves a

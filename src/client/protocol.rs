@@ -11,6 +11,7 @@ use crate::auth::{may_publish, Acl, Authenticator, Credentials, Policy};
 use crate::client::keepalive::KeepAlive;
 use crate::codec::{Connect, ConnectReturnCode, LastWill, Protocol, Publish};
 use crate::config::MqttConfig;
+use crate::hooks::Verdict;
 use crate::message::{ClientId, Message, QoS};
 use crate::routing::{shared, topic};
 
@@ -93,7 +94,7 @@ pub enum Identity {
     },
 }
 
-/// Applies the CONNECT rules of section 3.1 in the order Mosquitto does.
+/// Applies the CONNECT rules of section 3.1 in the order Mosquitto does, with no hooks.
 pub fn check_connect(
     c: &Connect,
     identity: &Identity,
@@ -101,6 +102,16 @@ pub fn check_connect(
     auth: &dyn Authenticator,
     acl: &dyn Acl,
 ) -> Result<Accepted, Refusal> {
+    let (client_id, will) = prepare_connect(c, cfg)?;
+    let username = user_of(c, identity, &client_id, Verdict::Next, auth)?;
+    Ok(accept(c, client_id, will, username, acl))
+}
+
+/// The rules before authentication: the client id (assigned if empty), keepalive and will.
+pub fn prepare_connect(
+    c: &Connect,
+    cfg: &MqttConfig,
+) -> Result<(String, Option<Arc<Message>>), Refusal> {
     let reject = || Refusal::Connack(ConnectReturnCode::IdentifierRejected);
     let client_id = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: an empty id needs clean session 1.
@@ -123,20 +134,53 @@ pub fn check_connect(
         Some(w) => Some(will_message(w, cfg)?),
         None => None,
     };
-    let username = match identity {
-        Identity::Certificate(name) => Some(name.clone()),
-        Identity::Internal { username, .. } => username.clone(),
-        Identity::Unusable => return Err(Refusal::Connack(ConnectReturnCode::NotAuthorized)),
-        Identity::FromConnect => {
-            let creds = Credentials {
-                client_id: &client_id,
-                username: c.username.as_deref(),
-                password: c.password.as_deref(),
-            };
-            auth.authenticate(&creds).map_err(Refusal::Connack)?;
-            c.username.clone()
+    Ok((client_id, will))
+}
+
+/// The user name the client is known by, once its credentials are checked: `verdict` is an
+/// `authenticate` hook's (`Next` without one), which replaces `auth` unless it is `Next`.
+pub fn user_of(
+    c: &Connect,
+    identity: &Identity,
+    client_id: &str,
+    verdict: Verdict,
+    auth: &dyn Authenticator,
+) -> Result<Option<String>, Refusal> {
+    let refuse = |code| Err(Refusal::Connack(code));
+    match identity {
+        Identity::Certificate(_) | Identity::Unusable if verdict == Verdict::Deny => {
+            refuse(ConnectReturnCode::NotAuthorized)
         }
-    };
+        Identity::Certificate(name) => Ok(Some(name.clone())),
+        Identity::Internal { username, .. } => Ok(username.clone()),
+        Identity::Unusable => refuse(ConnectReturnCode::NotAuthorized),
+        Identity::FromConnect => match verdict {
+            Verdict::Allow => Ok(c.username.clone()),
+            Verdict::Deny if c.username.is_some() => {
+                refuse(ConnectReturnCode::BadUserNameOrPassword)
+            }
+            Verdict::Deny => refuse(ConnectReturnCode::NotAuthorized),
+            Verdict::Next => {
+                let creds = Credentials {
+                    client_id,
+                    username: c.username.as_deref(),
+                    password: c.password.as_deref(),
+                };
+                auth.authenticate(&creds).map_err(Refusal::Connack)?;
+                Ok(c.username.clone())
+            }
+        },
+    }
+}
+
+/// The accepted CONNECT, its will kept only if the client may publish it.
+pub fn accept(
+    c: &Connect,
+    client_id: String,
+    will: Option<Arc<Message>>,
+    username: Option<String>,
+    acl: &dyn Acl,
+) -> Accepted {
     let client_id: ClientId = client_id.into();
     // A will the client may not publish is dropped now rather than refused later.
     let will = will.filter(|w| {
@@ -144,7 +188,7 @@ pub fn check_connect(
         (c.bridge && crate::auth::is_bridge_state(topic))
             || may_publish(acl, &client_id, username.as_deref(), topic)
     });
-    Ok(Accepted {
+    Accepted {
         client_id,
         clean_session: c.clean_session,
         keep_alive: KeepAlive::new(c.keep_alive),
@@ -152,7 +196,7 @@ pub fn check_connect(
         username,
         protocol: c.protocol,
         bridge: c.bridge,
-    })
+    }
 }
 
 /// True if `check_connect` will verify a password hash for this CONNECT (slow by design).

@@ -33,7 +33,7 @@ use bytes::{Buf, BytesMut};
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{
     Boxed, CloseReason, Connection, Flow, Transport, GOODBYE_TIMEOUT, WRITE_BATCH_BYTES,
@@ -77,6 +77,8 @@ pub(super) struct Connected<S> {
     pause: Option<Box<Pause>>,
     /// A command waiting for room in a full session mailbox; input waits with it.
     sending: Option<Boxed<Result<(), SendError>>>,
+    /// A packet waiting for a hook's answer; input waits with it.
+    hooked: Option<Boxed<super::hooked::Resume>>,
     /// The PUBREC whose PUBREL goes out once the session has it (after `sending`, if full).
     pubrec: Option<u16>,
     /// Bytes reading added to `wbuf` since it was last written out whole.
@@ -115,6 +117,7 @@ impl<S: Transport + 'static> Connected<S> {
             last_packet,
             pause: None,
             sending: None,
+            hooked: None,
             pubrec: None,
             acked: 0,
             read_first: true,
@@ -254,7 +257,7 @@ impl<S: Transport + 'static> Connected<S> {
 
     /// Input: a command waiting for room first, then the end of a pause, then the socket.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Step {
-        if self.sending.is_none() {
+        if self.sending.is_none() && self.hooked.is_none() {
             if let Some(relief) = self.pause.as_mut().and_then(|p| p.relief.as_mut()) {
                 if relief.as_mut().poll(cx).is_ready() {
                     if let Some(p) = &mut self.pause {
@@ -354,19 +357,27 @@ impl<S: Transport + 'static> Connected<S> {
                     codec::encode(&Packet::PubRel(id), self.conn.out(0));
                 }
             }
-            let next = if self.pause.is_none() {
-                codec::decode(&mut self.conn.rbuf, max_packet)
+            let flow = if let Some(hook) = &mut self.hooked {
+                let resumed = ready!(hook.as_mut().poll(cx));
+                self.hooked = None;
+                self.conn.resume(resumed, &mut self.client)
             } else {
-                self.next_with_pause(max_packet)
+                let next = if self.pause.is_none() {
+                    codec::decode(&mut self.conn.rbuf, max_packet)
+                } else {
+                    self.next_with_pause(max_packet)
+                };
+                let packet = match next {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                };
+                self.got_packet = true;
+                self.conn.on_packet(packet, &mut self.client)
             };
-            let packet = match next {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => return Poll::Ready(Err(e.into())),
-            };
-            self.got_packet = true;
-            match self.conn.on_packet(packet, &mut self.client) {
+            match flow {
                 Ok(Flow::Continue) => {}
+                Ok(Flow::Hook(hook)) => self.hooked = Some(hook),
                 Ok(Flow::Disconnect) => return Poll::Ready(Err(CloseReason::Disconnect)),
                 Ok(Flow::ToSession(cmd)) => {
                     if let Err(reason) = self.hand_to_session(cmd) {
@@ -449,14 +460,7 @@ impl<S: Transport + 'static> Connected<S> {
         if let Some(gated) = conn.gated.take() {
             gated.deliver_all(&shared.router);
         }
-        if reason.publishes_will() {
-            if let Some(will) = client.accepted.will.take() {
-                debug!(topic = will.topic_str(), "publishing will");
-                shared
-                    .router
-                    .publish_from(will, Some(client.publisher()), None);
-            }
-        }
+        let later = super::hooked::goodbye(shared, &mut client, &reason);
         Metrics::decr(&shared.metrics.clients_connected);
         info!(
             conn_id = conn.conn_id,
@@ -468,9 +472,17 @@ impl<S: Transport + 'static> Connected<S> {
         // Acks already encoded (a PUBACK before DISCONNECT or before shutdown) still go out,
         // within the goodbye timeout; a broken or silent peer gets nothing more.
         if !reason.flushes() || (conn.wbuf.is_empty() && !conn.flushing) {
-            return None;
+            return later.map(|l| -> Boxed<()> {
+                Box::pin(async move {
+                    let _ = timeout(GOODBYE_TIMEOUT, l).await;
+                })
+            });
         }
         Some(Box::pin(async move {
+            // The will waits for its hook's answer (bounded, as any goodbye).
+            if let Some(later) = later {
+                let _ = timeout(GOODBYE_TIMEOUT, later).await;
+            }
             let goodbye = async {
                 conn.stream.write_all_buf(&mut conn.wbuf).await?;
                 conn.stream.flush().await

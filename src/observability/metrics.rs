@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::message::QoS;
 
-/// Why a message was not delivered to a subscriber that was owed it.
+/// Why a message was dropped: not delivered to a subscriber that was owed it (the first
+/// three), or not routed at all (the rest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The session's mqueue was full (`max_queued_messages` / `max_queued_bytes`).
@@ -16,6 +17,12 @@ pub enum DropReason {
     MailboxFull,
     /// QoS 0 for an offline session with `queue_qos0_messages = false`.
     Qos0Offline,
+    /// A PUBLISH over `message_size_limit` (acknowledged and dropped).
+    MessageSizeLimit,
+    /// A PUBLISH while the heap was over `memory_limit` (the client is disconnected).
+    MemoryLimit,
+    /// A PUBLISH (or will) the ACL or an `authorize` hook denied (acknowledged and dropped).
+    NotAuthorized,
 }
 
 impl DropReason {
@@ -25,6 +32,9 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::MailboxFull => "mailbox_full",
             DropReason::Qos0Offline => "qos0_offline",
+            DropReason::MessageSizeLimit => "message_size_limit",
+            DropReason::MemoryLimit => "memory_limit",
+            DropReason::NotAuthorized => "not_authorized",
         }
     }
 }
@@ -290,17 +300,28 @@ impl Metrics {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Counts a dropped delivery and logs it, at most one warning per interval.
+    /// Counts a dropped message and logs it, at most one warning per interval.
     pub fn dropped(&self, reason: DropReason, client_id: &str, topic: &str) {
         let counter = match reason {
             DropReason::QueueFull => &self.dropped_queue_full,
             DropReason::MailboxFull => &self.dropped_mailbox_full,
             DropReason::Qos0Offline => &self.dropped_qos0_offline,
+            DropReason::MessageSizeLimit => &self.dropped_oversize,
+            DropReason::MemoryLimit => &self.dropped_memory_limit,
+            DropReason::NotAuthorized => &self.acl_denied,
         };
         Metrics::incr(counter);
-        if reason == DropReason::Qos0Offline {
+        match reason {
             // Expected behaviour, not a fault: no warning.
-            return;
+            DropReason::Qos0Offline | DropReason::NotAuthorized => return,
+            DropReason::MessageSizeLimit | DropReason::MemoryLimit => {
+                if self.may_warn() {
+                    let why = reason.as_str();
+                    tracing::warn!(client_id, topic, why, "PUBLISH dropped");
+                }
+                return;
+            }
+            DropReason::QueueFull | DropReason::MailboxFull => {}
         }
         if self.may_warn() {
             let s = self.snapshot();
@@ -325,14 +346,6 @@ impl Metrics {
                 refused = self.retained_refused.load(Ordering::Relaxed),
                 "retained message not stored (the message is still delivered live)"
             );
-        }
-    }
-
-    /// Counts a PUBLISH dropped for a limit, and logs it (rate-limited).
-    pub fn publish_dropped(&self, counter: &AtomicU64, client_id: &str, topic: &str, why: &str) {
-        Metrics::incr(counter);
-        if self.may_warn() {
-            tracing::warn!(client_id, topic, why, "PUBLISH dropped");
         }
     }
 

@@ -98,8 +98,7 @@ impl<I: Inbox> Router<I> {
             }
         }
         if full && passed == Redispatched::Kept {
-            self.metrics
-                .dropped(DropReason::MailboxFull, &route.client_id, msg.topic_str());
+            self.dropped(DropReason::MailboxFull, &route.client_id, msg);
         }
     }
 

@@ -21,6 +21,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::message::{Message, Publisher, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
@@ -52,6 +53,8 @@ pub struct Router<I> {
     /// The store, with `[persistence]` on.
     store: Option<Store>,
     upgrade_outgoing_qos: AtomicBool,
+    /// The embedding application's hooks, if it gave any (`Broker::builder`).
+    hooks: Option<Arc<dyn Hooks>>,
 }
 
 /// Adds `route` to `list`, or replaces the session's route there; true if it was added.
@@ -98,6 +101,27 @@ impl<I: Inbox> Router<I> {
             metrics,
             store: None,
             upgrade_outgoing_qos: AtomicBool::new(false),
+            hooks: None,
+        }
+    }
+
+    /// The router of a broker embedded with `hooks`: every other task reads them here.
+    pub fn with_hooks(mut self, hooks: Option<Arc<dyn Hooks>>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The embedding application's hooks, if any.
+    #[inline]
+    pub fn hooks(&self) -> Option<&dyn Hooks> {
+        self.hooks.as_deref()
+    }
+
+    /// Counts (and logs) a dropped message, and tells the hooks: `client_id` lost it.
+    pub fn dropped(&self, reason: DropReason, client_id: &str, msg: &Message) {
+        self.metrics.dropped(reason, client_id, msg.topic_str());
+        if let Some(h) = &self.hooks {
+            h.on_message_dropped(client_id, msg, reason);
         }
     }
 
@@ -519,8 +543,7 @@ impl<I: Inbox> Router<I> {
             }
             Offered::Full => {
                 out.dropped += 1;
-                self.metrics
-                    .dropped(DropReason::MailboxFull, &route.client_id, msg.topic_str());
+                self.dropped(DropReason::MailboxFull, &route.client_id, msg);
             }
             Offered::Gone => {}
         }

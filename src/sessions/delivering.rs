@@ -4,7 +4,7 @@
 //! queued or awaiting PUBACK/PUBREC to a member that keeps up (one that ends, to any other
 //! member), so a group's QoS 1/2 messages do not wait for a client that may never return.
 
-use crate::auth::{Access, Acl};
+use crate::auth::{Access, Acl, Authz};
 use crate::message::{QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::router::Redispatched;
@@ -59,8 +59,9 @@ impl Session {
         };
         // A wildcard subscription may cover topics this client may not read: check each message.
         let policy = self.shared.policy.load();
-        if policy.checks_reads()
-            && !policy.allowed(
+        let authz = Authz::new(&policy, self.shared.router.hooks());
+        if authz.checks_reads()
+            && !authz.allowed(
                 &self.client_id,
                 self.username.as_deref(),
                 Access::Read,
@@ -82,14 +83,15 @@ impl Session {
             && !self.config.session.queue_qos0_messages
         {
             self.mailbox.backlog().removed(1, false);
-            metrics.dropped(DropReason::Qos0Offline, &self.client_id, q.msg.topic_str());
+            let router = &self.shared.router;
+            router.dropped(DropReason::Qos0Offline, &self.client_id, &q.msg);
             return;
         }
-        let (config, client_id) = (&self.config, &self.client_id);
+        let (config, client_id, router) = (&self.config, &self.client_id, &self.shared.router);
         let dropped = Pending::made(&mut self.pending, &config.session)
             .mqueue
             .push_with(q, |q| {
-                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
+                router.dropped(DropReason::QueueFull, client_id, &q.msg);
                 done(q.stored, q.owed.as_deref());
             });
         self.mailbox.backlog().removed(dropped, false);

@@ -128,11 +128,11 @@ impl Session {
     /// Queues a message read back from the store (limits apply; a drop is done on disk).
     fn deliver_restored(&mut self, queued: Queued) {
         let (store, sid) = (&self.shared.store, self.sid);
-        let (metrics, client_id) = (&self.shared.metrics, &self.client_id);
+        let (router, client_id) = (&self.shared.router, &self.client_id);
         let dropped = Pending::made(&mut self.pending, &self.config.session)
             .mqueue
             .push_with(queued, |q| {
-                metrics.dropped(DropReason::QueueFull, client_id, q.msg.topic_str());
+                router.dropped(DropReason::QueueFull, client_id, &q.msg);
                 if let (Some(store), Some(sid)) = (store, sid) {
                     store.done(sid, q.stored, None);
                 }

@@ -232,6 +232,11 @@ impl Mailbox {
         Some(awaiting.insert(pkid))
     }
 
+    /// True if `pkid` is a QoS 2 message already received and awaiting PUBREL.
+    pub fn awaits_rel(&self, pkid: u16) -> bool {
+        self.awaiting_rel.lock().contains(&pkid)
+    }
+
     /// PUBREL: `pkid` is free again.
     pub fn release_qos2(&self, pkid: u16) {
         self.awaiting_rel.lock().remove(&pkid);

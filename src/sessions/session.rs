@@ -427,9 +427,18 @@ impl Session {
             }
         };
         let mut sent = Tally::default();
-        let filled = link
-            .outbound
-            .fill(|| pending.next(&mut sent, backlog, &mut on_sent));
+        let hooks = self.shared.router.hooks();
+        let who = crate::hooks::ClientRef {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+        };
+        let filled = link.outbound.fill(|| {
+            let out = pending.next(&mut sent, backlog, &mut on_sent);
+            if let (Some(h), Some(Outbound::Publish { msg, qos, .. })) = (hooks, &out) {
+                h.on_deliver(who, msg, *qos);
+            }
+            out
+        });
         metrics.flush_sent(&mut sent);
         match filled {
             Ok(full) => self.blocked = full && pending.has_work(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::durable::stored_reply;
 use super::session::Session;
+use crate::auth::Authz;
 use crate::codec::{Packet, SubAck, SubAckCode};
 use crate::message::QoS;
 use crate::observability::metrics::{DropReason, Metrics};
@@ -79,7 +80,8 @@ impl Session {
                 // `check_retain_source`: only while its publisher may still publish it.
                 if let (Some(policy), Some(from)) = (&policy, &from) {
                     let (id, user) = (&from.client_id, from.username.as_deref());
-                    if !crate::auth::may_publish(policy.as_ref(), id, user, msg.topic_str()) {
+                    let authz = Authz::new(policy, self.shared.router.hooks());
+                    if !crate::auth::may_publish(&authz, id, user, msg.topic_str()) {
                         Metrics::incr(&self.shared.metrics.acl_denied);
                         continue;
                     }

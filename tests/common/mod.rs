@@ -59,6 +59,14 @@ impl TestBroker {
 
     /// Starts a broker with the default config changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_hooked(None, tweak).await
+    }
+
+    /// Starts a broker embedded with `hooks` (if any), its default config changed by `tweak`.
+    pub async fn start_hooked(
+        hooks: Option<Arc<dyn tern::hooks::Hooks>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let mut config = Config::default();
         config.listener[0].bind = "127.0.0.1:0".parse().expect("address");
         // No $SYS traffic unless a test asks for it: it would add retained messages.
@@ -73,7 +81,11 @@ impl TestBroker {
             config.persistence.persistence = true;
             config.persistence.persistence_location = dir.path().to_owned();
         }
-        let broker = Broker::bind(config).await.expect("broker binds");
+        let mut builder = Broker::builder(config);
+        if let Some(hooks) = hooks {
+            builder = builder.hooks(hooks);
+        }
+        let broker = builder.bind().await.expect("broker binds");
         let addrs = broker.local_addrs();
         let addr = addrs[0];
         let http = broker.http_addr();
