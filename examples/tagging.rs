@@ -33,6 +33,17 @@ impl Tagger {
         self.counts.lock().get(client_id).copied().unwrap_or(0)
     }
 
+    /// Counts one more message from `client_id`.
+    fn add_one(&self, client_id: &str) {
+        let mut counts = self.counts.lock();
+        match counts.get_mut(client_id) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(client_id.to_owned(), 1);
+            }
+        }
+    }
+
     /// Every publisher's count, most first.
     pub fn counts(&self) -> Vec<(String, u64)> {
         let mut all: Vec<_> = self.counts.lock().clone().into_iter().collect();
@@ -45,15 +56,7 @@ impl Hooks for Tagger {
     // Runs in the publisher's own connection task, before the message is routed: what it
     // returns is what every subscriber gets.
     fn on_publish(&self, client: ClientRef<'_>, msg: &Message) -> Reply<PublishAction> {
-        {
-            let mut counts = self.counts.lock();
-            match counts.get_mut(client.client_id) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(client.client_id.to_owned(), 1);
-                }
-            }
-        }
+        self.add_one(client.client_id);
         // The broker's own topics and other brokers' bridge states are left as they are.
         if msg.topic_str().starts_with('$') {
             return Reply::Now(PublishAction::Keep);

@@ -257,6 +257,7 @@ impl<S: Transport> Connection<S> {
 
     /// Routes a checked PUBLISH (`msg` is `None` if it is to be acknowledged and dropped) and
     /// answers it.
+    #[inline]
     pub(super) fn finish_publish(
         &mut self,
         inbound: Inbound,

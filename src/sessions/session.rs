@@ -432,13 +432,18 @@ impl Session {
             client_id: &self.client_id,
             username: self.username.as_deref(),
         };
-        let filled = link.outbound.fill(|| {
-            let out = pending.next(&mut sent, backlog, &mut on_sent);
-            if let (Some(h), Some(Outbound::Publish { msg, qos, .. })) = (hooks, &out) {
-                h.on_deliver(who, msg, *qos);
-            }
-            out
-        });
+        let filled = match hooks {
+            None => link
+                .outbound
+                .fill(|| pending.next(&mut sent, backlog, &mut on_sent)),
+            Some(h) => link.outbound.fill(|| {
+                let out = pending.next(&mut sent, backlog, &mut on_sent);
+                if let Some(Outbound::Publish { msg, qos, .. }) = &out {
+                    h.on_deliver(who, msg, *qos);
+                }
+                out
+            }),
+        };
         metrics.flush_sent(&mut sent);
         match filled {
             Ok(full) => self.blocked = full && pending.has_work(),
