@@ -8,35 +8,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::bridging::{bridge, pki, state_is, state_of};
 use common::{within, Raw, TestBroker, WAIT};
 use tern::codec::Packet;
-use tern::config::BridgeConfig;
 use tern::message::QoS;
-
-/// A bridge named `up` to `remote` with these topic lines.
-fn bridge(remote: SocketAddr, topics: &[&str]) -> BridgeConfig {
-    let text = format!(
-        "name = \"up\"\naddress = \"{remote}\"\ntopic = {topics:?}\nrestart_timeout = \"1s\"\n"
-    );
-    toml::from_str(&text).expect("bridge table")
-}
-
-/// Waits until bridge `up`'s state topic on `addr` says `want`.
-async fn state_is(addr: SocketAddr, want: &[u8]) {
-    state_of(addr, "up", want).await
-}
-
-/// Waits until bridge `name`'s state topic on `addr` says `want` (1: connected and
-/// subscribed on both sides).
-async fn state_of(addr: SocketAddr, name: &str, want: &[u8]) {
-    let (mut s, _) = Raw::connect(addr, "state-watch", true, 0).await;
-    let topic = format!("$SYS/broker/connection/{name}/state");
-    s.subscribe(1, &[(&topic, QoS::AtMostOnce)]).await;
-    within(WAIT, async {
-        while s.recv_publish().await.payload != want {}
-    })
-    .await;
-}
 
 /// A subscriber on `addr` to `filter` at QoS 1 that acknowledges what it gets.
 async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> Raw {
@@ -213,41 +188,10 @@ async fn two_terns_bridged_both_ways_pass_a_message_once() {
     }
 }
 
-/// A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate with
-/// common name `edge`, as PEM files in `dir`.
-fn pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "bridge test CA");
-    let ca = ca.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("key");
-    let mut server = CertificateParams::new(Vec::<String>::new()).expect("params");
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let server = server.signed_by(&server_key, &ca, &ca_key).expect("server");
-    let client_key = KeyPair::generate().expect("key");
-    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
-    client.distinguished_name.push(DnType::CommonName, "edge");
-    let client = client.signed_by(&client_key, &ca, &ca_key).expect("client");
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ] {
-        std::fs::write(dir.join(name), pem).expect("write pem");
-    }
-}
-
 #[tokio::test]
 async fn a_bridge_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().expect("temp dir");
-    pki(dir.path());
+    pki(dir.path(), "127.0.0.1");
     let file = |name: &str| Some(dir.path().join(name));
     // The remote speaks only TLS and wants a certificate, whose name is the user name.
     let central = TestBroker::start_with(|c| {

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod binary;
+pub mod bridging;
 
 #[allow(unused_imports)]
 pub use binary::BinaryBroker;
