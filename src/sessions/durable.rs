@@ -25,6 +25,13 @@ impl Session {
     /// back into the router before any client is served.
     pub fn restore(shared: &Arc<Shared>, stored: RecoveredSession) -> SessionHandle {
         let config = shared.config.load_full();
+        // A bridge's session keeps its own queue limit across the restart.
+        let max_queued = config
+            .bridge
+            .iter()
+            .find(|b| *b.local_client_id() == *stored.client_id)
+            .map(|b| b.max_queued_messages);
+        let config = super::session::session_config(config, max_queued);
         let cfg = &config.session;
         let mailbox = Arc::new(Mailbox::new(
             cfg.max_queued_messages.max(64) + 64,

@@ -88,6 +88,19 @@ pub struct Session {
 /// Deliveries handled per wake before the outbound is pumped.
 const DELIVERY_BATCH: usize = 64;
 
+/// The configuration a session is made with: the one in force, with a bridge's own queue
+/// limit (`max_queued`) if it is one of this broker's bridges.
+pub(super) fn session_config(config: Arc<Config>, max_queued: Option<usize>) -> Arc<Config> {
+    match max_queued {
+        Some(n) if n != config.session.max_queued_messages => {
+            let mut own = (*config).clone();
+            own.session.max_queued_messages = n;
+            Arc::new(own)
+        }
+        _ => config,
+    }
+}
+
 impl Session {
     /// Starts a session actor attached to `link` and returns its handle.
     pub fn spawn(
@@ -101,12 +114,7 @@ impl Session {
             .as_ref()
             .filter(|_| persistent)
             .map(|s| s.new_sid());
-        let mut config = shared.config.load_full();
-        if let Some(n) = link.info.max_queued {
-            let mut own = (*config).clone();
-            own.session.max_queued_messages = n;
-            config = Arc::new(own);
-        }
+        let config = session_config(shared.config.load_full(), link.info.max_queued);
         let cfg = &config.session;
         let mailbox = Arc::new(Mailbox::new(
             cfg.max_queued_messages.max(64) + 64,

@@ -148,8 +148,9 @@ async fn what_waits_for_a_bridge_survives_kill_9() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    // The bridge's own queue limit, not the broker's, holds across the restart.
     let conf = format!(
-        "{}[[bridge]]\nname = \"up\"\naddress = \"127.0.0.1:{port}\"\ntopic = [\"b/# out 1\"]\nrestart_timeout = \"200ms\"\n",
+        "{}[session]\nmax_queued_messages = 5\n[[bridge]]\nname = \"up\"\naddress = \"127.0.0.1:{port}\"\ntopic = [\"b/# out 1\"]\nrestart_timeout = \"200ms\"\nmax_queued_messages = 25\n",
         config(dir.path(), "always")
     );
     let mut edge = BinaryBroker::start(&conf).await;
