@@ -165,6 +165,7 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod door;

@@ -41,6 +41,21 @@ enum Command {
         #[command(subcommand)]
         what: StoreCommand,
     },
+    /// The cluster (`[cluster]`) as NATS holds it: `status`.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Every node, its lease's age, its sessions and the client ids it owns.
+    Status {
+        /// A node's configuration file (its `[cluster]` is read).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `tern passwd`'s arguments.
@@ -125,6 +140,59 @@ fn store(what: StoreCommand, top_config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// `tern cluster status`: one line on error, exit 2.
+fn cluster(what: ClusterCommand, top_config: Option<PathBuf>) -> ExitCode {
+    let ClusterCommand::Status { config } = what;
+    let Some(path) = config.or(top_config) else {
+        eprintln!("tern cluster: give a node's configuration file with -c");
+        return ExitCode::from(CONFIG_ERROR);
+    };
+    let cfg = match Config::load(&path) {
+        Ok(c) => c.cluster,
+        Err(e) => {
+            eprintln!("tern cluster: config error: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    let Some(cfg) = cfg else {
+        eprintln!("tern cluster: {}: no [cluster] section", path.display());
+        return ExitCode::from(CONFIG_ERROR);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tern cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let nodes = match runtime.block_on(tern::cluster::status::read(&cfg)) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("tern cluster: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    println!(
+        "{:<24} {:>10} {:>9} {:>10}",
+        "node", "lease age", "sessions", "client ids"
+    );
+    for n in nodes {
+        let age = if n.lease_age == std::time::Duration::MAX {
+            "none".to_string()
+        } else {
+            format!("{:.1}s", n.lease_age.as_secs_f64())
+        };
+        println!(
+            "{:<24} {:>10} {:>9} {:>10}",
+            n.name, age, n.sessions, n.client_ids
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// `tern passwd`: one line on error, exit 1.
 fn passwd(args: PasswdArgs) -> ExitCode {
     let PasswdArgs {
@@ -188,6 +256,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Store { what }) => return store(what, cli.config),
+        Some(Command::Cluster { what }) => return cluster(what, cli.config),
         Some(Command::Passwd(args)) => return passwd(args),
         None => {}
     }

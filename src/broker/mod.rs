@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{AuthError, Policy};
 use crate::bridge::Bridges;
+use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig, SyncMode};
 use crate::door::listener::{self, Door};
 use crate::hooks::Hooks;
@@ -60,6 +61,9 @@ pub enum StartError {
     /// A bridge's TLS files cannot be used.
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    /// `[cluster]` is set and the cluster cannot be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A bound, not yet running broker.
@@ -134,12 +138,20 @@ impl Broker {
             let stats = metrics.listener(bound.to_string(), Door::transport(l));
             listeners.push((socket, l.clone(), stats));
         }
-        let mut router = Router::new(RetainStore::default(), metrics.clone()).with_hooks(hooks);
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::connect(c, metrics.clone()).await?),
+            None => None,
+        };
+        let mut router = Router::new(RetainStore::default(), metrics.clone())
+            .with_hooks(hooks)
+            .with_remote(cluster.as_ref().map(|c| c.remote()));
         router.configure(&config);
         if let Some(store) = &store {
             router = router.with_store(store.clone());
         }
-        if let Some(recovered) = &recovered {
+        // In a cluster the retained messages are the cluster's (read from its bucket below),
+        // not what this node's disk held when it stopped.
+        if let (Some(recovered), None) = (&recovered, &cluster) {
             for (msg, from) in &recovered.retained {
                 router
                     .retain_store()
@@ -157,11 +169,17 @@ impl Broker {
             tracker: TaskTracker::new(),
             config: Arc::new(ArcSwap::from_pointee(config)),
             reloaded: tokio::sync::Notify::new(),
+            cluster: cluster
+                .clone()
+                .map(|c| c as Arc<dyn crate::sessions::claims::ClientIds>),
         });
         if let Some(recovered) = recovered {
             for session in recovered.sessions {
                 shared.registry.restore(&shared, session);
             }
+        }
+        if let Some(cluster) = &cluster {
+            cluster.start(&shared).await?;
         }
         let http_config = shared.config.load().http.clone();
         let http = Http::bind(&http_config, &shared).await?;

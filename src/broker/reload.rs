@@ -80,6 +80,11 @@ impl Reloader {
             new.bridge = old.bridge.clone();
             need_restart.push("bridge".into());
         }
+        if new.cluster != old.cluster {
+            // The node joined its cluster at start, under its name.
+            new.cluster = old.cluster.clone();
+            need_restart.push("cluster".into());
+        }
         if new.http.bind != old.http.bind {
             new.http = old.http.clone();
             need_restart.push("http.bind".into());

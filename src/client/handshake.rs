@@ -86,6 +86,31 @@ impl<S: Transport + 'static> Connection<S> {
             Err(Refusal::Close(e)) => return Err(e.into()),
         };
         tracing::Span::current().record("client_id", &*accepted.client_id);
+        // In a cluster the id must be this node's first: taken over from the node that has
+        // it, or refused while that cannot be done safely.
+        // This broker's own bridges are each node's own, under the same ids on every node.
+        let claim = match (&shared.cluster, max_queued) {
+            (None, _) | (_, Some(_)) => 0,
+            (Some(ids), None) => {
+                let claimed = match ids.serving() {
+                    false => Err(ConnectReturnCode::ServerUnavailable),
+                    true => {
+                        let limit = self.config.load().mqtt.connect_timeout;
+                        timeout(limit, ids.claim(&accepted.client_id))
+                            .await
+                            .unwrap_or(Err(ConnectReturnCode::ServerUnavailable))
+                    }
+                };
+                match claimed {
+                    Ok(token) => token,
+                    Err(code) => {
+                        debug!(?code, "the cluster refused the client id");
+                        self.refuse(code).await;
+                        return Err(CloseReason::Refused(code));
+                    }
+                }
+            }
+        };
 
         let username: Option<Arc<str>> = accepted.username.as_deref().map(Arc::from);
         let capacity = shared.config.load().session.max_inflight_messages + 64;
@@ -177,6 +202,7 @@ impl<S: Transport + 'static> Connection<S> {
         );
         Ok(Client {
             accepted,
+            claim,
             publisher: None,
             session,
             outbound,

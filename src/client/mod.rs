@@ -259,6 +259,9 @@ struct Connection<S> {
 /// The state of a connected client.
 struct Client {
     accepted: Accepted,
+    /// The cluster's token for this client id (0 without a cluster), given back when a clean
+    /// session ends.
+    claim: u64,
     /// The client as the ACL knows it, passed with what it publishes; made by its first
     /// PUBLISH or its will.
     publisher: Option<Arc<Publisher>>,

@@ -461,6 +461,12 @@ impl<S: Transport + 'static> Connected<S> {
             gated.deliver_all(&shared.router);
         }
         let later = super::hooked::goodbye(shared, &mut client, &reason);
+        // A clean session ends with its connection: the id is free in the cluster again (a
+        // taken-over one's token is stale by now and frees nothing).
+        let clean = client.accepted.clean_session && client.claim > 0;
+        if let (Some(ids), true) = (&shared.cluster, clean) {
+            ids.release(&client.accepted.client_id, client.claim);
+        }
         Metrics::decr(&shared.metrics.clients_connected);
         info!(
             conn_id = conn.conn_id,

@@ -9,10 +9,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod bridge;
+mod cluster;
 mod load;
 mod validate;
 
 pub use bridge::{BridgeConfig, Direction, TopicRule};
+pub use cluster::ClusterConfig;
 
 /// The shipped default configuration file, printed by `tern --print-default-config`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/tern.toml");
@@ -69,6 +71,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Connections to other brokers (`[[bridge]]`).
     pub bridge: Vec<BridgeConfig>,
+    /// This broker as a node of a cluster (`[cluster]`); none = a single node.
+    pub cluster: Option<ClusterConfig>,
     /// Where this configuration was read from, so SIGHUP can read it again.
     #[serde(skip)]
     pub origin: Origin,
@@ -324,6 +328,7 @@ impl Default for Config {
             persistence: PersistenceConfig::default(),
             http: HttpConfig::default(),
             bridge: Vec::new(),
+            cluster: None,
             origin: Origin::default(),
         }
     }

@@ -138,6 +138,9 @@ impl Config {
                 return Err(("bridge.name", format!("{:?} names two bridges", b.name)));
             }
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         let h = &self.http;
         if h.password_file.is_some() && h.bind.is_none() {
             return Err(("http.password_file", "needs http.bind".into()));

@@ -78,6 +78,13 @@ pub struct Metrics {
     pub dropped_oversize: AtomicU64,
     /// PUBLISHes dropped, and their clients disconnected, above `memory_limit`.
     pub dropped_memory_limit: AtomicU64,
+    /// Messages sent to the other nodes of the cluster.
+    pub cluster_forwarded: AtomicU64,
+    /// Messages from other nodes of the cluster delivered here.
+    pub cluster_received: AtomicU64,
+    /// Messages for other nodes dropped: the queue to NATS was full, the topic too long for
+    /// a subject, or NATS refused it.
+    pub cluster_dropped: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
     /// PUBLISHes refused and deliveries withheld by the ACL.
@@ -217,6 +224,12 @@ pub struct Snapshot {
     pub dropped_oversize: u64,
     /// See [`Metrics::dropped_memory_limit`].
     pub dropped_memory_limit: u64,
+    /// See [`Metrics::cluster_forwarded`].
+    pub cluster_forwarded: u64,
+    /// See [`Metrics::cluster_received`].
+    pub cluster_received: u64,
+    /// See [`Metrics::cluster_dropped`].
+    pub cluster_dropped: u64,
     /// See [`Metrics::protocol_errors`].
     pub protocol_errors: u64,
     /// See [`Metrics::acl_denied`].
@@ -390,6 +403,9 @@ impl Metrics {
             retained_refused: r(&self.retained_refused),
             dropped_oversize: r(&self.dropped_oversize),
             dropped_memory_limit: r(&self.dropped_memory_limit),
+            cluster_forwarded: r(&self.cluster_forwarded),
+            cluster_received: r(&self.cluster_received),
+            cluster_dropped: r(&self.cluster_dropped),
             protocol_errors: r(&self.protocol_errors),
             acl_denied: r(&self.acl_denied),
         }

@@ -9,8 +9,11 @@
 //! - `trie`: the wildcard subscription tree; `levels`, a node's children.
 //! - `retain`: the retained-message store and its limits.
 //! - `topic`: topic name and filter rules (validation, matching, covering, overlap).
+//! - `remote`: the seam to the other nodes of a cluster (forwarded messages, interest,
+//!   retained changes).
 
 pub mod levels;
+pub mod remote;
 pub mod retain;
 pub mod route;
 pub mod router;

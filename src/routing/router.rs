@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::message::{Message, Publisher, QoS, SessionId};
 use crate::observability::metrics::{DropReason, Metrics};
+use crate::routing::remote::Remote;
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
 use crate::routing::shared::{self, Form, Pick, ShareKey, SharedSubs};
 
@@ -55,6 +56,8 @@ pub struct Router<I> {
     upgrade_outgoing_qos: AtomicBool,
     /// The embedding application's hooks, if it gave any (`Broker::builder`).
     hooks: Option<Arc<dyn Hooks>>,
+    /// The other nodes of this broker's cluster, with `[cluster]`.
+    remote: Option<Arc<dyn Remote>>,
 }
 
 /// Adds `route` to `list`, or replaces the session's route there; true if it was added.
@@ -102,7 +105,14 @@ impl<I: Inbox> Router<I> {
             store: None,
             upgrade_outgoing_qos: AtomicBool::new(false),
             hooks: None,
+            remote: None,
         }
+    }
+
+    /// The router of a cluster's node: what happens here is told to the other nodes.
+    pub fn with_remote(mut self, remote: Option<Arc<dyn Remote>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// The router of a broker embedded with `hooks`: every other task reads them here.
@@ -163,20 +173,26 @@ impl<I: Inbox> Router<I> {
     }
 
     fn add(&self, filter: &str, route: Route<I>) {
-        let added = if topic::is_wildcard(filter) {
+        let (added, first) = if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
-            let added = add_route(trie.get_or_insert_with(filter, Routes::default), route);
+            let list = trie.get_or_insert_with(filter, Routes::default);
+            let added = add_route(list, route);
+            let first = list.len() == 1;
             self.wild_count.store(trie.len(), Ordering::Release);
-            added
+            (added, first)
         } else {
             let mut entry = self
                 .exact
                 .entry(Bytes::copy_from_slice(filter.as_bytes()))
                 .or_default();
-            add_route(entry.value_mut(), route)
+            let added = add_route(entry.value_mut(), route);
+            (added, entry.value().len() == 1)
         };
         if added {
             self.route_count.fetch_add(1, Ordering::Relaxed);
+            if let (Some(remote), true) = (&self.remote, first) {
+                remote.interest(filter, true);
+            }
         }
     }
 
@@ -193,26 +209,34 @@ impl<I: Inbox> Router<I> {
         if let Form::Shared { filter: inner, .. } = shared::form(filter) {
             return self.shared.remove(filter, inner, session);
         }
-        if topic::is_wildcard(filter) {
+        let (removed, last) = if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
             let Some(list) = trie.get_mut(filter) else {
                 return false;
             };
             let removed = remove_route(list, session);
-            if list.is_empty() {
+            let last = list.is_empty();
+            if last {
                 trie.remove(filter);
             }
             self.wild_count.store(trie.len(), Ordering::Release);
-            removed
+            (removed, last)
         } else {
             let key = filter.as_bytes();
             let removed = self
                 .exact
                 .get_mut(key)
                 .is_some_and(|mut entry| remove_route(entry.value_mut(), session));
-            self.exact.remove_if(key, |_, list| list.is_empty());
-            removed
+            let last = self
+                .exact
+                .remove_if(key, |_, list| list.is_empty())
+                .is_some();
+            (removed, last)
+        };
+        if let (Some(remote), true, true) = (&self.remote, removed, last) {
+            remote.interest(filter, false);
         }
+        removed
     }
 
     /// The retained store.
@@ -288,6 +312,14 @@ impl<I: Inbox> Router<I> {
         congested: Option<&mut Vec<Arc<I>>>,
         deferred: Option<&mut Deferred<I>>,
     ) -> Published {
+        // What a client, a will or a bridge published here goes to the other nodes too; the
+        // broker's own `$SYS` (no publisher) is this node's alone.
+        if let (Some(remote), Some(p)) = (&self.remote, from) {
+            if msg.retain {
+                remote.retained(&msg, Some(p));
+            }
+            remote.forward(&msg);
+        }
         let mut out_lsn = 0;
         let matched = if msg.retain {
             let (outcome, (matched, lsn)) = self.retain.set_then(&msg, from, |outcome, stored| {
@@ -547,6 +579,17 @@ impl<I: Inbox> Router<I> {
             }
             Offered::Gone => {}
         }
+    }
+
+    /// Delivers a message another node of the cluster published to the routes here (shared
+    /// subscriptions' groups take it through the cluster's own path): never into the retained
+    /// store (the cluster's bucket carries that) nor back out to the cluster.
+    pub fn publish_remote(&self, msg: Arc<Message>) -> Published {
+        let Matched { exact, wild } = self.matched(&msg.topic);
+        let mut out = Published::default();
+        let none = std::iter::empty();
+        self.fan_out_matched(&msg, exact.as_ref(), &wild, none, &mut out, None, None);
+        out
     }
 
     /// Hands out deliveries `publish_deferred` planned, now that their records are durable.

@@ -14,8 +14,10 @@
 //! - `inflight`, `mqueue`: the outbound window and the queue behind it.
 //! - `registry`: sessions by client id (takeover, discard, resume by user name).
 //! - `shared`: what every task of the broker shares.
+//! - `claims`: the seam to a cluster's client-id registry (`ClientIds`).
 
 pub mod backlog;
+pub mod claims;
 pub mod commands;
 mod delivering;
 mod durable;

@@ -153,6 +153,27 @@ impl Registry {
         self.sessions.remove_if(client_id, |_, r| r.handle.id == id);
     }
 
+    /// Ends `client_id`'s session here, if there is one, because a connection on another node
+    /// of the cluster took the id over: its connection closes with its will.
+    pub fn take_over(&self, client_id: &str) -> bool {
+        match self.sessions.remove(client_id) {
+            Some((_, r)) => {
+                r.handle.mailbox.discard(Kick::TakenOver);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every connection, its will published, keeping no session (a node that lost its
+    /// cluster fences itself so).
+    pub fn kick_all(&self) {
+        for entry in self.sessions.iter() {
+            entry.value().handle.mailbox.discard(Kick::Kicked);
+        }
+        self.sessions.clear();
+    }
+
     /// Discards every session (broker shutdown).
     pub fn discard_all(&self) {
         for entry in self.sessions.iter() {

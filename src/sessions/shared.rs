@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::claims::ClientIds;
 use super::mailbox::Mailbox;
 use super::registry::Registry;
 use crate::auth::Policy;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every listener, connection and session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The cluster's client-id registry, with `[cluster]`.
+    pub cluster: Option<Arc<dyn ClientIds>>,
 }
 
 impl SysSource for Shared {

@@ -357,6 +357,13 @@ impl Raw {
         self.stream.write_all(bytes).await.expect("write");
     }
 
+    /// Encodes and writes a packet; false if the socket is closed.
+    pub async fn try_send_packet(&mut self, p: &Packet) -> bool {
+        let mut buf = BytesMut::new();
+        codec::encode(p, &mut buf);
+        self.stream.write_all(&buf).await.is_ok()
+    }
+
     /// Encodes and writes a packet.
     pub async fn send_packet(&mut self, p: &Packet) {
         let mut buf = BytesMut::new();

@@ -1,0 +1,122 @@
+//! The router's side of the cluster (`routing::remote::Remote`): it never waits, so what it
+//! hands over goes into bounded queues (a full one is a counted drop) and a table of this
+//! node's interest, which the tasks that talk to NATS drain.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use crate::message::{Message, Publisher};
+use crate::observability::metrics::Metrics;
+use crate::routing::remote::Remote;
+
+/// A retained message set (or cleared) here, for the cluster's bucket.
+pub(super) struct RetainedChange {
+    pub(super) msg: Arc<Message>,
+    pub(super) client_id: Option<Arc<str>>,
+    pub(super) username: Option<Arc<str>>,
+}
+
+/// What the tasks take when the cluster starts.
+pub(super) struct Queues {
+    pub(super) forward: mpsc::Receiver<Arc<Message>>,
+    pub(super) retained: mpsc::Receiver<RetainedChange>,
+}
+
+/// Retained changes waiting for the bucket; past it one is dropped, counted and logged.
+const RETAINED_QUEUE: usize = 4096;
+
+/// Filters with routes here, as a count per filter that the router moves by one when a
+/// filter gets its first route or loses its last (so the calls may arrive in any order and
+/// the sum is still right), and the filters changed since the routes task last looked.
+#[derive(Default)]
+struct Interest {
+    counts: HashMap<String, i64>,
+    dirty: HashSet<String>,
+}
+
+/// The router's handle on the cluster.
+pub(super) struct Link {
+    forward: mpsc::Sender<Arc<Message>>,
+    retained: mpsc::Sender<RetainedChange>,
+    interest: Mutex<Interest>,
+    /// Wakes the routes task when `interest` changed.
+    pub(super) changed: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Link {
+    /// A link whose queues hold `max_forward` messages.
+    pub(super) fn new(max_forward: usize, metrics: Arc<Metrics>) -> (Link, Queues) {
+        let (forward, forward_rx) = mpsc::channel(max_forward);
+        let (retained, retained_rx) = mpsc::channel(RETAINED_QUEUE);
+        let link = Link {
+            forward,
+            retained,
+            interest: Mutex::default(),
+            changed: Notify::new(),
+            metrics,
+        };
+        let queues = Queues {
+            forward: forward_rx,
+            retained: retained_rx,
+        };
+        (link, queues)
+    }
+
+    /// The filters whose interest changed since the last call, each with whether this node
+    /// has routes for it now.
+    pub(super) fn take_changes(&self) -> Vec<(String, bool)> {
+        let mut i = self.interest.lock();
+        let dirty = std::mem::take(&mut i.dirty);
+        dirty
+            .into_iter()
+            .map(|f| {
+                let want = i.counts.get(&f).is_some_and(|&n| n > 0);
+                if !want {
+                    i.counts.remove(&f);
+                }
+                (f, want)
+            })
+            .collect()
+    }
+
+    fn drop_one(&self, what: &str, topic: &str) {
+        Metrics::incr(&self.metrics.cluster_dropped);
+        tracing::debug!(topic, what, "the queue to the cluster is full; dropped");
+    }
+}
+
+impl Remote for Link {
+    fn forward(&self, msg: &Arc<Message>) {
+        if self.forward.try_send(msg.clone()).is_err() {
+            self.drop_one("message", msg.topic_str());
+        }
+    }
+
+    fn interest(&self, filter: &str, added: bool) {
+        {
+            let mut i = self.interest.lock();
+            *i.counts.entry(filter.to_owned()).or_default() += if added { 1 } else { -1 };
+            i.dirty.insert(filter.to_owned());
+        }
+        self.changed.notify_one();
+    }
+
+    fn retained(&self, msg: &Arc<Message>, from: Option<&Publisher>) {
+        let change = RetainedChange {
+            msg: msg.clone(),
+            client_id: from.map(|p| p.client_id.clone()),
+            username: from.and_then(|p| p.username.clone()),
+        };
+        if self.retained.try_send(change).is_err() {
+            tracing::warn!(
+                topic = msg.topic_str(),
+                "retained change not sent to the cluster"
+            );
+            self.drop_one("retained", msg.topic_str());
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The seam between a connection and its cluster's client-id registry (`[cluster]`, see the
+//! `cluster` folder): before a CONNECT gets a session here, this node must own its client id
+//! in the whole cluster. A single node has none, and the handshake makes none of these calls.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::codec::ConnectReturnCode;
+use crate::message::ClientId;
+
+/// A future a claim answers with.
+pub type Claiming = Pin<Box<dyn Future<Output = Result<u64, ConnectReturnCode>> + Send>>;
+
+/// The cluster's registry of which node has which client id.
+pub trait ClientIds: Send + Sync + 'static {
+    /// Makes this node the owner of `client_id`, taking it over from the node that has it (it
+    /// closes that connection, its will published): the claim's token, or the CONNACK code to
+    /// refuse with (0x03 while the owner cannot be reached and is not known to be dead).
+    fn claim(&self, client_id: &ClientId) -> Claiming;
+
+    /// The session made under `token` ended here: the id is free again, unless another
+    /// connection has claimed it since.
+    fn release(&self, client_id: &ClientId, token: u64);
+
+    /// False while this node is cut off from its cluster (fenced): it takes no client.
+    fn serving(&self) -> bool;
+}

@@ -1,0 +1,235 @@
+//! A NATS cluster with JetStream (real `nats-server` processes, their own ports and store
+//! directories) and Tern nodes on it, on 127.0.0.2, 127.0.0.3 and 127.0.0.4.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tern::config::ClusterConfig;
+use tern::message::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{within, Raw, TestBroker, WAIT};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One `nats-server` of the cluster.
+struct Server {
+    child: Option<tokio::process::Child>,
+    args: Vec<String>,
+    port: u16,
+    monitor: u16,
+}
+
+/// A NATS cluster of `n` servers with JetStream, each with its own store directory.
+pub struct Nats {
+    servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts `n` servers routed to each other and waits until each answers its health
+    /// check with JetStream on.
+    pub async fn start(n: usize) -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c, _)| format!("nats://127.0.0.1:{c}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, cluster, monitor)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            let mut args: Vec<String> = vec![
+                "-js".into(),
+                "-sd".into(),
+                store.display().to_string(),
+                "--server_name".into(),
+                format!("n{i}"),
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-m".into(),
+                monitor.to_string(),
+            ];
+            if n > 1 {
+                let others: Vec<&str> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, r)| r.as_str())
+                    .collect();
+                args.extend([
+                    "--cluster_name".into(),
+                    "tern-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster}"),
+                    "--routes".into(),
+                    others.join(","),
+                ]);
+            }
+            servers.push(Server {
+                child: None,
+                args,
+                port: *port,
+                monitor: *monitor,
+            });
+        }
+        let mut nats = Nats { servers, _dir: dir };
+        for i in 0..n {
+            nats.spawn(i);
+        }
+        for i in 0..n {
+            nats.healthy(i).await;
+        }
+        nats
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let child = tokio::process::Command::new("nats-server")
+            .args(&s.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server is installed (apt-get install nats-server)");
+        s.child = Some(child);
+    }
+
+    /// Waits until server `i` says it is healthy with JetStream on.
+    async fn healthy(&self, i: usize) {
+        let monitor = self.servers[i].monitor;
+        within(WAIT, async {
+            loop {
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", monitor)).await {
+                    let req = "GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n";
+                    if s.write_all(req.as_bytes()).await.is_ok() {
+                        let mut reply = String::new();
+                        let _ = s.read_to_string(&mut reply).await;
+                        if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                            return;
+                        }
+                    }
+                }
+                // A process starting up has no event to await: look again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    /// Every server's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// Kills server `i` with SIGKILL.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.start_kill();
+            let _ = within(WAIT, c.wait()).await;
+        }
+    }
+
+    /// Starts server `i` again (same ports, same store).
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.healthy(i).await;
+    }
+}
+
+/// `[cluster]` for node `name` on `nats`, with short lease timings so the tests are quick.
+pub fn cluster_config(nats: &Nats, name: &str, prefix: &str) -> ClusterConfig {
+    let text = format!(
+        "nats = {:?}\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\nreplicas = 3\n\
+         lease_interval = \"250ms\"\nfence_after = \"1500ms\"\ndead_after = \"2500ms\"\n\
+         connect_timeout = \"30s\"\n",
+        nats.urls()
+    );
+    toml::from_str(&text).expect("cluster table")
+}
+
+/// Three Tern nodes, in this process, on 127.0.0.2..4, joined to `nats` under `prefix`.
+pub async fn nodes(nats: &Nats, prefix: &str) -> Vec<TestBroker> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let cluster = cluster_config(nats, &format!("node{}", i + 1), prefix);
+        let b = TestBroker::start_with(|c| {
+            c.listener[0].bind = SocketAddr::from(([127, 0, 0, 2 + i as u8], 0));
+            c.cluster = Some(cluster);
+        })
+        .await;
+        out.push(b);
+    }
+    out
+}
+
+/// A clean-session client of `addr`.
+pub async fn client(addr: SocketAddr, id: &str) -> Raw {
+    let (raw, ack) = Raw::connect(addr, id, true, 60).await;
+    assert_eq!(ack.code, tern::codec::ConnectReturnCode::Accepted, "{id}");
+    raw
+}
+
+/// Waits until what `publisher` publishes to `probe` reaches `subscriber`, whose filter must
+/// cover it: the other node's interest has reached the publisher's NATS server. Probes
+/// still in flight afterwards are skipped by `next`.
+pub async fn routed(publisher: &mut Raw, subscriber: &mut Raw, probe: &str) {
+    within(WAIT, async {
+        loop {
+            publisher
+                .publish(probe, QoS::AtMostOnce, None, false, b"probe")
+                .await;
+            let got = tokio::time::timeout(Duration::from_millis(100), subscriber.recv()).await;
+            if let Ok(tern::codec::Packet::Publish(p)) = got {
+                if p.payload[..] == b"probe"[..] {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// The next PUBLISH that is not a probe, acknowledged; its topic, payload and QoS.
+pub async fn next(s: &mut Raw) -> (String, Vec<u8>, QoS) {
+    loop {
+        let p = match s.recv().await {
+            tern::codec::Packet::Publish(p) => p,
+            tern::codec::Packet::PubRel(id) => {
+                s.send_packet(&tern::codec::Packet::PubComp(id)).await;
+                continue;
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        };
+        if let Some(id) = p.pkid {
+            let ack = if p.qos == QoS::ExactlyOnce {
+                tern::codec::Packet::PubRec(id)
+            } else {
+                tern::codec::Packet::PubAck(id)
+            };
+            s.send_packet(&ack).await;
+        }
+        if p.payload[..] == b"probe"[..] {
+            continue;
+        }
+        return (
+            String::from_utf8_lossy(&p.topic).into_owned(),
+            p.payload.to_vec(),
+            p.qos,
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Tern nodes as one broker over a real NATS cluster with JetStream (three `nats-server`
+//! processes): messages across nodes at every QoS without duplicates, retained messages
+//! everywhere, client ids taken over across nodes. Each test has its own NATS cluster.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+use std::time::Duration;
+
+use tern::codec::{ConnectReturnCode, Packet};
+use tern::message::QoS;
+
+use common::{within, Raw, WAIT};
+use harness::{client, next, nodes, routed, Nats};
+
+#[tokio::test]
+async fn a_message_crosses_nodes_at_every_qos() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "qos").await;
+    let mut sub = client(n[1].addr, "sub").await;
+    sub.subscribe(1, &[("t/#", QoS::ExactlyOnce)]).await;
+    let mut publisher = client(n[0].addr, "pub").await;
+    routed(&mut publisher, &mut sub, "t/probe").await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let id = (qos != QoS::AtMostOnce).then_some(i as u16);
+        publisher.publish("t/x", qos, id, false, &[i as u8]).await;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => assert_eq!(publisher.recv().await, Packet::PubAck(1)),
+            QoS::ExactlyOnce => {
+                assert_eq!(publisher.recv().await, Packet::PubRec(2));
+                publisher.send_packet(&Packet::PubRel(2)).await;
+                assert_eq!(publisher.recv().await, Packet::PubComp(2));
+            }
+        }
+        // Each client's QoS with its own node holds: the subscriber gets it at its QoS.
+        assert_eq!(next(&mut sub).await, ("t/x".into(), vec![i as u8], qos));
+    }
+    // [MQTT-4.3.3-1] the QoS 2 delivery's flow ends as usual.
+    match sub.recv().await {
+        Packet::PubRel(id) => sub.send_packet(&Packet::PubComp(id)).await,
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn overlapping_filters_on_other_nodes_get_each_message_once() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "overlap").await;
+    // One session with three overlapping filters, and sessions on two other nodes.
+    let mut many = client(n[1].addr, "many").await;
+    many.subscribe(
+        1,
+        &[
+            ("a/#", QoS::AtLeastOnce),
+            ("a/+", QoS::AtMostOnce),
+            ("a/b", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
+    let mut exact = client(n[1].addr, "exact").await;
+    exact.subscribe(1, &[("a/b", QoS::AtLeastOnce)]).await;
+    let mut far = client(n[2].addr, "far").await;
+    far.subscribe(1, &[("+/b", QoS::AtLeastOnce), ("#", QoS::AtLeastOnce)])
+        .await;
+    let mut publisher = client(n[0].addr, "pub").await;
+    routed(&mut publisher, &mut exact, "a/b").await;
+    routed(&mut publisher, &mut far, "a/b").await;
+    // Probes that reached `many` meanwhile are skipped by `next`.
+    for i in 0..20u8 {
+        publisher
+            .publish("a/b", QoS::AtLeastOnce, Some(1 + i as u16), false, &[i])
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(1 + i as u16));
+    }
+    for s in [&mut many, &mut exact, &mut far] {
+        for i in 0..20u8 {
+            let (topic, payload, _) = next(s).await;
+            assert_eq!(
+                (topic.as_str(), payload),
+                ("a/b", vec![i]),
+                "in order, once"
+            );
+        }
+    }
+    for s in [&mut many, &mut exact, &mut far] {
+        // Late probes may still come; nothing else may.
+        let quiet = async {
+            let (t, p, _) = next(s).await;
+            panic!("a second copy: {t} {p:?}");
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
+    }
+}
+
+/// Subscribes on `addr` and returns the retained message on `topic` if one comes.
+async fn retained_at(addr: std::net::SocketAddr, topic: &str) -> Option<Vec<u8>> {
+    let mut s = client(addr, "retained-check").await;
+    s.subscribe(1, &[(topic, QoS::AtMostOnce)]).await;
+    match tokio::time::timeout(Duration::from_millis(200), s.recv()).await {
+        Ok(Packet::Publish(p)) => Some(p.payload.to_vec()),
+        _ => None,
+    }
+}
+
+/// Waits until a new subscriber on `addr` gets `want` as `topic`'s retained message.
+async fn retained_becomes(addr: std::net::SocketAddr, topic: &str, want: Option<&[u8]>) {
+    within(WAIT, async {
+        while retained_at(addr, topic).await.as_deref() != want {}
+    })
+    .await
+}
+
+#[tokio::test]
+async fn retained_set_and_cleared_on_one_node_is_seen_on_every_node() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "retain").await;
+    let mut p = client(n[0].addr, "pub").await;
+    p.publish("r/x", QoS::AtLeastOnce, Some(1), true, b"v1")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(1));
+    for node in &n {
+        retained_becomes(node.addr, "r/x", Some(b"v1")).await;
+    }
+    // [MQTT-3.3.1-10] an empty retained message clears it, from another node.
+    let mut q = client(n[2].addr, "clear").await;
+    q.publish("r/x", QoS::AtLeastOnce, Some(1), true, b"").await;
+    assert_eq!(q.recv().await, Packet::PubAck(1));
+    for node in &n {
+        retained_becomes(node.addr, "r/x", None).await;
+    }
+    // A node started later reads what the bucket holds.
+    p.publish("r/y", QoS::AtLeastOnce, Some(2), true, b"late")
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(2));
+    retained_becomes(n[1].addr, "r/y", Some(b"late")).await;
+    let cfg = harness::cluster_config(&nats, "node4", "retain");
+    let late = common::TestBroker::start_with(|c| {
+        c.listener[0].bind = "127.0.0.5:0".parse().expect("address");
+        c.cluster = Some(cfg);
+    })
+    .await;
+    assert_eq!(
+        retained_at(late.addr, "r/y").await.as_deref(),
+        Some(&b"late"[..])
+    );
+    assert_eq!(retained_at(late.addr, "r/x").await, None);
+}
+
+#[tokio::test]
+async fn a_client_id_moves_to_another_node_and_its_old_connection_leaves_a_will() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "takeover").await;
+    let mut watch = client(n[0].addr, "watch").await;
+    watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut old = Raw::open(n[1].addr).await;
+    let mut connect = match common::connect_packet("mover", true, 60) {
+        Packet::Connect(c) => c,
+        _ => unreachable!(),
+    };
+    connect.will = Some(tern::codec::LastWill {
+        topic: bytes::Bytes::from_static(b"wills/mover"),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    old.send_packet(&Packet::Connect(connect)).await;
+    assert!(
+        matches!(old.recv().await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
+    );
+    let mut p2 = client(n[1].addr, "probe-pub").await;
+    routed(&mut p2, &mut watch, "wills/probe").await;
+    // [MQTT-3.1.4-2] the same id on another node: the old connection is closed.
+    let _new = client(n[2].addr, "mover").await;
+    old.expect_closed_silently().await;
+    // [MQTT-3.1.2-8] it did not say goodbye: its will is published.
+    let (topic, payload, _) = next(&mut watch).await;
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("wills/mover", &b"gone"[..])
+    );
+}
+
+#[tokio::test]
+async fn two_connects_with_one_id_on_two_nodes_leave_exactly_one() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "race").await;
+    for round in 0..3 {
+        let id = format!("twin-{round}");
+        let (a, b) = tokio::join!(
+            Raw::connect(n[0].addr, &id, true, 60),
+            Raw::connect(n[1].addr, &id, true, 60)
+        );
+        let mut open = Vec::new();
+        for (raw, ack) in [a, b] {
+            if ack.code == ConnectReturnCode::Accepted {
+                open.push(raw);
+            }
+        }
+        assert!(!open.is_empty(), "at least one got in");
+        // Whoever got in first is closed by the other's takeover: one stays.
+        within(WAIT, async {
+            loop {
+                let mut alive = 0;
+                for raw in open.iter_mut() {
+                    if !raw.try_send_packet(&Packet::PingReq).await {
+                        continue;
+                    }
+                    if let Ok(Some(Packet::PingResp)) = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        raw.read_to_close_or_packet(),
+                    )
+                    .await
+                    {
+                        alive += 1;
+                    }
+                }
+                assert!(alive >= 1, "both were closed");
+                if alive == 1 {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_nats_server_killed_leaves_the_nodes_serving() {
+    let mut nats = Nats::start(3).await;
+    let n = nodes(&nats, "natskill").await;
+    let mut sub = client(n[2].addr, "sub").await;
+    sub.subscribe(1, &[("k/#", QoS::AtLeastOnce)]).await;
+    let mut publisher = client(n[0].addr, "pub").await;
+    routed(&mut publisher, &mut sub, "k/probe").await;
+    nats.kill(0).await;
+    // Whichever node was on the killed server reconnects to another: messages cross again.
+    routed(&mut publisher, &mut sub, "k/probe").await;
+    publisher
+        .publish("k/after", QoS::AtLeastOnce, Some(1), false, b"x")
+        .await;
+    assert_eq!(publisher.recv().await, Packet::PubAck(1));
+    assert_eq!(next(&mut sub).await.0, "k/after");
+    // Two of three servers keep the buckets' quorum: a new client id is claimed.
+    let _new = client(n[1].addr, "after-kill").await;
+    // No node went down with the server: each takes a new client.
+    for (i, node) in n.iter().enumerate() {
+        let _c = client(node.addr, &format!("still-{i}")).await;
+    }
+    nats.restart(0).await;
+    let _again = client(n[0].addr, "after-restart").await;
+}
