@@ -96,13 +96,23 @@ impl<S: Transport + 'static> Connection<S> {
                     false => Err(ConnectReturnCode::ServerUnavailable),
                     true => {
                         let limit = self.config.load().mqtt.connect_timeout;
-                        timeout(limit, ids.claim(&accepted.client_id))
+                        let clean = accepted.clean_session;
+                        timeout(limit, ids.claim(&accepted.client_id, clean))
                             .await
                             .unwrap_or(Err(ConnectReturnCode::ServerUnavailable))
                     }
                 };
                 match claimed {
-                    Ok(token) => token,
+                    Ok(c) => {
+                        if let Some(h) = c.handover {
+                            debug!(
+                                messages = h.messages.len(),
+                                "session handed over by another node"
+                            );
+                            shared.registry.adopt(&shared, h);
+                        }
+                        c.token
+                    }
                     Err(code) => {
                         debug!(?code, "the cluster refused the client id");
                         self.refuse(code).await;

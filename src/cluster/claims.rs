@@ -14,9 +14,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{lease::Leases, Cluster};
+use super::{lease::Leases, moving, Cluster};
 use crate::codec::ConnectReturnCode;
+use crate::sessions::claims::Claimed;
+use crate::sessions::handover::Handover;
 use crate::sessions::Shared;
+use std::sync::atomic::Ordering;
 
 /// How long an owner has to answer a takeover request.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,13 +61,22 @@ impl Claims {
     /// Makes this node the owner of `client_id`: its revision, or the code to refuse with.
     /// A bucket that does not answer (its leader lost, being elected again) is asked again
     /// until the caller's deadline; a lost race reads the entry again, `ATTEMPTS` times.
-    pub(super) async fn claim(&self, client_id: &str) -> Result<u64, ConnectReturnCode> {
+    pub(super) async fn claim(
+        &self,
+        client_id: &str,
+        clean: bool,
+    ) -> Result<Claimed, ConnectReturnCode> {
         let key = key_of(client_id);
         let mut races = 0;
         let mut pause = Duration::from_millis(50);
+        // A session handed over is kept across a lost race: its old owner ended it.
+        let mut handover = None;
         while races < ATTEMPTS {
-            match self.try_claim(&key, client_id).await? {
-                Step::Won(rev) => return Ok(rev),
+            match self
+                .try_claim(&key, client_id, clean, &mut handover)
+                .await?
+            {
+                Step::Won(token) => return Ok(Claimed { token, handover }),
                 Step::Lost => races += 1,
                 Step::Unanswered => {
                     tokio::time::sleep(pause).await;
@@ -75,7 +87,13 @@ impl Claims {
         Err(ConnectReturnCode::ServerUnavailable)
     }
 
-    async fn try_claim(&self, key: &str, client_id: &str) -> Result<Step, ConnectReturnCode> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        client_id: &str,
+        clean: bool,
+        handover: &mut Option<Handover>,
+    ) -> Result<Step, ConnectReturnCode> {
         let entry = match self.clients.entry(key).await {
             Ok(e) => e,
             Err(e) => return Ok(unanswered(e)),
@@ -89,7 +107,9 @@ impl Claims {
         };
         if e.value != self.node {
             let owner = String::from_utf8_lossy(&e.value).into_owned();
-            self.take_from(&owner, client_id).await?;
+            if let Some(h) = self.take_from(&owner, client_id, clean).await? {
+                *handover = Some(h);
+            }
         }
         let updated = self
             .clients
@@ -102,17 +122,30 @@ impl Claims {
         })
     }
 
-    /// Asks `owner` to give `client_id` up; fine too if `owner` is dead.
-    async fn take_from(&self, owner: &str, client_id: &str) -> Result<(), ConnectReturnCode> {
+    /// Asks `owner` to give `client_id` up (and its persistent session, unless `clean`);
+    /// fine too if `owner` is dead.
+    async fn take_from(
+        &self,
+        owner: &str,
+        client_id: &str,
+        clean: bool,
+    ) -> Result<Option<Handover>, ConnectReturnCode> {
         let subject = takeover_subject(&self.prefix, owner);
         let asked = self
             .client
-            .request(subject, Bytes::copy_from_slice(client_id.as_bytes()));
+            .request(subject, moving::request(client_id, clean));
         match tokio::time::timeout(TAKEOVER_TIMEOUT, asked).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(reply)) if reply.payload.is_empty() => Ok(None),
+            Ok(Ok(reply)) => {
+                let h = moving::decode(client_id, reply.payload);
+                if h.is_none() {
+                    tracing::warn!(owner, client_id, "a handed-over session could not be read");
+                }
+                Ok(h)
+            }
             _ if self.leases.is_dead(owner) => {
                 tracing::info!(owner, client_id, "client id taken from a dead node");
-                Ok(())
+                Ok(None)
             }
             _ => {
                 tracing::debug!(owner, client_id, "owner of the client id did not answer");
@@ -153,18 +186,27 @@ pub(super) async fn serve(cluster: Arc<Cluster>, shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => break,
         };
         let Some(req) = req else { break };
-        let client_id = String::from_utf8_lossy(&req.payload);
-        let had = shared.registry.take_over(&client_id);
-        tracing::info!(
-            client_id = &*client_id,
-            had,
-            "client id taken over by another node"
-        );
+        let Some((client_id, clean)) = moving::read_request(&req.payload) else {
+            continue;
+        };
+        let moved = shared.registry.hand_over(&client_id, clean).await;
+        let answer = match &moved {
+            None => Bytes::new(),
+            Some(h) => {
+                let max = cluster.client.server_info().max_payload;
+                let (b, left) = moving::encode(h, max.saturating_sub(1024));
+                if left > 0 {
+                    let dropped = &cluster.metrics.cluster_dropped;
+                    dropped.fetch_add(left as u64, Ordering::Relaxed);
+                    tracing::warn!(client_id, left, "session too large to move whole");
+                }
+                b
+            }
+        };
+        let moved = moved.is_some();
+        tracing::info!(client_id, moved, "client id taken over by another node");
         if let Some(reply) = req.reply {
-            let _ = cluster
-                .client
-                .publish(reply, Bytes::from_static(b"ok"))
-                .await;
+            let _ = cluster.client.publish(reply, answer).await;
         }
     }
 }

@@ -23,6 +23,7 @@
 mod claims;
 mod lease;
 mod link;
+mod moving;
 mod retained;
 mod routes;
 pub mod status;
@@ -151,10 +152,10 @@ impl Cluster {
 }
 
 impl ClientIds for Cluster {
-    fn claim(&self, client_id: &ClientId) -> Claiming {
+    fn claim(&self, client_id: &ClientId, clean: bool) -> Claiming {
         let claims = claims::Claims::of(self);
         let client_id = client_id.clone();
-        Box::pin(async move { claims.claim(&client_id).await })
+        Box::pin(async move { claims.claim(&client_id, clean).await })
     }
 
     fn release(&self, client_id: &ClientId, token: u64) {

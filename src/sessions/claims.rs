@@ -7,16 +7,27 @@ use std::pin::Pin;
 
 use crate::codec::ConnectReturnCode;
 use crate::message::ClientId;
+use crate::sessions::handover::Handover;
 
 /// A future a claim answers with.
-pub type Claiming = Pin<Box<dyn Future<Output = Result<u64, ConnectReturnCode>> + Send>>;
+pub type Claiming = Pin<Box<dyn Future<Output = Result<Claimed, ConnectReturnCode>> + Send>>;
+
+/// A client id this node now owns.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The claim's token, for `release`.
+    pub token: u64,
+    /// The persistent session the previous owner handed over, to adopt before attaching.
+    pub handover: Option<Handover>,
+}
 
 /// The cluster's registry of which node has which client id.
 pub trait ClientIds: Send + Sync + 'static {
     /// Makes this node the owner of `client_id`, taking it over from the node that has it (it
-    /// closes that connection, its will published): the claim's token, or the CONNACK code to
-    /// refuse with (0x03 while the owner cannot be reached and is not known to be dead).
-    fn claim(&self, client_id: &ClientId) -> Claiming;
+    /// closes that connection, its will published, and hands its persistent session over
+    /// unless the CONNECT is `clean`): the claim, or the CONNACK code to refuse with (0x03
+    /// while the owner cannot be reached and is not known to be dead).
+    fn claim(&self, client_id: &ClientId, clean: bool) -> Claiming;
 
     /// The session made under `token` ended here: the id is free again, unless another
     /// connection has claimed it since.

@@ -61,6 +61,9 @@ pub enum Admin {
     /// Close the connection as if the network had dropped it: its will is published, and a
     /// persistent session stays.
     Kick(oneshot::Sender<bool>),
+    /// Another node of the cluster takes the session over: close the connection (its will
+    /// is published), answer with what the session holds, and end here.
+    Export(oneshot::Sender<super::handover::Handover>),
 }
 
 /// A session's state as the HTTP API shows it.

@@ -24,6 +24,17 @@ impl Session {
     /// Starts, detached, a persistent session read back from the store: its subscriptions go
     /// back into the router before any client is served.
     pub fn restore(shared: &Arc<Shared>, stored: RecoveredSession) -> SessionHandle {
+        let sid = Some(stored.sid);
+        Session::restore_as(shared, stored, sid)
+    }
+
+    /// As `restore`, under store id `sid` (none: a node without persistence adopting a
+    /// session from another node).
+    pub(super) fn restore_as(
+        shared: &Arc<Shared>,
+        stored: RecoveredSession,
+        sid: Option<u64>,
+    ) -> SessionHandle {
         let config = shared.config.load_full();
         // A bridge's session keeps its own queue limit across the restart.
         let max_queued = config
@@ -52,7 +63,7 @@ impl Session {
                 Instant::now() + e.saturating_sub(since),
             ))
         });
-        let stored_sid = stored.sid;
+
         // Inbound QoS 2 ids still awaiting their PUBREL: a resent PUBLISH is a duplicate.
         for pkid in &stored.awaiting_rel {
             mailbox.receive_qos2(*pkid, usize::MAX);
@@ -61,7 +72,7 @@ impl Session {
             id,
             client_id: stored.client_id,
             persistent: true,
-            sid: Some(stored.sid),
+            sid,
             shared: shared.clone(),
             config,
             subscriptions: BTreeMap::new(),
@@ -109,7 +120,7 @@ impl Session {
             id,
             mailbox,
             persistent: true,
-            stored: Some(stored_sid),
+            stored: sid,
         }
     }
 

@@ -237,6 +237,11 @@ impl Mailbox {
         self.awaiting_rel.lock().contains(&pkid)
     }
 
+    /// Every inbound QoS 2 id awaiting PUBREL.
+    pub fn awaiting_rel(&self) -> Vec<u16> {
+        self.awaiting_rel.lock().iter().copied().collect()
+    }
+
     /// PUBREL: `pkid` is free again.
     pub fn release_qos2(&self, pkid: u16) {
         self.awaiting_rel.lock().remove(&pkid);

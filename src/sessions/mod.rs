@@ -14,13 +14,15 @@
 //! - `inflight`, `mqueue`: the outbound window and the queue behind it.
 //! - `registry`: sessions by client id (takeover, discard, resume by user name).
 //! - `shared`: what every task of the broker shares.
-//! - `claims`: the seam to a cluster's client-id registry (`ClientIds`).
+//! - `claims`: the seam to a cluster's client-id registry (`ClientIds`); `handover`: a
+//!   persistent session moving between nodes.
 
 pub mod backlog;
 pub mod claims;
 pub mod commands;
 mod delivering;
 mod durable;
+pub mod handover;
 pub mod inflight;
 pub mod mailbox;
 pub mod mqueue;

@@ -70,6 +70,11 @@ impl MQueue {
         }
     }
 
+    /// The queued messages, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.items.iter()
+    }
+
     /// Messages queued.
     pub fn len(&self) -> usize {
         self.items.len()

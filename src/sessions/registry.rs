@@ -6,9 +6,13 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::message::{ClientId, SessionId};
+use crate::sessions::handover::Handover;
 use crate::sessions::mailbox::Mailbox;
 use crate::sessions::Shared;
-use crate::sessions::{ConnLink, Kick, Session};
+use crate::sessions::{Admin, ConnLink, Kick, Session, SessionCmd};
+
+/// How long a session has to answer an export before it is ended without moving.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A cloneable reference to a running session actor.
 #[derive(Debug, Clone)]
@@ -162,6 +166,47 @@ impl Registry {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Hands `client_id`'s session to another node of the cluster: a persistent one (unless
+    /// the new CONNECT is `clean`) is exported and ends here; any other is just ended. Either
+    /// way its connection closes with its will.
+    pub async fn hand_over(&self, client_id: &str, clean: bool) -> Option<Handover> {
+        let handle = self.get(client_id)?;
+        if clean || !handle.persistent {
+            self.take_over(client_id);
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = SessionCmd::Admin(Box::new(Admin::Export(tx)));
+        let exported = match handle.mailbox.try_send(asked) {
+            Ok(()) => tokio::time::timeout(EXPORT_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        if exported.is_none() {
+            // Busy or ending: it does not move, but it does end here.
+            handle.mailbox.discard(Kick::TakenOver);
+        }
+        self.sessions
+            .remove_if(client_id, |_, r| r.handle.id == handle.id);
+        exported
+    }
+
+    /// Registers a session another node handed over, detached, for the CONNECT that asked
+    /// for it to attach to.
+    pub fn adopt(&self, shared: &Arc<Shared>, h: Handover) {
+        let client_id = h.client_id.clone();
+        let username = h.username.clone();
+        let handle = Session::adopt(shared, h);
+        if let Some(old) = self
+            .sessions
+            .insert(client_id, Registered { handle, username })
+        {
+            old.handle.mailbox.discard(Kick::Discarded);
         }
     }
 

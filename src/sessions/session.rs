@@ -301,6 +301,12 @@ impl Session {
                     let _ = reply.send(self.link.is_some());
                     self.unlink(Some(Kick::Kicked));
                 }
+                Admin::Export(reply) => {
+                    self.unlink(Some(Kick::TakenOver));
+                    let _ = reply.send(self.export());
+                    // It lives on on another node now.
+                    self.mailbox.discard(Kick::TakenOver);
+                }
             },
         }
     }
