@@ -210,6 +210,10 @@ impl<S: Transport + 'static> Connection<S> {
             session_present = present,
             "client connected"
         );
+        // Its will waits in the cluster too, in case this node dies before it is due.
+        if let (Some(ids), true, Some(will)) = (&shared.cluster, claim > 0, &accepted.will) {
+            ids.will(&accepted.client_id, claim, Some((will, username.as_ref())));
+        }
         Ok(Client {
             accepted,
             claim,

@@ -463,6 +463,10 @@ impl<S: Transport + 'static> Connected<S> {
         let later = super::hooked::goodbye(shared, &mut client, &reason);
         // A clean session ends with its connection: the id is free in the cluster again (a
         // taken-over one's token is stale by now and frees nothing).
+        if let (Some(ids), true) = (&shared.cluster, client.claim > 0) {
+            // Published above or discarded: either way no other node is to publish it.
+            ids.will(&client.accepted.client_id, client.claim, None);
+        }
         let clean = client.accepted.clean_session && client.claim > 0;
         if let (Some(ids), true) = (&shared.cluster, clean) {
             ids.release(&client.accepted.client_id, client.claim);

@@ -46,6 +46,21 @@ impl Leases {
         }
     }
 
+    /// Nodes whose lease has aged past `dead_after` (not those that gave it up), each with
+    /// the lease's revision.
+    fn aged_out(&self) -> Vec<(String, u64)> {
+        self.seen
+            .lock()
+            .iter()
+            .filter_map(|(node, seen)| match seen {
+                Some((rev, changed)) if changed.elapsed() > self.dead_after => {
+                    Some((node.clone(), *rev))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn saw(&self, node: &str, revision: Option<u64>) {
         let mut seen = self.seen.lock();
         let now = Instant::now();
@@ -101,6 +116,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
             if cluster.fenced.swap(false, Ordering::AcqRel) {
                 tracing::warn!("the cluster is reachable again: serving");
             }
+            bury(&cluster, &shared).await;
         } else if last_ok.elapsed() >= cluster.cfg.fence_after
             && !cluster.fenced.swap(true, Ordering::AcqRel)
         {
@@ -111,9 +127,32 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
             shared.registry.kick_all();
         }
     }
-    // A graceful stop gives the lease up at once, so others need not wait for it to age.
+    // A graceful stop publishes no will (as a single broker's does not), and gives the
+    // lease up at once, so others need not wait for it to age.
+    let cleared = super::wills::clear_mine(&cluster);
+    let _ = tokio::time::timeout(Duration::from_secs(2), cleared).await;
     let gone = cluster.buckets.nodes.delete(key_of(&cluster.cfg.node_name));
     let _ = tokio::time::timeout(Duration::from_secs(1), gone).await;
+}
+
+/// Takes care of every node whose lease aged out: the one survivor that makes its `dead`
+/// marker publishes the wills it left, then removes its lease.
+async fn bury(cluster: &Cluster, shared: &Shared) {
+    let nodes = &cluster.buckets.nodes;
+    for (node, rev) in cluster.leases.aged_out() {
+        if node == cluster.cfg.node_name {
+            continue;
+        }
+        let marker = format!("dead.{node}.{rev}");
+        let epoch = Bytes::from(format!("{:x}", cluster.epoch));
+        if nodes.create(&marker, epoch).await.is_err() {
+            // Another survivor has it (or the bucket did not answer: next time).
+            continue;
+        }
+        tracing::warn!(node, "node dead: publishing the wills it left");
+        super::wills::publish_left(cluster, shared, &node).await;
+        let _ = nodes.delete_expect_revision(key_of(&node), Some(rev)).await;
+    }
 }
 
 /// Follows every node's lease.

@@ -12,6 +12,8 @@ use crate::message::{Message, Publisher};
 use crate::observability::metrics::Metrics;
 use crate::routing::remote::Remote;
 
+use super::wills::WillChange;
+
 /// A retained message set (or cleared) here, for the cluster's bucket.
 pub(super) struct RetainedChange {
     pub(super) msg: Arc<Message>,
@@ -23,6 +25,7 @@ pub(super) struct RetainedChange {
 pub(super) struct Queues {
     pub(super) forward: mpsc::Receiver<Arc<Message>>,
     pub(super) retained: mpsc::Receiver<RetainedChange>,
+    pub(super) wills: mpsc::Receiver<WillChange>,
 }
 
 /// Retained changes waiting for the bucket; past it one is dropped, counted and logged.
@@ -41,6 +44,7 @@ struct Interest {
 pub(super) struct Link {
     forward: mpsc::Sender<Arc<Message>>,
     retained: mpsc::Sender<RetainedChange>,
+    wills: mpsc::Sender<WillChange>,
     interest: Mutex<Interest>,
     /// Wakes the routes task when `interest` changed.
     pub(super) changed: Notify,
@@ -52,9 +56,11 @@ impl Link {
     pub(super) fn new(max_forward: usize, metrics: Arc<Metrics>) -> (Link, Queues) {
         let (forward, forward_rx) = mpsc::channel(max_forward);
         let (retained, retained_rx) = mpsc::channel(RETAINED_QUEUE);
+        let (wills, wills_rx) = mpsc::channel(RETAINED_QUEUE);
         let link = Link {
             forward,
             retained,
+            wills,
             interest: Mutex::default(),
             changed: Notify::new(),
             metrics,
@@ -62,6 +68,7 @@ impl Link {
         let queues = Queues {
             forward: forward_rx,
             retained: retained_rx,
+            wills: wills_rx,
         };
         (link, queues)
     }
@@ -81,6 +88,14 @@ impl Link {
                 (f, want)
             })
             .collect()
+    }
+
+    /// A connection's will set or cleared, for the wills bucket.
+    pub(super) fn will(&self, change: WillChange) {
+        if self.wills.try_send(change).is_err() {
+            Metrics::incr(&self.metrics.cluster_dropped);
+            tracing::warn!("will change not sent to the cluster: its queue is full");
+        }
     }
 
     fn drop_one(&self, what: &str, topic: &str) {

@@ -28,6 +28,7 @@ mod retained;
 mod routes;
 pub mod status;
 pub mod subject;
+mod wills;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use async_nats::jetstream::{self, kv};
 use parking_lot::Mutex;
 
 use crate::config::ClusterConfig;
-use crate::message::ClientId;
+use crate::message::{ClientId, Message};
 use crate::observability::metrics::Metrics;
 use crate::routing::remote::Remote;
 use crate::sessions::claims::{Claiming, ClientIds};
@@ -78,6 +79,7 @@ struct Buckets {
     clients: kv::Store,
     nodes: kv::Store,
     retained: kv::Store,
+    wills: kv::Store,
 }
 
 /// This node's place in its cluster.
@@ -139,11 +141,14 @@ impl Cluster {
         };
         lease::renew_once(self, shared).await;
         let watch = retained::load(self, shared).await?;
+        // Wills an earlier run of this node left when it died.
+        wills::publish_left(self, shared, &self.cfg.node_name).await;
         let t = &shared.tracker;
         let stop = shared.shutdown.clone();
         t.spawn(routes::forward(self.clone(), queues.forward, stop.clone()));
         t.spawn(routes::run(self.clone(), shared.clone()));
-        t.spawn(retained::write(self.clone(), queues.retained, stop));
+        t.spawn(retained::write(self.clone(), queues.retained, stop.clone()));
+        t.spawn(wills::write(self.clone(), queues.wills, stop));
         t.spawn(retained::watch(self.clone(), shared.clone(), watch));
         t.spawn(claims::serve(self.clone(), shared.clone()));
         t.spawn(lease::run(self.clone(), shared.clone()));
@@ -164,6 +169,19 @@ impl ClientIds for Cluster {
         tokio::spawn(async move {
             // Only if still ours: a takeover since has a newer revision.
             let _ = clients.delete_expect_revision(key, Some(token)).await;
+        });
+    }
+
+    fn will(
+        &self,
+        client_id: &ClientId,
+        token: u64,
+        will: Option<(&Arc<Message>, Option<&Arc<str>>)>,
+    ) {
+        self.link.will(wills::WillChange {
+            client_id: client_id.clone(),
+            token,
+            will: will.map(|(m, u)| (m.clone(), u.cloned())),
         });
     }
 
@@ -200,6 +218,9 @@ async fn connect_nats(
             });
         if node {
             opts = opts.no_echo();
+        }
+        if !cfg.nats_discover {
+            opts = opts.ignore_discovered_servers();
         }
         if let (Some(u), Some(p)) = (&cfg.nats_user, &cfg.nats_password) {
             opts = opts.user_and_password(u.clone(), p.clone());
@@ -268,6 +289,7 @@ async fn open_buckets(
         clients: open("clients").await?,
         nodes: open("nodes").await?,
         retained: open("retained").await?,
+        wills: open("wills").await?,
     })
 }
 

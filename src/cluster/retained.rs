@@ -33,21 +33,22 @@ fn key_of(topic: &[u8]) -> String {
 }
 
 /// One stored value, decoded.
-struct Value {
-    epoch: u64,
-    seq: u64,
-    msg: Message,
-    from: Option<Publisher>,
+pub(super) struct Value {
+    pub(super) epoch: u64,
+    pub(super) seq: u64,
+    pub(super) msg: Message,
+    pub(super) from: Option<Publisher>,
 }
 
-fn encode(epoch: u64, seq: u64, change: &RetainedChange) -> Bytes {
+/// A message with who published it, as the buckets hold it (retained messages, wills).
+pub(super) fn encode(epoch: u64, seq: u64, change: &RetainedChange) -> Bytes {
     let m = &change.msg;
     let id = change.client_id.as_deref().unwrap_or("");
     let user = change.username.as_deref();
     let mut b = BytesMut::with_capacity(32 + m.topic.len() + id.len() + m.payload.len());
     b.put_u64(epoch);
     b.put_u64(seq);
-    b.put_u8(m.qos as u8);
+    b.put_u8(m.qos as u8 | u8::from(m.retain) << 2);
     b.put_u32(m.topic.len() as u32);
     b.put_slice(&m.topic);
     b.put_u16(id.len().min(u16::MAX as usize) as u16);
@@ -64,13 +65,15 @@ fn encode(epoch: u64, seq: u64, change: &RetainedChange) -> Bytes {
     b.freeze()
 }
 
-fn decode(mut v: Bytes) -> Option<Value> {
+/// What `encode` wrote.
+pub(super) fn decode(mut v: Bytes) -> Option<Value> {
     if v.len() < 8 + 8 + 1 + 4 {
         return None;
     }
     let epoch = v.get_u64();
     let seq = v.get_u64();
-    let qos = QoS::from_u8(v.get_u8())?;
+    let flags = v.get_u8();
+    let qos = QoS::from_u8(flags & 3)?;
     let topic_len = v.get_u32() as usize;
     if v.len() < topic_len + 2 {
         return None;
@@ -102,7 +105,7 @@ fn decode(mut v: Bytes) -> Option<Value> {
             topic,
             payload: v,
             qos,
-            retain: true,
+            retain: flags & 4 != 0,
         },
         from,
     })

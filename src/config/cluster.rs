@@ -19,6 +19,10 @@ pub struct ClusterConfig {
     /// (default: the listener's own).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Also use the servers the NATS cluster tells of, beyond `nats` (NATS's default); false
+    /// keeps to the listed ones.
+    #[serde(default = "yes")]
+    pub nats_discover: bool,
     /// User name on NATS (with `nats_password`).
     #[serde(default)]
     pub nats_user: Option<String>,
@@ -155,6 +159,10 @@ fn name_like(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn replicas() -> usize {

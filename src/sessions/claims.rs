@@ -6,7 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::codec::ConnectReturnCode;
-use crate::message::ClientId;
+use std::sync::Arc;
+
+use crate::message::{ClientId, Message};
 use crate::sessions::handover::Handover;
 
 /// A future a claim answers with.
@@ -32,6 +34,16 @@ pub trait ClientIds: Send + Sync + 'static {
     /// The session made under `token` ended here: the id is free again, unless another
     /// connection has claimed it since.
     fn release(&self, client_id: &ClientId, token: u64);
+
+    /// `client_id`'s connection of claim `token` has this will and user name, or (`None`)
+    /// no longer has one (it ended here): kept in the cluster, so that another node
+    /// publishes it if this one dies.
+    fn will(
+        &self,
+        client_id: &ClientId,
+        token: u64,
+        will: Option<(&Arc<Message>, Option<&Arc<str>>)>,
+    );
 
     /// False while this node is cut off from its cluster (fenced): it takes no client.
     fn serving(&self) -> bool;

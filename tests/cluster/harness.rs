@@ -233,3 +233,68 @@ pub async fn next(s: &mut Raw) -> (String, Vec<u8>, QoS) {
         );
     }
 }
+
+/// The `tern` binary as node `name` on `ip`, joined to `nats` under `prefix`.
+pub async fn binary_node(
+    nats: &Nats,
+    name: &str,
+    prefix: &str,
+    ip: &str,
+) -> crate::common::BinaryBroker {
+    let text = format!(
+        "[[listener]]\nbind = \"{ip}:1883\"\n[sys]\nsys_interval = \"0s\"\n[cluster]\n\
+         nats = {:?}\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\nreplicas = 3\n\
+         lease_interval = \"250ms\"\nfence_after = \"1500ms\"\ndead_after = \"2500ms\"\n\
+         connect_timeout = \"30s\"\n",
+        nats.urls()
+    );
+    crate::common::BinaryBroker::start(&text).await
+}
+
+/// Connects `id` to `addr` until it is accepted (a node answers 0x03 while the id's owner
+/// is unreachable and not yet known dead).
+pub async fn connect_until_accepted(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+) -> (Raw, tern::codec::ConnAck) {
+    within(WAIT, async {
+        loop {
+            let (raw, ack) = Raw::connect(addr, id, clean, 60).await;
+            if ack.code == tern::codec::ConnectReturnCode::Accepted {
+                return (raw, ack);
+            }
+            assert_eq!(ack.code, tern::codec::ConnectReturnCode::ServerUnavailable);
+            // A refused client tries again after a while, as clients do.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}
+
+/// Waits until the cluster's wills bucket under `prefix` holds a will of `node`'s.
+pub async fn wait_for_will(nats: &Nats, prefix: &str, node: &str) {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let wills = js
+        .get_key_value(format!("{prefix}_wills"))
+        .await
+        .expect("the wills bucket");
+    within(WAIT, async {
+        loop {
+            if let Ok(mut keys) = wills.keys().await {
+                while let Some(Ok(k)) = keys.next().await {
+                    if k.starts_with(&format!("{node}.")) {
+                        return;
+                    }
+                }
+            }
+            // The bucket has no event for "a key appeared" short of a watch: look again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}

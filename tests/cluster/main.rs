@@ -323,3 +323,96 @@ async fn send(publisher: &mut Raw, from: u8, to: u8) {
         assert_eq!(publisher.recv().await, Packet::PubAck(id));
     }
 }
+
+#[tokio::test]
+async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
+    let nats = Nats::start(3).await;
+    let n1 = harness::nodes(&nats, "kill").await;
+    // The node to kill is a process of its own; the others are in this one.
+    let mut victim_node = harness::binary_node(&nats, "doomed", "kill", "127.0.0.6").await;
+    let mut watch = client(n1[0].addr, "watch").await;
+    watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut from_far = client(n1[2].addr, "far-pub").await;
+    routed(&mut from_far, &mut watch, "wills/probe").await;
+    let mut victim = Raw::open(victim_node.addr).await;
+    let mut connect = match common::connect_packet("victim", true, 60) {
+        Packet::Connect(c) => c,
+        _ => unreachable!(),
+    };
+    connect.will = Some(tern::codec::LastWill {
+        topic: bytes::Bytes::from_static(b"wills/victim"),
+        payload: bytes::Bytes::from_static(b"lost"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    victim.send_packet(&Packet::Connect(connect)).await;
+    assert!(
+        matches!(victim.recv().await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
+    );
+    let mut data = client(victim_node.addr, "data-sub").await;
+    data.subscribe(1, &[("data/#", QoS::AtLeastOnce)]).await;
+    let mut publisher = client(n1[0].addr, "pub").await;
+    routed(&mut publisher, &mut data, "data/probe").await;
+    // The will is in the cluster's bucket before the node dies: a PINGREQ round trip after
+    // CONNACK is no proof, so wait for the bucket to hold it.
+    harness::wait_for_will(&nats, "kill", "doomed").await;
+    victim_node.child.start_kill().expect("kill -9");
+    let _ = victim_node.child.wait().await;
+    // [MQTT-3.1.2-8] its node is gone without a DISCONNECT: a survivor publishes the will.
+    let (topic, payload, _) = next(&mut watch).await;
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("wills/victim", &b"lost"[..])
+    );
+    // Its clients come back on another node, under the same ids.
+    let _victim = harness::connect_until_accepted(n1[1].addr, "victim", true).await;
+    let (mut data, _) = harness::connect_until_accepted(n1[1].addr, "data-sub", true).await;
+    data.subscribe(1, &[("data/#", QoS::AtLeastOnce)]).await;
+    // No topic is left black-holed: the dead node's interest went with its connection.
+    routed(&mut publisher, &mut data, "data/probe").await;
+    publisher
+        .publish("data/x", QoS::AtLeastOnce, Some(1), false, b"after")
+        .await;
+    assert_eq!(publisher.recv().await, Packet::PubAck(1));
+    assert_eq!(next(&mut data).await.1, b"after");
+    // One will, once.
+    let quiet = async {
+        let (t, p, _) = next(&mut watch).await;
+        panic!("unexpected {t} {p:?}");
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), quiet).await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_nats_fences_itself_in_time_and_serves_again_after() {
+    let mut nats = Nats::start(3).await;
+    let _others = nodes(&nats, "fence").await;
+    // This node knows only server 1: killing it cuts the node off; servers 0 and 2 keep the
+    // buckets' quorum for the others.
+    let mut cfg = harness::cluster_config(&nats, "lonely", "fence");
+    cfg.nats = vec![nats.urls()[1].clone()];
+    cfg.nats_discover = false;
+    let fence_after = cfg.fence_after;
+    let lease = cfg.lease_interval;
+    let lonely = common::TestBroker::start_with(|c| {
+        c.listener[0].bind = "127.0.0.7:0".parse().expect("address");
+        c.cluster = Some(cfg);
+    })
+    .await;
+    let mut held = client(lonely.addr, "held").await;
+    let cut = tokio::time::Instant::now();
+    nats.kill(1).await;
+    // Its clients are closed within fence_after (plus the lease ticks around it).
+    held.expect_closed_silently().await;
+    let took = cut.elapsed();
+    assert!(
+        took <= fence_after + lease * 3,
+        "fenced after {took:?}, more than fence_after {fence_after:?}"
+    );
+    // While fenced it takes nobody: 0x03.
+    let (_, ack) = Raw::connect(lonely.addr, "refused", true, 60).await;
+    assert_eq!(ack.code, ConnectReturnCode::ServerUnavailable);
+    // Back in reach, it serves again.
+    nats.restart(1).await;
+    let _back = harness::connect_until_accepted(lonely.addr, "back", true).await;
+}

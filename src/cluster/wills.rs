@@ -1,0 +1,145 @@
+//! Wills in the bucket `PREFIX_wills`, so that a client's will is published even if its node
+//! dies: key `NODE.HASH` (a hash of the client id), value the will and its publisher. A
+//! connection's will is put when it connects and deleted when its connection ends here
+//! (published there, or discarded by DISCONNECT or a graceful stop). The wills a dead node
+//! left are published by the one survivor that wins that node's `dead` marker (`lease`), and
+//! a node that starts publishes what an earlier run of it left.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv::Operation;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::link::RetainedChange;
+use super::{retained, Cluster};
+use crate::message::{ClientId, Message};
+use crate::sessions::Shared;
+
+/// A connection's will changing: set at connect, cleared (`None`) when it ends.
+pub(super) struct WillChange {
+    pub(super) client_id: ClientId,
+    /// The connection's claim: only the connection that put a will clears it.
+    pub(super) token: u64,
+    pub(super) will: Option<(Arc<Message>, Option<Arc<str>>)>,
+}
+
+fn key_of(node: &str, client_id: &str) -> String {
+    let digest = Sha256::digest(client_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{node}.{hex}")
+}
+
+/// Sends this node's will changes to the bucket, in order, until shutdown. A will is deleted
+/// only at the revision this node put it at, so an old connection's end never deletes the
+/// will of a newer one.
+pub(super) async fn write(
+    cluster: Arc<Cluster>,
+    mut queue: mpsc::Receiver<WillChange>,
+    stop: CancellationToken,
+) {
+    let bucket = &cluster.buckets.wills;
+    // Key -> the claim of the connection whose will it is, and the revision it is at.
+    let mut revisions: HashMap<String, (u64, u64)> = HashMap::new();
+    loop {
+        let change = tokio::select! {
+            c = queue.recv() => c,
+            _ = stop.cancelled() => None,
+        };
+        let Some(change) = change else { break };
+        let key = key_of(&cluster.cfg.node_name, &change.client_id);
+        match change.will {
+            Some((msg, username)) => {
+                let value = retained::encode(
+                    cluster.epoch,
+                    0,
+                    &RetainedChange {
+                        msg,
+                        client_id: Some(change.client_id.clone()),
+                        username,
+                    },
+                );
+                match bucket.put(&key, value).await {
+                    Ok(rev) => {
+                        revisions.insert(key, (change.token, rev));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "will not stored in the cluster"),
+                }
+            }
+            None => {
+                if revisions.get(&key).is_some_and(|(t, _)| *t == change.token) {
+                    if let Some((_, rev)) = revisions.remove(&key) {
+                        let _ = bucket.delete_expect_revision(&key, Some(rev)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The keys of every will `node` has in the bucket.
+async fn keys_of(cluster: &Cluster, node: &str) -> Vec<String> {
+    let prefix = format!("{node}.");
+    let mut keys = match cluster.buckets.wills.keys().await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "cannot list the wills");
+            return Vec::new();
+        }
+    };
+    let mut mine = Vec::new();
+    while let Some(key) = keys.next().await {
+        match key {
+            Ok(k) if k.starts_with(&prefix) => mine.push(k),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    mine
+}
+
+/// Deletes every will of this node's (a graceful stop publishes none).
+pub(super) async fn clear_mine(cluster: &Cluster) {
+    for key in keys_of(cluster, &cluster.cfg.node_name).await {
+        let _ = cluster.buckets.wills.delete(&key).await;
+    }
+}
+
+/// Publishes every will `node` left in the bucket, through this node's router (and so to
+/// the whole cluster), and deletes it; how many.
+pub(super) async fn publish_left(cluster: &Cluster, shared: &Shared, node: &str) -> usize {
+    let bucket = &cluster.buckets.wills;
+    let mut published = 0;
+    for key in keys_of(cluster, node).await {
+        let Ok(Some(entry)) = bucket.entry(key.clone()).await else {
+            continue;
+        };
+        if entry.operation != Operation::Put {
+            continue;
+        }
+        // Deleted first, at the revision read: if another node got there, it publishes.
+        if bucket
+            .delete_expect_revision(&key, Some(entry.revision))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        if let Some(v) = retained::decode(entry.value) {
+            let from = v.from.map(Arc::new);
+            tracing::info!(
+                node,
+                topic = v.msg.topic_str(),
+                "publishing a will a node left"
+            );
+            shared
+                .router
+                .publish_from(Arc::new(v.msg), from.as_ref(), None);
+            published += 1;
+        }
+    }
+    published
+}
