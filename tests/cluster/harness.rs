@@ -298,3 +298,27 @@ pub async fn wait_for_will(nats: &Nats, prefix: &str, node: &str) {
     })
     .await
 }
+
+/// A clean-session client of `addr` with a QoS 1 will on `topic`.
+pub async fn with_will(addr: SocketAddr, id: &str, topic: &str, payload: &[u8]) -> Raw {
+    let mut raw = Raw::open(addr).await;
+    let mut connect = match crate::common::connect_packet(id, true, 60) {
+        tern::codec::Packet::Connect(c) => c,
+        _ => unreachable!("a CONNECT"),
+    };
+    connect.will = Some(tern::codec::LastWill {
+        topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+        payload: bytes::Bytes::copy_from_slice(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    raw.send_packet(&tern::codec::Packet::Connect(connect))
+        .await;
+    match raw.recv().await {
+        tern::codec::Packet::ConnAck(a) => {
+            assert_eq!(a.code, tern::codec::ConnectReturnCode::Accepted, "{id}")
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    raw
+}

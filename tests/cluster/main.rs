@@ -158,21 +158,7 @@ async fn a_client_id_moves_to_another_node_and_its_old_connection_leaves_a_will(
     let n = nodes(&nats, "takeover").await;
     let mut watch = client(n[0].addr, "watch").await;
     watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
-    let mut old = Raw::open(n[1].addr).await;
-    let mut connect = match common::connect_packet("mover", true, 60) {
-        Packet::Connect(c) => c,
-        _ => unreachable!(),
-    };
-    connect.will = Some(tern::codec::LastWill {
-        topic: bytes::Bytes::from_static(b"wills/mover"),
-        payload: bytes::Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-    });
-    old.send_packet(&Packet::Connect(connect)).await;
-    assert!(
-        matches!(old.recv().await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
-    );
+    let mut old = harness::with_will(n[1].addr, "mover", "wills/mover", b"gone").await;
     let mut p2 = client(n[1].addr, "probe-pub").await;
     routed(&mut p2, &mut watch, "wills/probe").await;
     // [MQTT-3.1.4-2] the same id on another node: the old connection is closed.
@@ -334,21 +320,7 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
     watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
     let mut from_far = client(n1[2].addr, "far-pub").await;
     routed(&mut from_far, &mut watch, "wills/probe").await;
-    let mut victim = Raw::open(victim_node.addr).await;
-    let mut connect = match common::connect_packet("victim", true, 60) {
-        Packet::Connect(c) => c,
-        _ => unreachable!(),
-    };
-    connect.will = Some(tern::codec::LastWill {
-        topic: bytes::Bytes::from_static(b"wills/victim"),
-        payload: bytes::Bytes::from_static(b"lost"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-    });
-    victim.send_packet(&Packet::Connect(connect)).await;
-    assert!(
-        matches!(victim.recv().await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted)
-    );
+    let mut victim = harness::with_will(victim_node.addr, "victim", "wills/victim", b"lost").await;
     let mut data = client(victim_node.addr, "data-sub").await;
     data.subscribe(1, &[("data/#", QoS::AtLeastOnce)]).await;
     let mut publisher = client(n1[0].addr, "pub").await;
