@@ -320,7 +320,7 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
     watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
     let mut from_far = client(n1[2].addr, "far-pub").await;
     routed(&mut from_far, &mut watch, "wills/probe").await;
-    let mut victim = harness::with_will(victim_node.addr, "victim", "wills/victim", b"lost").await;
+    let _victim = harness::with_will(victim_node.addr, "victim", "wills/victim", b"lost").await;
     let mut data = client(victim_node.addr, "data-sub").await;
     data.subscribe(1, &[("data/#", QoS::AtLeastOnce)]).await;
     let mut publisher = client(n1[0].addr, "pub").await;
