@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, Notify};
 use crate::message::{Message, Publisher};
 use crate::observability::metrics::Metrics;
 use crate::routing::remote::Remote;
+use crate::routing::shared::ShareKey;
+use smallvec::SmallVec;
 
 use super::wills::WillChange;
 
@@ -23,7 +25,7 @@ pub(super) struct RetainedChange {
 
 /// What the tasks take when the cluster starts.
 pub(super) struct Queues {
-    pub(super) forward: mpsc::Receiver<Arc<Message>>,
+    pub(super) forward: mpsc::Receiver<Outgoing>,
     pub(super) retained: mpsc::Receiver<RetainedChange>,
     pub(super) wills: mpsc::Receiver<WillChange>,
 }
@@ -31,18 +33,44 @@ pub(super) struct Queues {
 /// Retained changes waiting for the bucket; past it one is dropped, counted and logged.
 const RETAINED_QUEUE: usize = 4096;
 
-/// Filters with routes here, as a count per filter that the router moves by one when a
-/// filter gets its first route or loses its last (so the calls may arrive in any order and
-/// the sum is still right), and the filters changed since the routes task last looked.
+/// What this node subscribes to in NATS for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Want {
+    /// Routes of an ordinary filter.
+    Filter(String),
+    /// Members of a shared subscription's group (its `$share/...` key, and the filter in it):
+    /// a NATS queue group, so one node in the cluster gets each message.
+    Group(String, String),
+}
+
+/// Filters and groups with routes here, as a count that the router moves by one when one
+/// gets its first route or loses its last (so the calls may arrive in any order and the sum
+/// is still right), and those changed since the routes task last looked.
 #[derive(Default)]
 struct Interest {
-    counts: HashMap<String, i64>,
-    dirty: HashSet<String>,
+    counts: HashMap<Want, i64>,
+    dirty: HashSet<Want>,
+}
+
+/// A message to send to the other nodes, and the shared subscriptions' groups (by
+/// `group_hash`) that a member here already got it for.
+pub(super) struct Outgoing {
+    pub(super) msg: Arc<Message>,
+    pub(super) served: SmallVec<[u64; 1]>,
+}
+
+/// A group's name in NATS (its queue group) and in the `served` header: a hash of its key,
+/// the same on every node.
+pub(super) fn group_hash(key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(key.as_bytes());
+    h.finish()
 }
 
 /// The router's handle on the cluster.
 pub(super) struct Link {
-    forward: mpsc::Sender<Arc<Message>>,
+    forward: mpsc::Sender<Outgoing>,
     retained: mpsc::Sender<RetainedChange>,
     wills: mpsc::Sender<WillChange>,
     interest: Mutex<Interest>,
@@ -75,7 +103,7 @@ impl Link {
 
     /// The filters whose interest changed since the last call, each with whether this node
     /// has routes for it now.
-    pub(super) fn take_changes(&self) -> Vec<(String, bool)> {
+    pub(super) fn take_changes(&self) -> Vec<(Want, bool)> {
         let mut i = self.interest.lock();
         let dirty = std::mem::take(&mut i.dirty);
         dirty
@@ -88,6 +116,15 @@ impl Link {
                 (f, want)
             })
             .collect()
+    }
+
+    fn count(&self, want: Want, added: bool) {
+        {
+            let mut i = self.interest.lock();
+            *i.counts.entry(want.clone()).or_default() += if added { 1 } else { -1 };
+            i.dirty.insert(want);
+        }
+        self.changed.notify_one();
     }
 
     /// A connection's will set or cleared, for the wills bucket.
@@ -105,19 +142,22 @@ impl Link {
 }
 
 impl Remote for Link {
-    fn forward(&self, msg: &Arc<Message>) {
-        if self.forward.try_send(msg.clone()).is_err() {
+    fn forward(&self, msg: &Arc<Message>, served: &[&ShareKey]) {
+        let out = Outgoing {
+            msg: msg.clone(),
+            served: served.iter().map(|k| group_hash(k)).collect(),
+        };
+        if self.forward.try_send(out).is_err() {
             self.drop_one("message", msg.topic_str());
         }
     }
 
     fn interest(&self, filter: &str, added: bool) {
-        {
-            let mut i = self.interest.lock();
-            *i.counts.entry(filter.to_owned()).or_default() += if added { 1 } else { -1 };
-            i.dirty.insert(filter.to_owned());
-        }
-        self.changed.notify_one();
+        self.count(Want::Filter(filter.to_owned()), added);
+    }
+
+    fn shared_interest(&self, key: &str, inner: &str, added: bool) {
+        self.count(Want::Group(key.to_owned(), inner.to_owned()), added);
     }
 
     fn retained(&self, msg: &Arc<Message>, from: Option<&Publisher>) {

@@ -155,12 +155,13 @@ mod tests {
     use super::*;
 
     fn sample() -> Handover {
-        let msg = |t: &'static [u8], p: &'static [u8]| {
+        // The message's own RETAIN flag travels as the delivery's.
+        let msg = |t: &'static [u8], p: &'static [u8], retain| {
             Arc::new(Message {
                 topic: Bytes::from_static(t),
                 payload: Bytes::from_static(p),
                 qos: QoS::AtLeastOnce,
-                retain: false,
+                retain,
             })
         };
         Handover {
@@ -173,14 +174,14 @@ mod tests {
             awaiting_rel: vec![7, 9],
             messages: vec![
                 Moved {
-                    msg: msg(b"a/1", b"in flight"),
+                    msg: msg(b"a/1", b"in flight", false),
                     qos: QoS::AtLeastOnce,
                     retain: false,
                     pkid: 3,
                     released: false,
                 },
                 Moved {
-                    msg: msg(b"a/2", b"queued"),
+                    msg: msg(b"a/2", b"queued", true),
                     qos: QoS::AtLeastOnce,
                     retain: true,
                     pkid: 0,

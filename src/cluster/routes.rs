@@ -21,6 +21,7 @@ use futures_util::stream::{SelectAll, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::link::{group_hash, Outgoing, Want};
 use super::{subject, Cluster};
 use crate::message::{Message, QoS};
 use crate::observability::metrics::Metrics;
@@ -29,6 +30,10 @@ use crate::sessions::Shared;
 /// The header a forwarded message carries: `EPOCH.SEQ.FLAGS` (epoch in hex; flags = QoS,
 /// plus 4 if retained).
 pub(super) const HEADER: &str = "Tern";
+
+/// The header listing the shared subscriptions' groups (hex `group_hash`es) a member on the
+/// publisher's node already got the message for.
+const SERVED: &str = "Tern-Served";
 
 /// Sequence numbers remembered per origin.
 const WINDOW: u64 = 1 << 16;
@@ -119,17 +124,19 @@ fn parse_header(v: &str) -> Option<(u64, u64, QoS, bool)> {
 /// Sends what the router forwards, in order, until shutdown.
 pub(super) async fn forward(
     cluster: Arc<Cluster>,
-    mut queue: mpsc::Receiver<Arc<Message>>,
+    mut queue: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
     let metrics = cluster.metrics.clone();
     let mut seq: u64 = 0;
     loop {
-        let msg = tokio::select! {
+        let out = tokio::select! {
             m = queue.recv() => m,
             _ = stop.cancelled() => None,
         };
-        let Some(msg) = msg else { break };
+        let Some(Outgoing { msg, served }) = out else {
+            break;
+        };
         let subject = subject::of_topic(&cluster.cfg.prefix, &msg.topic);
         if subject.len() > MAX_SUBJECT {
             Metrics::incr(&metrics.cluster_dropped);
@@ -143,6 +150,10 @@ pub(super) async fn forward(
             HEADER,
             format!("{:x}.{seq}.{flags}", cluster.epoch).as_str(),
         );
+        if !served.is_empty() {
+            let list: Vec<String> = served.iter().map(|h| format!("{h:x}")).collect();
+            headers.insert(SERVED, list.join(",").as_str());
+        }
         let payload = msg.payload.clone();
         match cluster
             .client
@@ -158,36 +169,32 @@ pub(super) async fn forward(
     }
 }
 
+/// A NATS subscription's messages, tagged with the shared subscription's group they are
+/// for (`None`: ordinary routes).
+type Tagged = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = (Option<Arc<str>>, async_nats::Message)> + Send>,
+>;
+
 /// Keeps this node's NATS subscriptions in step with its interest and delivers what they
 /// bring, until shutdown.
 pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
     let prefix = cluster.cfg.prefix.clone();
-    let mut subscribed: HashMap<String, CancellationToken> = HashMap::new();
-    let mut streams = SelectAll::new();
+    let mut subscribed: HashMap<Want, CancellationToken> = HashMap::new();
+    let mut streams: SelectAll<Tagged> = SelectAll::new();
     let mut seen = Seen::default();
     loop {
         let changed = cluster.link.changed.notified();
         let changes = cluster.link.take_changes();
         if !changes.is_empty() {
-            for (filter, want) in changes {
-                match (want, subscribed.contains_key(&filter)) {
+            for (want, wanted) in changes {
+                match (wanted, subscribed.contains_key(&want)) {
                     (true, false) => {
                         let stop = CancellationToken::new();
-                        for s in subject::of_filter(&prefix, &filter) {
-                            match cluster.client.subscribe(s).await {
-                                Ok(sub) => {
-                                    let until = stop.clone().cancelled_owned();
-                                    streams.push(Box::pin(sub.take_until(until)));
-                                }
-                                Err(e) => {
-                                    tracing::warn!(filter, error = %e, "NATS subscribe failed")
-                                }
-                            }
-                        }
-                        subscribed.insert(filter, stop);
+                        subscribe(&cluster, &want, &stop, &mut streams).await;
+                        subscribed.insert(want, stop);
                     }
                     (false, true) => {
-                        if let Some(stop) = subscribed.remove(&filter) {
+                        if let Some(stop) = subscribed.remove(&want) {
                             stop.cancel();
                         }
                     }
@@ -201,25 +208,72 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = changed => {}
-            Some(m) = streams.next(), if !streams.is_empty() => {
-                deliver(&prefix, &shared, &mut seen, m);
+            Some((group, m)) = streams.next(), if !streams.is_empty() => {
+                deliver(&prefix, &shared, &mut seen, group.as_deref(), m);
             }
             _ = shared.shutdown.cancelled() => break,
         }
     }
 }
 
-/// Delivers one message from another node here, once.
-fn deliver(prefix: &str, shared: &Shared, seen: &mut Seen, m: async_nats::Message) {
+/// The NATS subscriptions for `want`, until `stop`: one per subject of its filter, in a
+/// queue group for a shared subscription's group.
+async fn subscribe(
+    cluster: &Cluster,
+    want: &Want,
+    stop: &CancellationToken,
+    streams: &mut SelectAll<Tagged>,
+) {
+    let prefix = &cluster.cfg.prefix;
+    let (filter, group) = match want {
+        Want::Filter(f) => (f.as_str(), None),
+        Want::Group(key, inner) => (inner.as_str(), Some(key.as_str())),
+    };
+    for s in subject::of_filter(prefix, filter) {
+        let made = match group {
+            None => cluster.client.subscribe(s).await,
+            Some(key) => {
+                let queue = format!("{prefix}.g.{:x}", group_hash(key));
+                cluster.client.queue_subscribe(s, queue).await
+            }
+        };
+        match made {
+            Ok(sub) => {
+                let tag: Option<Arc<str>> = group.map(Arc::from);
+                let until = stop.clone().cancelled_owned();
+                let tagged = sub.take_until(until).map(move |m| (tag.clone(), m));
+                streams.push(Box::pin(tagged));
+            }
+            Err(e) => tracing::warn!(filter, error = %e, "NATS subscribe failed"),
+        }
+    }
+}
+
+/// Delivers one message from another node here, once: to the ordinary routes, or to one
+/// member of `group` unless the publisher's node served that group itself.
+fn deliver(
+    prefix: &str,
+    shared: &Shared,
+    seen: &mut Seen,
+    group: Option<&str>,
+    m: async_nats::Message,
+) {
     let Some(topic) = subject::to_topic(prefix, m.subject.as_str()) else {
         return;
     };
-    let header = m.headers.as_ref().and_then(|h| h.get(HEADER));
+    let headers = m.headers.as_ref();
+    let header = headers.and_then(|h| h.get(HEADER));
     let Some((origin, seq, qos, retain)) = header.and_then(|v| parse_header(v.as_str())) else {
         tracing::debug!(subject = m.subject.as_str(), "a message without its header");
         return;
     };
-    if !seen.first(origin, seq) {
+    if let Some(key) = group {
+        let mine = format!("{:x}", group_hash(key));
+        let served = headers.and_then(|h| h.get(SERVED));
+        if served.is_some_and(|v| v.as_str().split(',').any(|h| h == mine)) {
+            return;
+        }
+    } else if !seen.first(origin, seq) {
         return;
     }
     Metrics::incr(&shared.metrics.cluster_received);
@@ -229,7 +283,10 @@ fn deliver(prefix: &str, shared: &Shared, seen: &mut Seen, m: async_nats::Messag
         qos,
         retain,
     });
-    shared.router.publish_remote(msg);
+    match group {
+        None => shared.router.publish_remote(msg),
+        Some(key) => shared.router.publish_shared_remote(key, msg),
+    };
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use crate::observability::metrics::{DropReason, Metrics};
 use crate::routing::remote::Remote;
 use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
 use crate::routing::shared::{self, Form, Pick, ShareKey, SharedSubs};
+use smallvec::SmallVec;
 
 #[path = "redispatch.rs"]
 mod redispatch;
@@ -161,8 +162,12 @@ impl<I: Inbox> Router<I> {
     /// A shared subscription joins its group instead, and gets no retained messages.
     pub fn subscribe(&self, filter: &str, route: Route<I>, retained_limit: usize) -> RetainedBatch {
         if let Form::Shared { filter: inner, .. } = shared::form(filter) {
-            if self.shared.add(filter, inner, route) {
+            let (added, first) = self.shared.add(filter, inner, route);
+            if added {
                 self.route_count.fetch_add(1, Ordering::Relaxed);
+                if let (Some(remote), true) = (&self.remote, first) {
+                    remote.shared_interest(filter, inner, true);
+                }
             }
             return RetainedBatch::default();
         }
@@ -207,7 +212,11 @@ impl<I: Inbox> Router<I> {
 
     fn remove(&self, filter: &str, session: SessionId) -> bool {
         if let Form::Shared { filter: inner, .. } = shared::form(filter) {
-            return self.shared.remove(filter, inner, session);
+            let (removed, last) = self.shared.remove(filter, inner, session);
+            if let (Some(remote), true) = (&self.remote, last) {
+                remote.shared_interest(filter, inner, false);
+            }
+            return removed;
         }
         let (removed, last) = if topic::is_wildcard(filter) {
             let mut trie = self.wild.write();
@@ -314,11 +323,9 @@ impl<I: Inbox> Router<I> {
     ) -> Published {
         // What a client, a will or a bridge published here goes to the other nodes too; the
         // broker's own `$SYS` (no publisher) is this node's alone.
-        if let (Some(remote), Some(p)) = (&self.remote, from) {
-            if msg.retain {
-                remote.retained(&msg, Some(p));
-            }
-            remote.forward(&msg);
+        let remote = self.remote.as_ref().filter(|_| from.is_some());
+        if let (Some(remote), Some(p), true) = (remote, from, msg.retain) {
+            remote.retained(&msg, Some(p));
         }
         let mut out_lsn = 0;
         let matched = if msg.retain {
@@ -368,6 +375,9 @@ impl<I: Inbox> Router<I> {
                 congested,
                 deferred,
             );
+            if let Some(remote) = remote {
+                remote.forward(&msg, &[]);
+            }
             return out;
         }
         // One member of each matching group, each delivery tagged with its group.
@@ -386,6 +396,10 @@ impl<I: Inbox> Router<I> {
                 congested,
                 deferred,
             );
+            if let Some(remote) = remote {
+                let served: SmallVec<[&ShareKey; 1]> = picked.iter().map(|&(_, k)| k).collect();
+                remote.forward(&msg, &served);
+            }
         });
         out
     }
@@ -589,6 +603,21 @@ impl<I: Inbox> Router<I> {
         let mut out = Published::default();
         let none = std::iter::empty();
         self.fan_out_matched(&msg, exact.as_ref(), &wild, none, &mut out, None, None);
+        out
+    }
+
+    /// Delivers a message another node of the cluster published to one member here of the
+    /// shared subscription `key`, the member NATS's queue group chose this node for.
+    pub fn publish_shared_remote(&self, key: &str, msg: Arc<Message>) -> Published {
+        let mut out = Published::default();
+        let pick = Pick {
+            topic: &msg.topic,
+            publisher: None,
+        };
+        if let Some((route, key)) = self.shared.pick_other(key, pick, 0, false) {
+            let one = std::iter::once((&route, Some(&key)));
+            self.fan_out(&msg, one, &mut out, None, None);
+        }
         out
     }
 

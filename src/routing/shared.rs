@@ -145,8 +145,9 @@ impl<I: Inbox> SharedSubs<I> {
     }
 
     /// Adds `route` to group `group` of `filter`, or replaces the session's route there;
-    /// `key` is the filter as subscribed. True if it was added.
-    pub fn add(&self, key: &str, filter: &str, route: Route<I>) -> bool {
+    /// `key` is the filter as subscribed. True if it was added, and beside it true if it is
+    /// the group's first member here.
+    pub fn add(&self, key: &str, filter: &str, route: Route<I>) -> (bool, bool) {
         let mut trie = self.trie.write();
         let groups = trie.get_or_insert_with(filter, Vec::new);
         let at = match groups.iter().position(|g| g.key.as_str() == key) {
@@ -166,31 +167,33 @@ impl<I: Inbox> SharedSubs<I> {
         if added {
             self.members.fetch_add(1, Ordering::Release);
         }
-        added
+        (added, groups[at].members.len() == 1)
     }
 
-    /// Removes `session` from the group `key` of `filter`; true if it was a member.
-    pub fn remove(&self, key: &str, filter: &str, session: SessionId) -> bool {
+    /// Removes `session` from the group `key` of `filter`; true if it was a member, and
+    /// beside it true if it was the group's last member here.
+    pub fn remove(&self, key: &str, filter: &str, session: SessionId) -> (bool, bool) {
         let mut trie = self.trie.write();
         let Some(groups) = trie.get_mut(filter) else {
-            return false;
+            return (false, false);
         };
         let Some(at) = groups.iter().position(|g| g.key.as_str() == key) else {
-            return false;
+            return (false, false);
         };
         let members = &mut groups[at].members;
         let Ok(i) = members.binary_search_by_key(&session, |r| r.session) else {
-            return false;
+            return (false, false);
         };
         members.remove(i);
-        if members.is_empty() {
+        let last = members.is_empty();
+        if last {
             groups.swap_remove(at);
         }
         if groups.is_empty() {
             trie.remove(filter);
         }
         self.members.fetch_sub(1, Ordering::Release);
-        true
+        (true, last)
     }
 
     /// Picks one member of every group whose filter matches `pick.topic`, with its group's key,

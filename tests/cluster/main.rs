@@ -388,3 +388,98 @@ async fn a_node_cut_off_from_nats_fences_itself_in_time_and_serves_again_after()
     nats.restart(1).await;
     let _back = harness::connect_until_accepted(lonely.addr, "back", true).await;
 }
+
+/// Takes what arrives at each of `subs` until `total` non-probe messages came, acknowledging
+/// them; how many each got, and every payload.
+async fn gather(subs: &mut [Raw], total: usize) -> (Vec<usize>, Vec<u8>) {
+    let mut counts = vec![0; subs.len()];
+    let mut all = Vec::new();
+    within(WAIT, async {
+        while all.len() < total {
+            for (i, s) in subs.iter_mut().enumerate() {
+                if let Ok((_, p, _)) =
+                    tokio::time::timeout(Duration::from_millis(20), next(s)).await
+                {
+                    counts[i] += 1;
+                    all.extend(p);
+                }
+            }
+        }
+    })
+    .await;
+    (counts, all)
+}
+
+#[tokio::test]
+async fn a_shared_subscription_spans_the_cluster_one_member_per_message() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "shared").await;
+    let mut members = Vec::new();
+    for (i, node) in [1usize, 1, 2].into_iter().enumerate() {
+        let mut m = client(n[node].addr, &format!("worker-{i}")).await;
+        m.subscribe(1, &[("$share/g/jobs/#", QoS::AtLeastOnce)])
+            .await;
+        members.push(m);
+    }
+    let mut publisher = client(n[0].addr, "pub").await;
+    // Both nodes' queue subscriptions have reached the publisher's server once each has
+    // had a probe.
+    within(WAIT, async {
+        let (mut on2, mut on3) = (false, false);
+        while !(on2 && on3) {
+            publisher
+                .publish("jobs/probe", QoS::AtMostOnce, None, false, b"probe")
+                .await;
+            for (i, m) in members.iter_mut().enumerate() {
+                if let Ok(Packet::Publish(_)) =
+                    tokio::time::timeout(Duration::from_millis(20), m.recv()).await
+                {
+                    if i < 2 {
+                        on2 = true;
+                    } else {
+                        on3 = true;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    for i in 0..30u8 {
+        let id = 1 + i as u16;
+        publisher
+            .publish("jobs/x", QoS::AtLeastOnce, Some(id), false, &[i])
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(id));
+    }
+    let (counts, mut all) = gather(&mut members, 30).await;
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..30).collect::<Vec<u8>>(),
+        "each message once, in the whole cluster"
+    );
+    assert!(
+        counts[0] + counts[1] > 0 && counts[2] > 0,
+        "both nodes took some: {counts:?}"
+    );
+    // A publisher on a node with members of the group: they take it, no other node does.
+    let mut local = client(n[1].addr, "local-pub").await;
+    for i in 0..10u8 {
+        let id = 1 + i as u16;
+        local
+            .publish("jobs/y", QoS::AtLeastOnce, Some(id), false, &[100 + i])
+            .await;
+        assert_eq!(local.recv().await, Packet::PubAck(id));
+    }
+    let (counts, mut all) = gather(&mut members, 10).await;
+    all.sort_unstable();
+    assert_eq!(all, (100..110).collect::<Vec<u8>>());
+    assert_eq!(counts[2], 0, "served on the publisher's node: {counts:?}");
+    for m in members.iter_mut() {
+        let quiet = async {
+            let (t, p, _) = next(m).await;
+            panic!("a second copy: {t} {p:?}");
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), quiet).await;
+    }
+}
