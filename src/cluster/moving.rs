@@ -197,8 +197,8 @@ mod tests {
         let (b, left) = encode(&h, usize::MAX);
         assert_eq!(left, 0);
         assert_eq!(decode("c", b), Some(h.clone()));
-        let (b, left) = encode(&h, 60);
-        assert_eq!(left, 2, "neither message fits in 60 bytes");
+        let (b, left) = encode(&h, 40);
+        assert_eq!(left, 2, "neither message fits in 40 bytes");
         let small = decode("c", b).expect("decodes");
         assert_eq!(small.subscriptions, h.subscriptions);
         assert!(small.messages.is_empty());
