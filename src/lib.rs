@@ -13,15 +13,19 @@
 //! | [`door`] | listeners, TLS, WebSocket, the descriptor table: where sockets come in |
 //! | [`http`] | `[http]`: `/metrics`, health, the JSON API and the dashboard (axum), beside the door |
 //! | [`client`] | the connection task (one per socket) and the protocol rules |
+//! | [`cluster`] | `[cluster]`: this broker as one node of a cluster over NATS JetStream (routes as NATS interest, client ids, leases, retained messages, wills) |
 //! | [`sessions`] | the session actor (one per client id), its mailbox, link, inflight, mqueue, the registry, and `Shared` |
 //! | [`auth`] | password and ACL files behind the `Authenticator` and `Acl` seams |
 //! | [`routing`] | the router, the subscription trie, shared subscriptions' groups, the retained store, topic rules |
 //! | [`codec`], [`observability`], [`config`], [`store`], [`hooks`] | packets; counters, `$SYS` and the heap count; the TOML configuration; durable state on disk (fjall); the embedding application's extension seam |
 //! | [`message`] | the application message and the ids every layer shares |
 //!
-//! Two seams keep the lower layers ignorant of the upper ones: the router delivers to an
-//! [`routing::router::Inbox`] (the session mailbox implements it), and `$SYS` reads the broker
-//! through [`observability::sys::SysSource`].
+//! Seams keep the lower layers ignorant of the upper ones: the router delivers to an
+//! [`routing::router::Inbox`] (the session mailbox implements it), `$SYS` reads the broker
+//! through [`observability::sys::SysSource`], and a cluster is reached through
+//! [`routing::remote::Remote`] (the router tells other nodes what happened here) and
+//! [`sessions::claims::ClientIds`] (a CONNECT claims its client id in the whole cluster).
+//! A single node has neither, and the router and the handshake make no call into them.
 //!
 //! # Tasks and who owns what
 //!
@@ -44,6 +48,12 @@
 //!   bridge's local side is a session like any other (its queue holds what waits for the
 //!   remote). Both CONNECTs carry the bridge bit: a broker does not send a bridge back what it
 //!   published (`Publisher::bridge_session`), and gives it live messages with their RETAIN flag.
+//! - With `[cluster]`, the [`cluster`]'s tasks: one sends what the router forwards to NATS,
+//!   one keeps this node's NATS subscriptions in step with its routes and delivers what they
+//!   bring (through the router, as a publish here would be, never forwarded again), one each
+//!   writes and follows the retained bucket, one writes wills, one answers other nodes'
+//!   takeover requests (ending or exporting a session: `sessions::handover`), and one renews
+//!   this node's lease, fences it when it cannot, and publishes a dead node's wills.
 //! - One `$SYS` task, and a SIGHUP task in the binary.
 //! - With `[http]`, one axum server ([`http`]). It reads the counters and the router
 //!   directly and asks sessions through their mailboxes (`SessionCmd::Admin`, with

@@ -363,6 +363,7 @@ pub async fn run_flow(
     for (i, _) in topics.iter().enumerate() {
         pubs.push(connect(broker, None, &format!("load-pub-{i}")).await?);
     }
+    tokio::time::sleep(Duration::from_millis(flow.warmup_ms)).await;
     let until = Instant::now() + deadline;
     let started_ns = now_ns();
     let sub_tasks: Vec<_> = subs
@@ -435,9 +436,13 @@ pub async fn latency(
 ) -> Result<Ran> {
     let qos = qos_of(flow.qos);
     let count = rate * seconds;
-    let mut s = connect(broker, None, "load-lat-sub").await?;
+    let far = flow
+        .subscribe_port
+        .map_or(broker, |p| SocketAddr::new(broker.ip(), p));
+    let mut s = connect(far, None, "load-lat-sub").await?;
     subscribe(&mut s, "load/latency", qos).await?;
     let p = connect(broker, None, "load-lat-pub").await?;
+    tokio::time::sleep(Duration::from_millis(flow.warmup_ms)).await;
     let until = Instant::now() + deadline + Duration::from_secs(seconds);
     let sub = tokio::spawn(subscriber(s, 1, Goal::new(count), true, until));
     let flow = Flow {

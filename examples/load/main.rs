@@ -66,6 +66,10 @@ struct Flow {
     /// bridge from the first.
     #[arg(long)]
     subscribe_port: Option<u16>,
+    /// Wait this long between subscribing and publishing: a cluster's other nodes learn a
+    /// new subscription's interest asynchronously.
+    #[arg(long, default_value_t = 0)]
+    warmup_ms: u64,
     /// Subscribers keep a persistent session (clean_session = 0), so a broker with
     /// persistence writes every QoS 1/2 message they are owed.
     #[arg(long)]

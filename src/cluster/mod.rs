@@ -21,6 +21,7 @@
 //! `claims::serve` (other nodes' takeover requests) and `lease::run`.
 
 mod claims;
+mod frame;
 mod lease;
 mod link;
 mod moving;

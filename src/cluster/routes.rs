@@ -10,8 +10,8 @@
 //! reach this one task, within a bounded distance of each other (NATS sends them in order on
 //! the one connection; each subscription's channel holds `SUBSCRIPTION_CAPACITY`).
 //!
-//! The messages to forward go out here too: subject from the topic, the origin, sequence,
-//! QoS and retain flag in one header.
+//! The messages to forward go out here too: subject from the topic, payload a `frame` of
+//! every message on that topic waiting to go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,18 +22,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{group_hash, Outgoing, Want};
-use super::{subject, Cluster};
-use crate::message::{Message, QoS};
+use super::{frame, subject, Cluster};
+use crate::message::Message;
 use crate::observability::metrics::Metrics;
 use crate::sessions::Shared;
-
-/// The header a forwarded message carries: `EPOCH.SEQ.FLAGS` (epoch in hex; flags = QoS,
-/// plus 4 if retained).
-pub(super) const HEADER: &str = "Tern";
-
-/// The header listing the shared subscriptions' groups (hex `group_hash`es) a member on the
-/// publisher's node already got the message for.
-const SERVED: &str = "Tern-Served";
 
 /// Sequence numbers remembered per origin.
 const WINDOW: u64 = 1 << 16;
@@ -112,16 +104,8 @@ impl Seen {
     }
 }
 
-/// Parses `EPOCH.SEQ.FLAGS`.
-fn parse_header(v: &str) -> Option<(u64, u64, QoS, bool)> {
-    let mut parts = v.split('.');
-    let epoch = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let flags: u8 = parts.next()?.parse().ok()?;
-    Some((epoch, seq, QoS::from_u8(flags & 3)?, flags & 4 != 0))
-}
-
-/// Sends what the router forwards, in order, until shutdown.
+/// Sends what the router forwards, until shutdown: what waits is taken at once (up to
+/// `frame::MAX_MESSAGES`), and each topic's messages go out, in order, as one frame.
 pub(super) async fn forward(
     cluster: Arc<Cluster>,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -129,41 +113,47 @@ pub(super) async fn forward(
 ) {
     let metrics = cluster.metrics.clone();
     let mut seq: u64 = 0;
+    let mut waiting: Vec<Outgoing> = Vec::new();
     loop {
-        let out = tokio::select! {
+        let first = tokio::select! {
             m = queue.recv() => m,
             _ = stop.cancelled() => None,
         };
-        let Some(Outgoing { msg, served }) = out else {
-            break;
-        };
-        let subject = subject::of_topic(&cluster.cfg.prefix, &msg.topic);
-        if subject.len() > MAX_SUBJECT {
-            Metrics::incr(&metrics.cluster_dropped);
-            tracing::debug!(topic = msg.topic_str(), "topic too long for the cluster");
-            continue;
+        let Some(first) = first else { break };
+        waiting.push(first);
+        while waiting.len() < frame::MAX_MESSAGES {
+            match queue.try_recv() {
+                Ok(o) => waiting.push(o),
+                Err(_) => break,
+            }
         }
-        seq += 1;
-        let flags = msg.qos as u8 | if msg.retain { 4 } else { 0 };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            HEADER,
-            format!("{:x}.{seq}.{flags}", cluster.epoch).as_str(),
-        );
-        if !served.is_empty() {
-            let list: Vec<String> = served.iter().map(|h| format!("{h:x}")).collect();
-            headers.insert(SERVED, list.join(",").as_str());
-        }
-        let payload = msg.payload.clone();
-        match cluster
-            .client
-            .publish_with_headers(subject, headers, payload)
-            .await
-        {
-            Ok(()) => Metrics::incr(&metrics.cluster_forwarded),
-            Err(e) => {
-                Metrics::incr(&metrics.cluster_dropped);
-                tracing::debug!(error = %e, "not forwarded to the cluster");
+        // Topic by topic, keeping each topic's order; the order between topics is not kept
+        // across nodes anyway (each filter is its own NATS subscription).
+        while let Some(first) = waiting.first() {
+            let (topic, served) = (first.msg.topic.clone(), first.served.clone());
+            let (same, rest): (Vec<Outgoing>, Vec<Outgoing>) = waiting
+                .drain(..)
+                .partition(|o| o.msg.topic == topic && o.served == served);
+            waiting = rest;
+            let n = same.len() as u64;
+            seq += 1;
+            let subject = subject::of_topic(&cluster.cfg.prefix, &topic);
+            if subject.len() > MAX_SUBJECT {
+                Metrics::add(&metrics.cluster_dropped, n);
+                tracing::debug!(
+                    topic = same[0].msg.topic_str(),
+                    "topic too long for the cluster"
+                );
+                continue;
+            }
+            let msgs: Vec<&Message> = same.iter().map(|o| &*o.msg).collect();
+            let payload = frame::encode(cluster.epoch, seq, &served, &msgs);
+            match cluster.client.publish(subject, payload).await {
+                Ok(()) => Metrics::add(&metrics.cluster_forwarded, n),
+                Err(e) => {
+                    Metrics::add(&metrics.cluster_dropped, n);
+                    tracing::debug!(error = %e, "not forwarded to the cluster");
+                }
             }
         }
     }
@@ -182,7 +172,20 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
     let mut subscribed: HashMap<Want, CancellationToken> = HashMap::new();
     let mut streams: SelectAll<Tagged> = SelectAll::new();
     let mut seen = Seen::default();
+    let mut congested = Vec::new();
     loop {
+        // A subscriber here that falls behind holds what comes from the other nodes, as it
+        // would hold a publisher here (bounded by `backpressure_timeout`; one that makes no
+        // progress is marked stuck and nobody waits for it). Meanwhile NATS buffers.
+        if !congested.is_empty() {
+            let patience = shared.config.load().session.backpressure_timeout;
+            let waiting = std::mem::take(&mut congested);
+            let deadline = tokio::time::Instant::now() + patience;
+            tokio::select! {
+                _ = crate::sessions::backlog::relieve(waiting, deadline) => {}
+                _ = shared.shutdown.cancelled() => break,
+            }
+        }
         let changed = cluster.link.changed.notified();
         let changes = cluster.link.take_changes();
         if !changes.is_empty() {
@@ -209,7 +212,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
         tokio::select! {
             _ = changed => {}
             Some((group, m)) = streams.next(), if !streams.is_empty() => {
-                deliver(&prefix, &shared, &mut seen, group.as_deref(), m);
+                let backpressure = !shared.config.load().session.backpressure_timeout.is_zero();
+                let congested = backpressure.then_some(&mut congested);
+                deliver(&prefix, &shared, &mut seen, group.as_deref(), m, congested);
             }
             _ = shared.shutdown.cancelled() => break,
         }
@@ -249,7 +254,7 @@ async fn subscribe(
     }
 }
 
-/// Delivers one message from another node here, once: to the ordinary routes, or to one
+/// Delivers a frame from another node here, once: to the ordinary routes, or to one
 /// member of `group` unless the publisher's node served that group itself.
 fn deliver(
     prefix: &str,
@@ -257,36 +262,34 @@ fn deliver(
     seen: &mut Seen,
     group: Option<&str>,
     m: async_nats::Message,
+    mut congested: Option<&mut Vec<Arc<crate::sessions::mailbox::Mailbox>>>,
 ) {
     let Some(topic) = subject::to_topic(prefix, m.subject.as_str()) else {
         return;
     };
-    let headers = m.headers.as_ref();
-    let header = headers.and_then(|h| h.get(HEADER));
-    let Some((origin, seq, qos, retain)) = header.and_then(|v| parse_header(v.as_str())) else {
-        tracing::debug!(subject = m.subject.as_str(), "a message without its header");
+    let topic = Bytes::from(topic);
+    let Some((header, msgs)) = frame::decode(&topic, m.payload) else {
+        tracing::debug!(
+            subject = m.subject.as_str(),
+            "not a frame of this cluster's"
+        );
         return;
     };
     if let Some(key) = group {
-        let mine = format!("{:x}", group_hash(key));
-        let served = headers.and_then(|h| h.get(SERVED));
-        if served.is_some_and(|v| v.as_str().split(',').any(|h| h == mine)) {
+        if header.served.contains(&group_hash(key)) {
             return;
         }
-    } else if !seen.first(origin, seq) {
+    } else if !seen.first(header.origin, header.seq) {
         return;
     }
-    Metrics::incr(&shared.metrics.cluster_received);
-    let msg = Arc::new(Message {
-        topic: Bytes::from(topic),
-        payload: m.payload,
-        qos,
-        retain,
-    });
-    match group {
-        None => shared.router.publish_remote(msg),
-        Some(key) => shared.router.publish_shared_remote(key, msg),
-    };
+    Metrics::add(&shared.metrics.cluster_received, msgs.len() as u64);
+    for msg in msgs {
+        let msg = Arc::new(msg);
+        match group {
+            None => shared.router.publish_remote(msg, congested.as_deref_mut()),
+            Some(key) => shared.router.publish_shared_remote(key, msg),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -312,15 +315,5 @@ mod tests {
         assert!(!s.first(1, 6 + WINDOW));
         assert!(s.first(1, 10 * WINDOW), "a jump clears the window");
         assert!(!s.first(1, 10 * WINDOW));
-    }
-
-    #[test]
-    fn the_header_round_trips() {
-        assert_eq!(
-            parse_header("ff.42.6"),
-            Some((255, 42, QoS::ExactlyOnce, true))
-        );
-        assert_eq!(parse_header("ff.42.3"), None);
-        assert_eq!(parse_header("zz.1.0"), None);
     }
 }

@@ -598,11 +598,17 @@ impl<I: Inbox> Router<I> {
     /// Delivers a message another node of the cluster published to the routes here (shared
     /// subscriptions' groups take it through the cluster's own path): never into the retained
     /// store (the cluster's bucket carries that) nor back out to the cluster.
-    pub fn publish_remote(&self, msg: Arc<Message>) -> Published {
+    /// With `congested`, adds to it the mailbox of every session whose backlog passed its
+    /// high mark, as a local publish does.
+    pub fn publish_remote(
+        &self,
+        msg: Arc<Message>,
+        congested: Option<&mut Vec<Arc<I>>>,
+    ) -> Published {
         let Matched { exact, wild } = self.matched(&msg.topic);
         let mut out = Published::default();
         let none = std::iter::empty();
-        self.fan_out_matched(&msg, exact.as_ref(), &wild, none, &mut out, None, None);
+        self.fan_out_matched(&msg, exact.as_ref(), &wild, none, &mut out, congested, None);
         out
     }
 

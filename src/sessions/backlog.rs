@@ -16,7 +16,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::sessions::mailbox::Mailbox;
 
 /// The shared gauge of one session.
 #[derive(Debug)]
@@ -155,6 +160,28 @@ impl Backlog {
             return;
         }
         notified.await;
+    }
+}
+
+/// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
+/// progress by then is marked stuck, so publishers stop waiting for it.
+pub async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
+    congested.sort_unstable_by_key(|m| Arc::as_ptr(m) as usize);
+    congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let seen: Vec<u64> = congested.iter().map(|m| m.backlog().progress()).collect();
+    for (mailbox, before) in congested.iter().zip(seen) {
+        let backlog = mailbox.backlog();
+        while !backlog.relieved() && !backlog.is_stuck() {
+            if tokio::time::timeout_at(deadline, backlog.wait_drained())
+                .await
+                .is_err()
+            {
+                if backlog.progress() == before {
+                    backlog.mark_stuck(before);
+                }
+                break;
+            }
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! parent module's doc).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -13,7 +12,6 @@ use tokio::time::{timeout, Instant};
 use super::Connected;
 use crate::client::{Boxed, Transport};
 use crate::codec::{self, DecodeError, Packet};
-use crate::sessions::mailbox::Mailbox;
 
 /// The longest a SUBSCRIBE or UNSUBSCRIBE holds the input after it.
 const ROUTED_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +75,10 @@ impl<S: Transport + 'static> Connected<S> {
     pub(super) fn start_pause(&mut self) {
         let patience = self.conn.config.load().session.backpressure_timeout;
         let congested = std::mem::take(&mut self.conn.congested);
-        self.pause_with(Box::pin(relieve(congested, Instant::now() + patience)));
+        self.pause_with(Box::pin(crate::sessions::backlog::relieve(
+            congested,
+            Instant::now() + patience,
+        )));
     }
 
     /// Holds further input (but acks and PINGREQ) until `relief` completes.
@@ -102,26 +103,4 @@ fn is_ack(p: &Packet) -> bool {
         p,
         Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq
     )
-}
-
-/// Waits until every congested backlog is relieved, or `deadline`; a backlog that made no
-/// progress by then is marked stuck, so publishers stop waiting for it.
-async fn relieve(mut congested: Vec<Arc<Mailbox>>, deadline: Instant) {
-    congested.sort_unstable_by_key(|m| Arc::as_ptr(m) as usize);
-    congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
-    let seen: Vec<u64> = congested.iter().map(|m| m.backlog().progress()).collect();
-    for (mailbox, before) in congested.iter().zip(seen) {
-        let backlog = mailbox.backlog();
-        while !backlog.relieved() && !backlog.is_stuck() {
-            if tokio::time::timeout_at(deadline, backlog.wait_drained())
-                .await
-                .is_err()
-            {
-                if backlog.progress() == before {
-                    backlog.mark_stuck(before);
-                }
-                break;
-            }
-        }
-    }
 }
