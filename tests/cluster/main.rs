@@ -483,3 +483,48 @@ async fn a_shared_subscription_spans_the_cluster_one_member_per_message() {
         let _ = tokio::time::timeout(Duration::from_millis(200), quiet).await;
     }
 }
+
+#[tokio::test]
+async fn cluster_status_lists_every_node_and_its_client_ids() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "status").await;
+    let _a = client(n[0].addr, "a").await;
+    let _b = client(n[1].addr, "b").await;
+    let _c = client(n[1].addr, "c").await;
+    let cfg = harness::cluster_config(&nats, "node1", "status");
+    let text = format!(
+        "[cluster]\nnats = {:?}\nnode_name = \"{}\"\nprefix = \"status\"\n",
+        cfg.nats, cfg.node_name
+    );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["cluster", "status", "-c"])
+        .arg(file.path())
+        .output();
+    let out = within(WAIT, out).await.expect("tern cluster status runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ids = |node: &str| -> Option<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(node))?;
+        line.split_whitespace().last()?.parse().ok()
+    };
+    assert_eq!(ids("node1"), Some(1), "{text}");
+    assert_eq!(ids("node2"), Some(2), "{text}");
+    assert_eq!(ids("node3"), Some(0), "{text}");
+    // Without a [cluster] section it says so, and fails.
+    std::fs::write(file.path(), "[mqtt]\n").expect("write config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["cluster", "status", "-c"])
+        .arg(file.path())
+        .output();
+    let out = within(WAIT, out).await.expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [cluster] section"));
+}
