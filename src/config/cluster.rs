@@ -173,12 +173,15 @@ fn lease_interval() -> Duration {
     Duration::from_secs(1)
 }
 
+/// Longer than a JetStream leader election (nats-server waits 4 to 9 s before it starts
+/// one): a node on the majority side must not fence itself while the bucket it renews its
+/// lease in elects a new leader.
 fn fence_after() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(12)
 }
 
 fn dead_after() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(20)
 }
 
 fn max_forward_queue() -> usize {

@@ -23,6 +23,9 @@ pub fn free_port() -> u16 {
 struct Server {
     child: Option<tokio::process::Child>,
     args: Vec<String>,
+    /// Its address, and the network namespace it runs in (none: this one, 127.0.0.1).
+    host: String,
+    netns: Option<String>,
     port: u16,
     monitor: u16,
 }
@@ -80,6 +83,8 @@ impl Nats {
             servers.push(Server {
                 child: None,
                 args,
+                host: "127.0.0.1".into(),
+                netns: None,
                 port: *port,
                 monitor: *monitor,
             });
@@ -94,9 +99,73 @@ impl Nats {
         nats
     }
 
+    /// One server on each of `hosts`, in its namespace, routed to the others.
+    pub async fn start_on(hosts: &crate::partition::Hosts, n: usize) -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes: Vec<String> = (0..n)
+            .map(|i| format!("nats://{}:6222", hosts.addr(i)))
+            .collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let store = dir.path().join(format!("n{i}"));
+            let others: Vec<&str> = routes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, r)| r.as_str())
+                .collect();
+            let args: Vec<String> = [
+                "-js",
+                "-sd",
+                &store.display().to_string(),
+                "--server_name",
+                &format!("n{i}"),
+                "-a",
+                &hosts.addr(i),
+                "-p",
+                "4222",
+                "-m",
+                "8222",
+                "--cluster_name",
+                "tern-part",
+                "--cluster",
+                &format!("nats://{}:6222", hosts.addr(i)),
+                "--routes",
+                &others.join(","),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            servers.push(Server {
+                child: None,
+                args,
+                host: hosts.addr(i),
+                netns: Some(hosts.ns(i)),
+                port: 4222,
+                monitor: 8222,
+            });
+        }
+        let mut nats = Nats { servers, _dir: dir };
+        for i in 0..n {
+            nats.spawn(i);
+        }
+        for i in 0..n {
+            nats.healthy(i).await;
+        }
+        nats
+    }
+
     fn spawn(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        let child = tokio::process::Command::new("nats-server")
+        let mut command = match &s.netns {
+            None => tokio::process::Command::new("nats-server"),
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "nats-server"]);
+                c
+            }
+        };
+        let child = command
             .args(&s.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -108,10 +177,10 @@ impl Nats {
 
     /// Waits until server `i` says it is healthy with JetStream on.
     async fn healthy(&self, i: usize) {
-        let monitor = self.servers[i].monitor;
+        let (host, monitor) = (self.servers[i].host.clone(), self.servers[i].monitor);
         within(WAIT, async {
             loop {
-                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", monitor)).await {
+                if let Ok(mut s) = TcpStream::connect((host.as_str(), monitor)).await {
                     let req = "GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n";
                     if s.write_all(req.as_bytes()).await.is_ok() {
                         let mut reply = String::new();
@@ -132,7 +201,7 @@ impl Nats {
     pub fn urls(&self) -> Vec<String> {
         self.servers
             .iter()
-            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .map(|s| format!("nats://{}:{}", s.host, s.port))
             .collect()
     }
 
@@ -151,12 +220,22 @@ impl Nats {
     }
 }
 
-/// `[cluster]` for node `name` on `nats`, with short lease timings so the tests are quick.
+/// How long a test waits for what takes the cluster's timings: a node is dead to the others
+/// after `DEAD_AFTER`.
+pub const SLOW: Duration = Duration::from_secs(40);
+
+/// `dead_after` in the tests; `fence_after` is `FENCE_AFTER`. Fencing must wait out a
+/// JetStream leader election (up to about 9 s on nats-server), or a node on the majority
+/// side would fence itself while a bucket it writes to elects a new leader.
+pub const DEAD_AFTER: &str = "13s";
+pub const FENCE_AFTER: &str = "10s";
+
+/// `[cluster]` for node `name` on `nats`, with a short lease interval.
 pub fn cluster_config(nats: &Nats, name: &str, prefix: &str) -> ClusterConfig {
     let text = format!(
         "nats = {:?}\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\nreplicas = 3\n\
-         lease_interval = \"250ms\"\nfence_after = \"1500ms\"\ndead_after = \"2500ms\"\n\
-         connect_timeout = \"30s\"\n",
+         lease_interval = \"250ms\"\nfence_after = \"{FENCE_AFTER}\"\n\
+         dead_after = \"{DEAD_AFTER}\"\nconnect_timeout = \"30s\"\n",
         nats.urls()
     );
     toml::from_str(&text).expect("cluster table")
@@ -244,8 +323,8 @@ pub async fn binary_node(
     let text = format!(
         "[[listener]]\nbind = \"{ip}:1883\"\n[sys]\nsys_interval = \"0s\"\n[cluster]\n\
          nats = {:?}\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\nreplicas = 3\n\
-         lease_interval = \"250ms\"\nfence_after = \"1500ms\"\ndead_after = \"2500ms\"\n\
-         connect_timeout = \"30s\"\n",
+         lease_interval = \"250ms\"\nfence_after = \"{FENCE_AFTER}\"\n\
+         dead_after = \"{DEAD_AFTER}\"\nconnect_timeout = \"30s\"\n",
         nats.urls()
     );
     crate::common::BinaryBroker::start(&text).await
@@ -258,7 +337,7 @@ pub async fn connect_until_accepted(
     id: &str,
     clean: bool,
 ) -> (Raw, tern::codec::ConnAck) {
-    within(WAIT, async {
+    within(SLOW, async {
         loop {
             let (raw, ack) = Raw::connect(addr, id, clean, 60).await;
             if ack.code == tern::codec::ConnectReturnCode::Accepted {
@@ -275,14 +354,7 @@ pub async fn connect_until_accepted(
 /// Waits until the cluster's wills bucket under `prefix` holds a will of `node`'s.
 pub async fn wait_for_will(nats: &Nats, prefix: &str, node: &str) {
     use futures_util::StreamExt;
-    let client = async_nats::connect(nats.urls()[0].as_str())
-        .await
-        .expect("NATS");
-    let js = async_nats::jetstream::new(client);
-    let wills = js
-        .get_key_value(format!("{prefix}_wills"))
-        .await
-        .expect("the wills bucket");
+    let wills = bucket(nats, prefix, "wills").await;
     within(WAIT, async {
         loop {
             if let Ok(mut keys) = wills.keys().await {
@@ -321,4 +393,44 @@ pub async fn with_will(addr: SocketAddr, id: &str, topic: &str, payload: &[u8]) 
         other => panic!("expected CONNACK, got {other:?}"),
     }
     raw
+}
+
+/// The `tern` binary as node `name` inside host `i`'s namespace, on that host's NATS server.
+pub async fn node_on(
+    hosts: &crate::partition::Hosts,
+    i: usize,
+    name: &str,
+    prefix: &str,
+) -> crate::common::BinaryBroker {
+    let addr = hosts.addr(i);
+    let text = format!(
+        "[[listener]]\nbind = \"{addr}:1883\"\n[sys]\nsys_interval = \"0s\"\n[cluster]\n\
+         nats = [\"nats://{addr}:4222\"]\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\n\
+         replicas = 3\nlease_interval = \"250ms\"\nfence_after = \"{FENCE_AFTER}\"\n\
+         dead_after = \"{DEAD_AFTER}\"\nconnect_timeout = \"30s\"\n"
+    );
+    crate::common::BinaryBroker::start_in(Some(&hosts.ns(i)), &text, &[]).await
+}
+
+/// Waits until the cluster under `prefix` has buried `node`: its lease is gone.
+pub async fn wait_buried(nats: &Nats, prefix: &str, node: &str) {
+    let nodes = bucket(nats, prefix, "nodes").await;
+    within(SLOW, async {
+        // Aging is measured on the nodes' clocks: there is no event to await here.
+        while let Ok(Some(_)) = nodes.get(format!("n.{node}")).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+/// The cluster's bucket `what` under `prefix`, read straight from NATS.
+async fn bucket(nats: &Nats, prefix: &str, what: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("NATS");
+    async_nats::jetstream::new(client)
+        .get_key_value(format!("{prefix}_{what}"))
+        .await
+        .expect("the bucket")
 }

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod partition;
 
 use std::time::Duration;
 
@@ -330,6 +331,9 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
     harness::wait_for_will(&nats, "kill", "doomed").await;
     victim_node.child.start_kill().expect("kill -9");
     let _ = victim_node.child.wait().await;
+    // Dead to the others once its lease is `dead_after` old; the one that buries it publishes
+    // its wills first.
+    harness::wait_buried(&nats, "kill", "doomed").await;
     // [MQTT-3.1.2-8] its node is gone without a DISCONNECT: a survivor publishes the will.
     let (topic, payload, _) = next(&mut watch).await;
     assert_eq!(
@@ -364,6 +368,9 @@ async fn a_node_cut_off_from_nats_fences_itself_in_time_and_serves_again_after()
     let mut cfg = harness::cluster_config(&nats, "lonely", "fence");
     cfg.nats = vec![nats.urls()[1].clone()];
     cfg.nats_discover = false;
+    // Cut off for good, not electing a leader: it may fence sooner than the others.
+    cfg.fence_after = Duration::from_millis(1500);
+    cfg.dead_after = Duration::from_millis(2500);
     let fence_after = cfg.fence_after;
     let lease = cfg.lease_interval;
     let lonely = common::TestBroker::start_with(|c| {
@@ -527,4 +534,37 @@ async fn cluster_status_lists_every_node_and_its_client_ids() {
     let out = within(WAIT, out).await.expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [cluster] section"));
+}
+
+#[tokio::test]
+async fn a_partition_fences_the_minority_the_majority_serves_and_healing_leaves_no_id_twice() {
+    let hosts = partition::Hosts::create(3);
+    let _nats = Nats::start_on(&hosts, 3).await;
+    let mut n = Vec::new();
+    for i in 0..3 {
+        n.push(harness::node_on(&hosts, i, &format!("host{i}"), "part").await);
+    }
+    let mut held = client(n[0].addr, "split").await;
+    let _other = client(n[1].addr, "other").await;
+    hosts.isolate(0);
+    // [host 0] alone: it cannot renew its lease, so it fences: its client is closed and a
+    // new one refused with 0x03.
+    let last = held.read_to_close_within(harness::SLOW).await;
+    assert!(last.is_empty(), "closed without a word");
+    let (_, ack) = Raw::connect(n[0].addr, "newcomer", true, 60).await;
+    assert_eq!(
+        ack.code,
+        ConnectReturnCode::ServerUnavailable,
+        "the minority refuses"
+    );
+    // [hosts 1 and 2] the majority serves, and takes the cut-off node's client id once its
+    // lease is dead.
+    let _fresh = client(n[2].addr, "fresh").await;
+    let (mut moved, _) = harness::connect_until_accepted(n[2].addr, "split", true).await;
+    hosts.heal(0);
+    // Healed: host 0 serves again; the id is connected once, wherever it last connected.
+    let (mut back, _) = harness::connect_until_accepted(n[0].addr, "split", true).await;
+    moved.expect_closed_silently().await;
+    assert!(back.try_send_packet(&Packet::PingReq).await);
+    assert_eq!(back.recv().await, Packet::PingResp);
 }

@@ -25,6 +25,11 @@ impl BinaryBroker {
 
     /// As `start`, with these environment variables set for the broker.
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> BinaryBroker {
+        Self::start_in(None, config, env).await
+    }
+
+    /// As `start_with_env`, inside network namespace `netns` if given (`ip netns exec`).
+    pub async fn start_in(netns: Option<&str>, config: &str, env: &[(&str, &str)]) -> BinaryBroker {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
@@ -33,7 +38,15 @@ impl BinaryBroker {
         file.write_all(config.as_bytes()).expect("write config");
         let log = tempfile::NamedTempFile::new().expect("log file");
         let log_out = log.reopen().expect("log file");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        let mut command = match netns {
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_tern")),
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tern")]);
+                c
+            }
+        };
+        let mut child = command
             .arg("-c")
             .arg(file.path())
             .args(["-p", "0"])

@@ -461,7 +461,12 @@ impl Raw {
 
     /// Waits for the broker to close the connection; returns any bytes it sent first.
     pub async fn read_to_close(&mut self) -> Vec<u8> {
-        within(WAIT, async {
+        self.read_to_close_within(WAIT).await
+    }
+
+    /// As `read_to_close`, waiting at most `limit`.
+    pub async fn read_to_close_within(&mut self, limit: Duration) -> Vec<u8> {
+        within(limit, async {
             loop {
                 match self.stream.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return self.buf.split().to_vec(),
