@@ -89,14 +89,7 @@ impl Nats {
                 monitor: *monitor,
             });
         }
-        let mut nats = Nats { servers, _dir: dir };
-        for i in 0..n {
-            nats.spawn(i);
-        }
-        for i in 0..n {
-            nats.healthy(i).await;
-        }
-        nats
+        Nats::launch(servers, dir).await
     }
 
     /// One server on each of `hosts`, in its namespace, routed to the others.
@@ -145,11 +138,16 @@ impl Nats {
                 monitor: 8222,
             });
         }
+        Nats::launch(servers, dir).await
+    }
+
+    /// Starts every server and waits until each is healthy.
+    async fn launch(servers: Vec<Server>, dir: tempfile::TempDir) -> Nats {
         let mut nats = Nats { servers, _dir: dir };
-        for i in 0..n {
+        for i in 0..nats.servers.len() {
             nats.spawn(i);
         }
-        for i in 0..n {
+        for i in 0..nats.servers.len() {
             nats.healthy(i).await;
         }
         nats
