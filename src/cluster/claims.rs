@@ -122,6 +122,13 @@ impl Claims {
         })
     }
 
+    /// The node that owns `client_id` now, if any (and the bucket answers).
+    pub(super) async fn owner(&self, client_id: &str) -> Option<String> {
+        let entry = self.clients.entry(key_of(client_id)).await.ok()??;
+        (entry.operation == Operation::Put)
+            .then(|| String::from_utf8_lossy(&entry.value).into_owned())
+    }
+
     /// Asks `owner` to give `client_id` up (and its persistent session, unless `clean`);
     /// fine too if `owner` is dead.
     async fn take_from(

@@ -137,7 +137,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
 
 /// Takes care of every node whose lease aged out: the one survivor that makes its `dead`
 /// marker publishes the wills it left, then removes its lease.
-async fn bury(cluster: &Cluster, shared: &Shared) {
+async fn bury(cluster: &Cluster, shared: &Arc<Shared>) {
     let nodes = &cluster.buckets.nodes;
     for (node, rev) in cluster.leases.aged_out() {
         if node == cluster.cfg.node_name {
@@ -151,6 +151,7 @@ async fn bury(cluster: &Cluster, shared: &Shared) {
         }
         tracing::warn!(node, "node dead: publishing the wills it left");
         super::wills::publish_left(cluster, shared, &node).await;
+        super::sessions::restore_left(cluster, shared, &node).await;
         let _ = nodes.delete_expect_revision(key_of(&node), Some(rev)).await;
     }
 }

@@ -14,6 +14,7 @@ use crate::routing::remote::Remote;
 use crate::routing::shared::ShareKey;
 use smallvec::SmallVec;
 
+use super::sessions::SessionChange;
 use super::wills::WillChange;
 
 /// A retained message set (or cleared) here, for the cluster's bucket.
@@ -28,6 +29,7 @@ pub(super) struct Queues {
     pub(super) forward: mpsc::Receiver<Outgoing>,
     pub(super) retained: mpsc::Receiver<RetainedChange>,
     pub(super) wills: mpsc::Receiver<WillChange>,
+    pub(super) sessions: mpsc::Receiver<SessionChange>,
 }
 
 /// Retained changes waiting for the bucket; past it one is dropped, counted and logged.
@@ -73,6 +75,7 @@ pub(super) struct Link {
     forward: mpsc::Sender<Outgoing>,
     retained: mpsc::Sender<RetainedChange>,
     wills: mpsc::Sender<WillChange>,
+    sessions: mpsc::Sender<SessionChange>,
     interest: Mutex<Interest>,
     /// Wakes the routes task when `interest` changed.
     pub(super) changed: Notify,
@@ -85,10 +88,12 @@ impl Link {
         let (forward, forward_rx) = mpsc::channel(max_forward);
         let (retained, retained_rx) = mpsc::channel(RETAINED_QUEUE);
         let (wills, wills_rx) = mpsc::channel(RETAINED_QUEUE);
+        let (sessions, sessions_rx) = mpsc::channel(RETAINED_QUEUE);
         let link = Link {
             forward,
             retained,
             wills,
+            sessions,
             interest: Mutex::default(),
             changed: Notify::new(),
             metrics,
@@ -97,6 +102,7 @@ impl Link {
             forward: forward_rx,
             retained: retained_rx,
             wills: wills_rx,
+            sessions: sessions_rx,
         };
         (link, queues)
     }
@@ -132,6 +138,14 @@ impl Link {
         if self.wills.try_send(change).is_err() {
             Metrics::incr(&self.metrics.cluster_dropped);
             tracing::warn!("will change not sent to the cluster: its queue is full");
+        }
+    }
+
+    /// A persistent session's record set or cleared, for the sessions bucket.
+    pub(super) fn session(&self, change: SessionChange) {
+        if self.sessions.try_send(change).is_err() {
+            Metrics::incr(&self.metrics.cluster_dropped);
+            tracing::warn!("session record not sent to the cluster: its queue is full");
         }
     }
 

@@ -27,6 +27,7 @@ mod link;
 mod moving;
 mod retained;
 mod routes;
+mod sessions;
 pub mod status;
 pub mod subject;
 mod wills;
@@ -81,6 +82,7 @@ struct Buckets {
     nodes: kv::Store,
     retained: kv::Store,
     wills: kv::Store,
+    sessions: kv::Store,
 }
 
 /// This node's place in its cluster.
@@ -149,7 +151,8 @@ impl Cluster {
         t.spawn(routes::forward(self.clone(), queues.forward, stop.clone()));
         t.spawn(routes::run(self.clone(), shared.clone()));
         t.spawn(retained::write(self.clone(), queues.retained, stop.clone()));
-        t.spawn(wills::write(self.clone(), queues.wills, stop));
+        t.spawn(wills::write(self.clone(), queues.wills, stop.clone()));
+        t.spawn(sessions::write(self.clone(), queues.sessions, stop));
         t.spawn(retained::watch(self.clone(), shared.clone(), watch));
         t.spawn(claims::serve(self.clone(), shared.clone()));
         t.spawn(lease::run(self.clone(), shared.clone()));
@@ -186,9 +189,44 @@ impl ClientIds for Cluster {
         });
     }
 
+    fn session(&self, client_id: &ClientId, state: Option<crate::sessions::handover::Handover>) {
+        self.link.session(sessions::SessionChange {
+            client_id: client_id.clone(),
+            state,
+        });
+    }
+
     fn serving(&self) -> bool {
         !self.fenced.load(Ordering::Acquire)
     }
+}
+
+/// `key`'s value in `bucket`, unless it is deleted (or the bucket does not answer).
+async fn current(bucket: &kv::Store, key: &str) -> Option<kv::Entry> {
+    let entry = bucket.entry(key).await.ok()??;
+    (entry.operation == kv::Operation::Put).then_some(entry)
+}
+
+/// The keys of `bucket` that belong to `node` (`NODE.`...).
+async fn keys_of(bucket: &kv::Store, node: &str) -> Vec<String> {
+    use futures_util::StreamExt;
+    let prefix = format!("{node}.");
+    let mut keys = match bucket.keys().await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "cannot list a bucket's keys");
+            return Vec::new();
+        }
+    };
+    let mut mine = Vec::new();
+    while let Some(key) = keys.next().await {
+        match key {
+            Ok(k) if k.starts_with(&prefix) => mine.push(k),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    mine
 }
 
 fn bucket_name(prefix: &str, what: &str) -> String {
@@ -291,6 +329,7 @@ async fn open_buckets(
         nodes: open("nodes").await?,
         retained: open("retained").await?,
         wills: open("wills").await?,
+        sessions: open("sessions").await?,
     })
 }
 

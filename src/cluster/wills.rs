@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_nats::jetstream::kv::Operation;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,30 +78,9 @@ pub(super) async fn write(
     }
 }
 
-/// The keys of every will `node` has in the bucket.
-async fn keys_of(cluster: &Cluster, node: &str) -> Vec<String> {
-    let prefix = format!("{node}.");
-    let mut keys = match cluster.buckets.wills.keys().await {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(node, error = %e, "cannot list the wills");
-            return Vec::new();
-        }
-    };
-    let mut mine = Vec::new();
-    while let Some(key) = keys.next().await {
-        match key {
-            Ok(k) if k.starts_with(&prefix) => mine.push(k),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    mine
-}
-
 /// Deletes every will of this node's (a graceful stop publishes none).
 pub(super) async fn clear_mine(cluster: &Cluster) {
-    for key in keys_of(cluster, &cluster.cfg.node_name).await {
+    for key in super::keys_of(&cluster.buckets.wills, &cluster.cfg.node_name).await {
         let _ = cluster.buckets.wills.delete(&key).await;
     }
 }
@@ -113,13 +90,10 @@ pub(super) async fn clear_mine(cluster: &Cluster) {
 pub(super) async fn publish_left(cluster: &Cluster, shared: &Shared, node: &str) -> usize {
     let bucket = &cluster.buckets.wills;
     let mut published = 0;
-    for key in keys_of(cluster, node).await {
-        let Ok(Some(entry)) = bucket.entry(key.clone()).await else {
+    for key in super::keys_of(bucket, node).await {
+        let Some(entry) = super::current(bucket, &key).await else {
             continue;
         };
-        if entry.operation != Operation::Put {
-            continue;
-        }
         // Deleted first, at the revision read: if another node got there, it publishes.
         if bucket
             .delete_expect_revision(&key, Some(entry.revision))

@@ -45,6 +45,11 @@ pub trait ClientIds: Send + Sync + 'static {
         will: Option<(&Arc<Message>, Option<&Arc<str>>)>,
     );
 
+    /// `client_id`'s persistent session here has these subscriptions (`Some`, with no
+    /// messages), or ended here (`None`): kept in the cluster, so that another node restores
+    /// its subscriptions if this one dies.
+    fn session(&self, client_id: &ClientId, state: Option<Handover>);
+
     /// False while this node is cut off from its cluster (fenced): it takes no client.
     fn serving(&self) -> bool;
 }

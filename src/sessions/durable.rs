@@ -115,6 +115,7 @@ impl Session {
                 session.pending().inflight.restore(entry.pkid, flight);
             }
         }
+        session.tell_cluster();
         shared.tracker.spawn(Actor(Some(session)));
         SessionHandle {
             id,

@@ -100,6 +100,17 @@ impl Session {
         }
     }
 
+    /// Tells the cluster this persistent session's subscriptions (for another node to restore
+    /// if this one dies).
+    pub(super) fn tell_cluster(&self) {
+        if let (Some(ids), true) = (&self.shared.cluster, self.persistent) {
+            let mut state = self.export();
+            state.messages.clear();
+            state.awaiting_rel.clear();
+            ids.session(&self.client_id, Some(state));
+        }
+    }
+
     /// Starts, detached, a session that came from another node (see the module doc).
     pub(super) fn adopt(shared: &Arc<Shared>, h: Handover) -> SessionHandle {
         let sid = shared.store.as_ref().map(|s| s.new_sid());

@@ -233,6 +233,7 @@ impl Session {
             } => {
                 self.subscribe(pkid, &filters);
                 let _ = routed.send(());
+                self.tell_cluster();
             }
             SessionCmd::Unsubscribe {
                 pkid,
@@ -250,6 +251,7 @@ impl Session {
                     }
                 }
                 let _ = routed.send(());
+                self.tell_cluster();
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]
                 let reply = Packet::UnsubAck(pkid);
                 self.pending().control.push_back(stored_reply(reply, lsn));
@@ -514,7 +516,15 @@ impl Session {
                 self.shared.router.unsubscribe(filter, self.id);
             }
         }
-        // On shutdown a persistent session stays on disk for the next start.
+        // On shutdown a persistent session stays on disk for the next start, and in the
+        // cluster's record for another node, should this one not come back.
+        if let (Some(ids), true, true) = (
+            &self.shared.cluster,
+            self.persistent,
+            discarded != Some(Kick::Shutdown),
+        ) {
+            ids.session(&self.client_id, None);
+        }
         if discarded != Some(Kick::Shutdown) {
             self.store_op(|sid| Op::SessionEnd {
                 sid,

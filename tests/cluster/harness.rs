@@ -251,6 +251,12 @@ pub async fn nodes(nats: &Nats, prefix: &str) -> Vec<TestBroker> {
         .await;
         out.push(b);
     }
+    // A new cluster's buckets may still be electing their leaders: each node has claimed a
+    // client id once before the test starts.
+    for (i, b) in out.iter().enumerate() {
+        let (raw, _) = connect_until_accepted(b.addr, &format!("warmup-{i}"), true).await;
+        raw.disconnect().await;
+    }
     out
 }
 

@@ -324,6 +324,10 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
     let _victim = harness::with_will(victim_node.addr, "victim", "wills/victim", b"lost").await;
     let mut data = client(victim_node.addr, "data-sub").await;
     data.subscribe(1, &[("data/#", QoS::AtLeastOnce)]).await;
+    // A persistent session there, whose client is away when the node dies.
+    let (mut away, _) = Raw::connect(victim_node.addr, "away", false, 60).await;
+    away.subscribe(1, &[("durable/#", QoS::AtLeastOnce)]).await;
+    away.disconnect().await;
     let mut publisher = client(n1[0].addr, "pub").await;
     routed(&mut publisher, &mut data, "data/probe").await;
     // The will is in the cluster's bucket before the node dies: a PINGREQ round trip after
@@ -351,6 +355,19 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
         .await;
     assert_eq!(publisher.recv().await, Packet::PubAck(1));
     assert_eq!(next(&mut data).await.1, b"after");
+    // The persistent session came back on a survivor, from the dead node's record: its
+    // client finds it, and its subscription routes without a new SUBSCRIBE.
+    let (mut away, ack) = harness::connect_until_accepted(n1[2].addr, "away", false).await;
+    assert!(
+        ack.session_present,
+        "[MQTT-3.2.2-2] restored from the dead node's record"
+    );
+    let mut p2 = client(n1[1].addr, "durable-pub").await;
+    routed(&mut p2, &mut away, "durable/probe").await;
+    p2.publish("durable/x", QoS::AtLeastOnce, Some(1), false, b"kept")
+        .await;
+    assert_eq!(p2.recv().await, Packet::PubAck(1));
+    assert_eq!(next(&mut away).await.1, b"kept");
     // One will, once.
     let quiet = async {
         let (t, p, _) = next(&mut watch).await;
