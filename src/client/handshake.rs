@@ -95,7 +95,8 @@ impl<S: Transport + 'static> Connection<S> {
                 let claimed = match ids.serving() {
                     false => Err(ConnectReturnCode::ServerUnavailable),
                     true => {
-                        let limit = self.config.load().mqtt.connect_timeout;
+                        // Answered (0x03 if need be) well before a client gives up waiting.
+                        let limit = self.config.load().mqtt.connect_timeout.min(CLAIM_TIMEOUT);
                         let clean = accepted.clean_session;
                         timeout(limit, ids.claim(&accepted.client_id, clean))
                             .await
@@ -270,6 +271,9 @@ impl<S: Transport + 'static> Connection<S> {
         }
     }
 }
+
+/// The longest a CONNECT waits for its cluster to give it its client id.
+const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The protocol's name, as the API and the hooks show it.
 fn protocol_name(p: Protocol) -> &'static str {

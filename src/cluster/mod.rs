@@ -246,7 +246,7 @@ async fn connect_nats(
         let mut opts = async_nats::ConnectOptions::new()
             .name(&name)
             .connection_timeout(Duration::from_secs(2).min(cfg.connect_timeout))
-            .request_timeout(Some(Duration::from_secs(5)))
+            .request_timeout(Some(Duration::from_secs(2)))
             .max_reconnects(None)
             .subscription_capacity(routes::SUBSCRIPTION_CAPACITY)
             .event_callback(|event| async move {
@@ -349,7 +349,9 @@ async fn open_bucket(
         num_replicas: replicas,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Reads go to the leader, never to a replica that a partition cut off (NATS would
+        // still route a direct get there, and it would go unanswered).
+        allow_direct: false,
         discard: DiscardPolicy::New,
         ..Default::default()
     };

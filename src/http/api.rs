@@ -133,6 +133,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Json<Value> {
             "qos0_offline": s.dropped_qos0_offline,
             "message_size_limit": s.dropped_oversize,
             "memory_limit": s.dropped_memory_limit,
+            "cluster": s.cluster_dropped,
         },
         "subscriptions": g.subscriptions,
         "subscription_filters": g.filters,

@@ -173,6 +173,7 @@ impl Collector for Figures {
             ("qos0_offline", s.dropped_qos0_offline),
             ("message_size_limit", s.dropped_oversize),
             ("memory_limit", s.dropped_memory_limit),
+            ("cluster", s.cluster_dropped),
         ];
         family(
             e,
@@ -183,6 +184,20 @@ impl Collector for Figures {
                 .iter()
                 .map(|(r, v)| (vec![("reason", r.to_string())], *v))
                 .collect(),
+        )?;
+        family(
+            e,
+            "tern_cluster_messages_forwarded",
+            "Messages sent to the other nodes of the cluster",
+            Counter,
+            one(s.cluster_forwarded),
+        )?;
+        family(
+            e,
+            "tern_cluster_messages_received",
+            "Messages from the other nodes of the cluster delivered here",
+            Counter,
+            one(s.cluster_received),
         )?;
         family(
             e,

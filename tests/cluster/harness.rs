@@ -11,12 +11,20 @@ use tokio::net::TcpStream;
 
 use crate::common::{within, Raw, TestBroker, WAIT};
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same twice in this process: ports the kernel
+/// hands out for `:0` can be handed out again before the server that was given one binds it,
+/// and tests here start many servers at once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 400) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (20_000 + (start + n) % 40_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One `nats-server` of the cluster.
@@ -175,11 +183,16 @@ impl Nats {
 
     /// Waits until server `i` says it is healthy with JetStream on.
     async fn healthy(&self, i: usize) {
+        within(SLOW, self.poll_healthy(i)).await
+    }
+
+    async fn poll_healthy(&self, i: usize) {
         let (host, monitor) = (self.servers[i].host.clone(), self.servers[i].monitor);
-        within(WAIT, async {
+        async {
             loop {
                 if let Ok(mut s) = TcpStream::connect((host.as_str(), monitor)).await {
-                    let req = "GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n";
+                    // The full check: JetStream on and its cluster's leader known.
+                    let req = "GET /healthz HTTP/1.0\r\n\r\n";
                     if s.write_all(req.as_bytes()).await.is_ok() {
                         let mut reply = String::new();
                         let _ = s.read_to_string(&mut reply).await;
@@ -191,7 +204,7 @@ impl Nats {
                 // A process starting up has no event to await: look again shortly.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        })
+        }
         .await
     }
 
@@ -251,13 +264,17 @@ pub async fn nodes(nats: &Nats, prefix: &str) -> Vec<TestBroker> {
         .await;
         out.push(b);
     }
-    // A new cluster's buckets may still be electing their leaders: each node has claimed a
-    // client id once before the test starts.
-    for (i, b) in out.iter().enumerate() {
-        let (raw, _) = connect_until_accepted(b.addr, &format!("warmup-{i}"), true).await;
+    warm(&out.iter().map(|b| b.addr).collect::<Vec<_>>()).await;
+    out
+}
+
+/// Waits until each node has claimed a client id once: a new cluster's buckets may still be
+/// electing their leaders.
+pub async fn warm(addrs: &[SocketAddr]) {
+    for (i, addr) in addrs.iter().enumerate() {
+        let (raw, _) = connect_until_accepted(*addr, &format!("warmup-{i}"), true).await;
         raw.disconnect().await;
     }
-    out
 }
 
 /// A clean-session client of `addr`.

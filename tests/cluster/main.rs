@@ -233,14 +233,15 @@ async fn a_nats_server_killed_leaves_the_nodes_serving() {
         .await;
     assert_eq!(publisher.recv().await, Packet::PubAck(1));
     assert_eq!(next(&mut sub).await.0, "k/after");
-    // Two of three servers keep the buckets' quorum: a new client id is claimed.
-    let _new = client(n[1].addr, "after-kill").await;
+    // Two of three servers keep the buckets' quorum: once a bucket whose leader was on the
+    // killed server has elected another (0x03 meanwhile), a new client id is claimed.
+    let _new = harness::connect_until_accepted(n[1].addr, "after-kill", true).await;
     // No node went down with the server: each takes a new client.
     for (i, node) in n.iter().enumerate() {
-        let _c = client(node.addr, &format!("still-{i}")).await;
+        let _c = harness::connect_until_accepted(node.addr, &format!("still-{i}"), true).await;
     }
     nats.restart(0).await;
-    let _again = client(n[0].addr, "after-restart").await;
+    let _again = harness::connect_until_accepted(n[0].addr, "after-restart", true).await;
 }
 
 #[tokio::test]
@@ -317,6 +318,7 @@ async fn a_node_killed_leaves_its_wills_published_and_its_clients_move() {
     let n1 = harness::nodes(&nats, "kill").await;
     // The node to kill is a process of its own; the others are in this one.
     let mut victim_node = harness::binary_node(&nats, "doomed", "kill", "127.0.0.6").await;
+    harness::warm(&[victim_node.addr]).await;
     let mut watch = client(n1[0].addr, "watch").await;
     watch.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
     let mut from_far = client(n1[2].addr, "far-pub").await;
@@ -561,6 +563,7 @@ async fn a_partition_fences_the_minority_the_majority_serves_and_healing_leaves_
     for i in 0..3 {
         n.push(harness::node_on(&hosts, i, &format!("host{i}"), "part").await);
     }
+    harness::warm(&n.iter().map(|b| b.addr).collect::<Vec<_>>()).await;
     let mut held = client(n[0].addr, "split").await;
     let _other = client(n[1].addr, "other").await;
     hosts.isolate(0);
