@@ -588,3 +588,32 @@ async fn a_partition_fences_the_minority_the_majority_serves_and_healing_leaves_
     assert!(back.try_send_packet(&Packet::PingReq).await);
     assert_eq!(back.recv().await, Packet::PingResp);
 }
+
+#[tokio::test]
+async fn dollar_topics_keep_their_rule_across_nodes() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "dollar").await;
+    // [MQTT-4.7.2-1] `#` does not match a topic starting with `$`; `$app/#` does.
+    let mut all = client(n[1].addr, "all").await;
+    all.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+    let mut dollar = client(n[1].addr, "dollar").await;
+    dollar.subscribe(1, &[("$app/#", QoS::AtMostOnce)]).await;
+    let mut publisher = client(n[0].addr, "pub").await;
+    routed(&mut publisher, &mut dollar, "$app/probe").await;
+    routed(&mut publisher, &mut all, "plain/probe").await;
+    publisher
+        .publish("$app/x", QoS::AtLeastOnce, Some(1), false, b"d")
+        .await;
+    assert_eq!(publisher.recv().await, Packet::PubAck(1));
+    assert_eq!(
+        next(&mut dollar).await,
+        ("$app/x".into(), b"d".to_vec(), QoS::AtMostOnce)
+    );
+    let quiet = async {
+        loop {
+            let (t, _, _) = next(&mut all).await;
+            assert!(!t.starts_with('$'), "`#` got {t}");
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
+}
