@@ -10,7 +10,8 @@
 //! - `retain`: the retained-message store and its limits.
 //! - `topic`: topic name and filter rules (validation, matching, covering, overlap).
 //! - `remote`: the seam to the other nodes of a cluster (forwarded messages, interest,
-//!   retained changes).
+//!   retained changes); `arriving` (a child of `router`): what other nodes send, delivered;
+//!   `listing` (another): what the router holds, for the gauges and the API.
 
 pub mod levels;
 pub mod remote;

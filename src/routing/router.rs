@@ -29,6 +29,10 @@ use crate::routing::retain::{RetainOutcome, RetainStore, Retained};
 use crate::routing::shared::{self, Form, Pick, ShareKey, SharedSubs};
 use smallvec::SmallVec;
 
+#[path = "arriving.rs"]
+mod arriving;
+#[path = "listing.rs"]
+mod listing;
 #[path = "redispatch.rs"]
 mod redispatch;
 use crate::routing::topic;
@@ -246,39 +250,6 @@ impl<I: Inbox> Router<I> {
             remote.interest(filter, false);
         }
         removed
-    }
-
-    /// The retained store.
-    pub fn retain_store(&self) -> &RetainStore {
-        &self.retain
-    }
-
-    /// Number of routes: every session's subscriptions added up.
-    pub fn route_count(&self) -> usize {
-        self.route_count.load(Ordering::Relaxed)
-    }
-
-    /// Calls `visit` with every route and its filter: exact filters first, then wildcards,
-    /// then shared subscriptions (under their `$share/` filter). Each is visited under its own
-    /// shard or trie lock, so `visit` must not subscribe.
-    pub fn for_each_route(&self, mut visit: impl FnMut(&str, &Route<I>)) {
-        for entry in self.exact.iter() {
-            let filter = String::from_utf8_lossy(entry.key());
-            for route in entry.value().iter() {
-                visit(&filter, route);
-            }
-        }
-        self.wild.read().for_each(|filter, routes| {
-            for route in routes.iter() {
-                visit(filter, route);
-            }
-        });
-        self.shared.for_each(visit);
-    }
-
-    /// Number of distinct filters with routes.
-    pub fn filter_count(&self) -> usize {
-        self.exact.len() + self.wild_count.load(Ordering::Acquire)
     }
 
     /// Publishes one of the broker's own messages (`$SYS`); see `publish_from`.
@@ -593,38 +564,6 @@ impl<I: Inbox> Router<I> {
             }
             Offered::Gone => {}
         }
-    }
-
-    /// Delivers a message another node of the cluster published to the routes here (shared
-    /// subscriptions' groups take it through the cluster's own path): never into the retained
-    /// store (the cluster's bucket carries that) nor back out to the cluster.
-    /// With `congested`, adds to it the mailbox of every session whose backlog passed its
-    /// high mark, as a local publish does.
-    pub fn publish_remote(
-        &self,
-        msg: Arc<Message>,
-        congested: Option<&mut Vec<Arc<I>>>,
-    ) -> Published {
-        let Matched { exact, wild } = self.matched(&msg.topic);
-        let mut out = Published::default();
-        let none = std::iter::empty();
-        self.fan_out_matched(&msg, exact.as_ref(), &wild, none, &mut out, congested, None);
-        out
-    }
-
-    /// Delivers a message another node of the cluster published to one member here of the
-    /// shared subscription `key`, the member NATS's queue group chose this node for.
-    pub fn publish_shared_remote(&self, key: &str, msg: Arc<Message>) -> Published {
-        let mut out = Published::default();
-        let pick = Pick {
-            topic: &msg.topic,
-            publisher: None,
-        };
-        if let Some((route, key)) = self.shared.pick_other(key, pick, 0, false) {
-            let one = std::iter::once((&route, Some(&key)));
-            self.fan_out(&msg, one, &mut out, None, None);
-        }
-        out
     }
 
     /// Hands out deliveries `publish_deferred` planned, now that their records are durable.
