@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{SelectAll, StreamExt};
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -129,15 +130,24 @@ pub(super) async fn forward(
         }
         // Topic by topic, keeping each topic's order; the order between topics is not kept
         // across nodes anyway (each filter is its own NATS subscription).
-        while let Some(first) = waiting.first() {
-            let (topic, served) = (first.msg.topic.clone(), first.served.clone());
-            let (same, rest): (Vec<Outgoing>, Vec<Outgoing>) = waiting
-                .drain(..)
-                .partition(|o| o.msg.topic == topic && o.served == served);
-            waiting = rest;
+        // One pass: a batch of 1,024 messages on as many topics must not cost a million
+        // comparisons.
+        let mut groups: Vec<Vec<Outgoing>> = Vec::new();
+        let mut index: HashMap<(Bytes, SmallVec<[u64; 1]>), usize> = HashMap::new();
+        for o in waiting.drain(..) {
+            let at = *index
+                .entry((o.msg.topic.clone(), o.served.clone()))
+                .or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+            groups[at].push(o);
+        }
+        for same in groups {
+            let (topic, served) = (&same[0].msg.topic, &same[0].served);
             let n = same.len() as u64;
             seq += 1;
-            let subject = subject::of_topic(&cluster.cfg.prefix, &topic);
+            let subject = subject::of_topic(&cluster.cfg.prefix, topic);
             if subject.len() > MAX_SUBJECT {
                 Metrics::add(&metrics.cluster_dropped, n);
                 tracing::debug!(
@@ -147,7 +157,7 @@ pub(super) async fn forward(
                 continue;
             }
             let msgs: Vec<&Message> = same.iter().map(|o| &*o.msg).collect();
-            let payload = frame::encode(cluster.epoch, seq, &served, &msgs);
+            let payload = frame::encode(cluster.epoch, seq, served, &msgs);
             match cluster.client.publish(subject, payload).await {
                 Ok(()) => Metrics::add(&metrics.cluster_forwarded, n),
                 Err(e) => {
