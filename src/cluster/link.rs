@@ -1,6 +1,8 @@
 //! The router's side of the cluster (`routing::remote::Remote`): it never waits, so what it
 //! hands over goes into bounded queues (a full one is a counted drop) and a table of this
-//! node's interest, which the tasks that talk to NATS drain.
+//! node's interest, which the tasks that talk to NATS drain. Messages queue in order;
+//! changes of state for a bucket (retained messages, wills, session records) wait as the
+//! newest per key (`latest`), so a burst of them is never what loses a key's last state.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,8 +16,10 @@ use crate::routing::remote::Remote;
 use crate::routing::shared::ShareKey;
 use smallvec::SmallVec;
 
+use super::latest::Latest;
 use super::sessions::SessionChange;
 use super::wills::WillChange;
+use crate::message::ClientId;
 
 /// A retained message set (or cleared) here, for the cluster's bucket.
 pub(super) struct RetainedChange {
@@ -24,16 +28,20 @@ pub(super) struct RetainedChange {
     pub(super) username: Option<Arc<str>>,
 }
 
+/// Retained changes waiting for the bucket, by topic.
+pub(super) type RetainedQueue = Latest<bytes::Bytes, RetainedChange>;
+/// Will changes waiting for the bucket, by client id.
+pub(super) type WillQueue = Latest<ClientId, WillChange>;
+/// Session records waiting for the bucket, by client id.
+pub(super) type SessionQueue = Latest<ClientId, SessionChange>;
+
 /// What the tasks take when the cluster starts.
 pub(super) struct Queues {
     pub(super) forward: mpsc::Receiver<Outgoing>,
-    pub(super) retained: mpsc::Receiver<RetainedChange>,
-    pub(super) wills: mpsc::Receiver<WillChange>,
-    pub(super) sessions: mpsc::Receiver<SessionChange>,
+    pub(super) retained: Arc<RetainedQueue>,
+    pub(super) wills: Arc<WillQueue>,
+    pub(super) sessions: Arc<SessionQueue>,
 }
-
-/// Retained changes waiting for the bucket; past it one is dropped, counted and logged.
-const RETAINED_QUEUE: usize = 4096;
 
 /// What this node subscribes to in NATS for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,9 +81,9 @@ pub(super) fn group_hash(key: &str) -> u64 {
 /// The router's handle on the cluster.
 pub(super) struct Link {
     forward: mpsc::Sender<Outgoing>,
-    retained: mpsc::Sender<RetainedChange>,
-    wills: mpsc::Sender<WillChange>,
-    sessions: mpsc::Sender<SessionChange>,
+    retained: Arc<RetainedQueue>,
+    wills: Arc<WillQueue>,
+    sessions: Arc<SessionQueue>,
     interest: Mutex<Interest>,
     /// Wakes the routes task when `interest` changed.
     pub(super) changed: Notify,
@@ -83,26 +91,26 @@ pub(super) struct Link {
 }
 
 impl Link {
-    /// A link whose queues hold `max_forward` messages.
+    /// A link whose queues hold `max_forward` messages, or changes of as many keys each.
     pub(super) fn new(max_forward: usize, metrics: Arc<Metrics>) -> (Link, Queues) {
         let (forward, forward_rx) = mpsc::channel(max_forward);
-        let (retained, retained_rx) = mpsc::channel(RETAINED_QUEUE);
-        let (wills, wills_rx) = mpsc::channel(RETAINED_QUEUE);
-        let (sessions, sessions_rx) = mpsc::channel(RETAINED_QUEUE);
+        let retained = Arc::new(Latest::new(max_forward));
+        let wills = Arc::new(Latest::new(max_forward));
+        let sessions = Arc::new(Latest::new(max_forward));
         let link = Link {
             forward,
-            retained,
-            wills,
-            sessions,
+            retained: retained.clone(),
+            wills: wills.clone(),
+            sessions: sessions.clone(),
             interest: Mutex::default(),
             changed: Notify::new(),
             metrics,
         };
         let queues = Queues {
             forward: forward_rx,
-            retained: retained_rx,
-            wills: wills_rx,
-            sessions: sessions_rx,
+            retained,
+            wills,
+            sessions,
         };
         (link, queues)
     }
@@ -133,9 +141,15 @@ impl Link {
         self.changed.notify_one();
     }
 
-    /// A connection's will set or cleared, for the wills bucket.
+    /// A connection's will set or cleared, for the wills bucket. Claim tokens grow with each
+    /// claim of an id, so the end of an older connection never undoes a newer one's will
+    /// waiting here (which replaces the older will in the bucket anyway).
     pub(super) fn will(&self, change: WillChange) {
-        if self.wills.try_send(change).is_err() {
+        let merge = |waiting: Option<WillChange>, new: WillChange| match waiting {
+            Some(w) if new.will.is_none() && w.token > new.token => w,
+            _ => new,
+        };
+        if !self.wills.put(change.client_id.clone(), change, merge) {
             Metrics::incr(&self.metrics.cluster_dropped);
             tracing::warn!("will change not sent to the cluster: its queue is full");
         }
@@ -143,7 +157,10 @@ impl Link {
 
     /// A persistent session's record set or cleared, for the sessions bucket.
     pub(super) fn session(&self, change: SessionChange) {
-        if self.sessions.try_send(change).is_err() {
+        if !self
+            .sessions
+            .put(change.client_id.clone(), change, |_, new| new)
+        {
             Metrics::incr(&self.metrics.cluster_dropped);
             tracing::warn!("session record not sent to the cluster: its queue is full");
         }
@@ -180,7 +197,7 @@ impl Remote for Link {
             client_id: from.map(|p| p.client_id.clone()),
             username: from.and_then(|p| p.username.clone()),
         };
-        if self.retained.try_send(change).is_err() {
+        if !self.retained.put(msg.topic.clone(), change, |_, new| new) {
             tracing::warn!(
                 topic = msg.topic_str(),
                 "retained change not sent to the cluster"

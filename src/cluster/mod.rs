@@ -10,6 +10,10 @@
 //! | which node has a client id | KV bucket `PREFIX_clients`, changed only by compare-and-set | `claims` |
 //! | which nodes are alive | KV bucket `PREFIX_nodes`: each node renews its lease | `lease` |
 //! | retained messages | KV bucket `PREFIX_retained`, every node's store follows it | `retained` |
+//! | wills, persistent sessions' subscriptions | KV buckets `PREFIX_wills`, `PREFIX_sessions` | `wills`, `sessions` |
+//!
+//! What goes to a bucket waits as the newest state per key (`latest`) and is written up to
+//! `latest::WRITES_AT_ONCE` keys per round trip, so a burst never drops a key's last state.
 //!
 //! Between nodes delivery is at most once (as in EMQX and VerneMQ); each client's QoS with its
 //! own node is unchanged. A node that cannot renew its lease for `fence_after` closes its
@@ -18,10 +22,12 @@
 //!
 //! Tasks, all on the broker's tracker: `routes::forward` (router -> NATS), `routes::run`
 //! (NATS subscriptions and what they bring), `retained::write` and `retained::watch`,
+//! `wills::write`, `sessions::write`,
 //! `claims::serve` (other nodes' takeover requests) and `lease::run`.
 
 mod claims;
 mod frame;
+mod latest;
 mod lease;
 mod link;
 mod moving;

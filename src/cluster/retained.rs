@@ -16,9 +16,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
-use super::link::RetainedChange;
+use super::latest::WRITES_AT_ONCE;
+use super::link::{RetainedChange, RetainedQueue};
 use super::{Cluster, ClusterError};
 use crate::message::{Message, Publisher, QoS};
 use crate::observability::metrics::Metrics;
@@ -169,28 +169,33 @@ fn apply(shared: &Shared, pending: &Pending, entry: kv::Entry, epoch: u64) {
     shared.router.retain_store().restore(&value.msg, from);
 }
 
-/// Sends this node's retained changes to the bucket, in order.
+/// Sends this node's retained changes to the bucket, each topic as it is now.
 pub(super) async fn write(
     cluster: Arc<Cluster>,
-    mut queue: mpsc::Receiver<RetainedChange>,
+    queue: Arc<RetainedQueue>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut seq = 0u64;
     loop {
-        let change = tokio::select! {
-            c = queue.recv() => c,
-            _ = stop.cancelled() => None,
+        let batch = tokio::select! {
+            b = queue.next_batch(WRITES_AT_ONCE) => b,
+            _ = stop.cancelled() => break,
         };
-        let Some(change) = change else { break };
-        seq += 1;
-        let key = key_of(&change.msg.topic);
-        cluster.pending_retained.lock().insert(key.clone(), seq);
-        let value = encode(cluster.epoch, seq, &change);
-        if let Err(e) = cluster.buckets.retained.put(&key, value).await {
-            cluster.pending_retained.lock().remove(&key);
-            Metrics::incr(&cluster.metrics.cluster_dropped);
-            tracing::warn!(topic = change.msg.topic_str(), error = %e, "retained change not stored in the cluster");
-        }
+        let writes = batch.into_iter().map(|(_, change)| {
+            seq += 1;
+            let key = key_of(&change.msg.topic);
+            cluster.pending_retained.lock().insert(key.clone(), seq);
+            let value = encode(cluster.epoch, seq, &change);
+            let cluster = &cluster;
+            async move {
+                if let Err(e) = cluster.buckets.retained.put(&key, value).await {
+                    cluster.pending_retained.lock().remove(&key);
+                    Metrics::incr(&cluster.metrics.cluster_dropped);
+                    tracing::warn!(topic = change.msg.topic_str(), error = %e, "retained change not stored in the cluster");
+                }
+            }
+        });
+        futures_util::future::join_all(writes.collect::<Vec<_>>()).await;
     }
 }
 

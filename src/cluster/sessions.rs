@@ -10,9 +10,10 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::latest::WRITES_AT_ONCE;
+use super::link::SessionQueue;
 use super::{claims, moving, Cluster};
 use crate::message::ClientId;
 use crate::sessions::handover::Handover;
@@ -56,31 +57,34 @@ fn read(mut v: bytes::Bytes) -> Option<Handover> {
     moving::decode(&id, v)
 }
 
-/// Sends this node's session records to the bucket, in order, until shutdown.
+/// Sends this node's session records to the bucket, each as it is now, until shutdown.
 pub(super) async fn write(
     cluster: Arc<Cluster>,
-    mut queue: mpsc::Receiver<SessionChange>,
+    queue: Arc<SessionQueue>,
     stop: CancellationToken,
 ) {
     let bucket = &cluster.buckets.sessions;
     loop {
-        let change = tokio::select! {
-            c = queue.recv() => c,
-            _ = stop.cancelled() => None,
+        let batch = tokio::select! {
+            b = queue.next_batch(WRITES_AT_ONCE) => b,
+            _ = stop.cancelled() => break,
         };
-        let Some(change) = change else { break };
-        let key = key_of(&cluster.cfg.node_name, &change.client_id);
-        let done = match change.state {
-            Some(h) => bucket
-                .put(&key, value(&h))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => bucket.delete(&key).await.map_err(|e| e.to_string()),
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = e, "session record not stored in the cluster");
-        }
+        let node = &cluster.cfg.node_name;
+        let writes = batch.into_iter().map(|(_, change)| async move {
+            let key = key_of(node, &change.client_id);
+            let done = match change.state {
+                Some(h) => bucket
+                    .put(&key, value(&h))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => bucket.delete(&key).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = e, "session record not stored in the cluster");
+            }
+        });
+        futures_util::future::join_all(writes.collect::<Vec<_>>()).await;
     }
 }
 

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::link::RetainedChange;
+use super::latest::WRITES_AT_ONCE;
+use super::link::{RetainedChange, WillQueue};
 use super::{retained, Cluster};
 use crate::message::{ClientId, Message};
 use crate::sessions::Shared;
@@ -31,49 +31,59 @@ fn key_of(node: &str, client_id: &str) -> String {
     format!("{node}.{hex}")
 }
 
-/// Sends this node's will changes to the bucket, in order, until shutdown. A will is deleted
-/// only at the revision this node put it at, so an old connection's end never deletes the
-/// will of a newer one.
-pub(super) async fn write(
-    cluster: Arc<Cluster>,
-    mut queue: mpsc::Receiver<WillChange>,
-    stop: CancellationToken,
-) {
+/// Sends this node's will changes to the bucket until shutdown. A will is deleted only at
+/// the revision this node put it at, and only by the end of its connection or of a later one
+/// (claim tokens grow), so an old connection's end never deletes the will of a newer one.
+pub(super) async fn write(cluster: Arc<Cluster>, queue: Arc<WillQueue>, stop: CancellationToken) {
     let bucket = &cluster.buckets.wills;
     // Key -> the claim of the connection whose will it is, and the revision it is at.
     let mut revisions: HashMap<String, (u64, u64)> = HashMap::new();
     loop {
-        let change = tokio::select! {
-            c = queue.recv() => c,
-            _ = stop.cancelled() => None,
+        let batch = tokio::select! {
+            b = queue.next_batch(WRITES_AT_ONCE) => b,
+            _ = stop.cancelled() => break,
         };
-        let Some(change) = change else { break };
-        let key = key_of(&cluster.cfg.node_name, &change.client_id);
-        match change.will {
-            Some((msg, username)) => {
-                let value = retained::encode(
-                    cluster.epoch,
-                    0,
-                    &RetainedChange {
-                        msg,
-                        client_id: Some(change.client_id.clone()),
-                        username,
-                    },
-                );
-                match bucket.put(&key, value).await {
-                    Ok(rev) => {
-                        revisions.insert(key, (change.token, rev));
+        let mut writes = Vec::with_capacity(batch.len());
+        for (client_id, change) in batch {
+            let key = key_of(&cluster.cfg.node_name, &client_id);
+            match change.will {
+                Some((msg, username)) => {
+                    let value = retained::encode(
+                        cluster.epoch,
+                        0,
+                        &RetainedChange {
+                            msg,
+                            client_id: Some(client_id),
+                            username,
+                        },
+                    );
+                    writes.push(futures_util::future::Either::Left(async move {
+                        match bucket.put(&key, value).await {
+                            Ok(rev) => Some((key, (change.token, rev))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "will not stored in the cluster");
+                                None
+                            }
+                        }
+                    }));
+                }
+                None => {
+                    let ours = revisions.get(&key).is_some_and(|(t, _)| *t <= change.token);
+                    if let Some((_, rev)) = ours.then(|| revisions.remove(&key)).flatten() {
+                        writes.push(futures_util::future::Either::Right(async move {
+                            let _ = bucket.delete_expect_revision(&key, Some(rev)).await;
+                            None
+                        }));
                     }
-                    Err(e) => tracing::warn!(error = %e, "will not stored in the cluster"),
                 }
             }
-            None => {
-                if revisions.get(&key).is_some_and(|(t, _)| *t == change.token) {
-                    if let Some((_, rev)) = revisions.remove(&key) {
-                        let _ = bucket.delete_expect_revision(&key, Some(rev)).await;
-                    }
-                }
-            }
+        }
+        for (key, at) in futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            revisions.insert(key, at);
         }
     }
 }

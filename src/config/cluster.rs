@@ -58,8 +58,8 @@ pub struct ClusterConfig {
     /// wills are published. Longer than `fence_after`, so a node has fenced before.
     #[serde(default = "dead_after", deserialize_with = "super::duration")]
     pub dead_after: Duration,
-    /// Messages waiting to go out to NATS; past it, a message for other nodes is dropped and
-    /// counted (`cluster_dropped`).
+    /// Messages waiting to go out to NATS, and keys (retained topics, wills, session records)
+    /// waiting for their buckets; past it, one more is dropped and counted (`cluster_dropped`).
     #[serde(default = "max_forward_queue")]
     pub max_forward_queue: usize,
     /// The first token of every subject and bucket name, so several clusters share one NATS.

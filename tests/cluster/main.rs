@@ -6,6 +6,7 @@
 mod common;
 mod harness;
 mod partition;
+mod retained;
 
 use std::time::Duration;
 
@@ -97,60 +98,6 @@ async fn overlapping_filters_on_other_nodes_get_each_message_once() {
         };
         let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
     }
-}
-
-/// Subscribes on `addr` and returns the retained message on `topic` if one comes.
-async fn retained_at(addr: std::net::SocketAddr, topic: &str) -> Option<Vec<u8>> {
-    let mut s = client(addr, "retained-check").await;
-    s.subscribe(1, &[(topic, QoS::AtMostOnce)]).await;
-    match tokio::time::timeout(Duration::from_millis(200), s.recv()).await {
-        Ok(Packet::Publish(p)) => Some(p.payload.to_vec()),
-        _ => None,
-    }
-}
-
-/// Waits until a new subscriber on `addr` gets `want` as `topic`'s retained message.
-async fn retained_becomes(addr: std::net::SocketAddr, topic: &str, want: Option<&[u8]>) {
-    within(WAIT, async {
-        while retained_at(addr, topic).await.as_deref() != want {}
-    })
-    .await
-}
-
-#[tokio::test]
-async fn retained_set_and_cleared_on_one_node_is_seen_on_every_node() {
-    let nats = Nats::start(3).await;
-    let n = nodes(&nats, "retain").await;
-    let mut p = client(n[0].addr, "pub").await;
-    p.publish("r/x", QoS::AtLeastOnce, Some(1), true, b"v1")
-        .await;
-    assert_eq!(p.recv().await, Packet::PubAck(1));
-    for node in &n {
-        retained_becomes(node.addr, "r/x", Some(b"v1")).await;
-    }
-    // [MQTT-3.3.1-10] an empty retained message clears it, from another node.
-    let mut q = client(n[2].addr, "clear").await;
-    q.publish("r/x", QoS::AtLeastOnce, Some(1), true, b"").await;
-    assert_eq!(q.recv().await, Packet::PubAck(1));
-    for node in &n {
-        retained_becomes(node.addr, "r/x", None).await;
-    }
-    // A node started later reads what the bucket holds.
-    p.publish("r/y", QoS::AtLeastOnce, Some(2), true, b"late")
-        .await;
-    assert_eq!(p.recv().await, Packet::PubAck(2));
-    retained_becomes(n[1].addr, "r/y", Some(b"late")).await;
-    let cfg = harness::cluster_config(&nats, "node4", "retain");
-    let late = common::TestBroker::start_with(|c| {
-        c.listener[0].bind = "127.0.0.5:0".parse().expect("address");
-        c.cluster = Some(cfg);
-    })
-    .await;
-    assert_eq!(
-        retained_at(late.addr, "r/y").await.as_deref(),
-        Some(&b"late"[..])
-    );
-    assert_eq!(retained_at(late.addr, "r/x").await, None);
 }
 
 #[tokio::test]
