@@ -110,7 +110,13 @@ impl<S: Transport + 'static> Connection<S> {
                                 messages = h.messages.len(),
                                 "session handed over by another node"
                             );
-                            shared.registry.adopt(&shared, h);
+                            let lsn = shared.registry.adopt(&shared, h);
+                            // On disk here before the client hears session present.
+                            if let (Some(store), true) = (&shared.store, lsn > 0) {
+                                if !store.wait(lsn).await {
+                                    return Err(CloseReason::StoreFailed);
+                                }
+                            }
                         }
                         c.token
                     }

@@ -149,6 +149,7 @@ impl Cluster {
             return Ok(());
         };
         lease::renew_once(self, shared).await;
+        sessions::settle_restored(self, shared).await;
         let watch = retained::load(self, shared).await?;
         // Wills an earlier run of this node left when it died.
         wills::publish_left(self, shared, &self.cfg.node_name).await;

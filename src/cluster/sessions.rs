@@ -131,3 +131,38 @@ pub(super) async fn restore_left(cluster: &Cluster, shared: &Arc<Shared>, node: 
     }
     restored
 }
+
+/// Settles the sessions this node read back from its own store with the cluster, before it
+/// serves: one whose client id another node owns now (it buried this node and restored the
+/// session there, or the client came back there) ends here, so no id has two sessions (what
+/// this node still held for it is lost, and logged); the others are claimed again, so a
+/// CONNECT elsewhere takes them over from here.
+pub(super) async fn settle_restored(cluster: &Cluster, shared: &Arc<Shared>) {
+    let claims = claims::Claims::of(cluster);
+    for (client_id, handle) in shared.registry.sorted() {
+        if !handle.persistent {
+            continue;
+        }
+        match claims.owner(&client_id).await {
+            Some(owner) if owner == cluster.cfg.node_name => {}
+            Some(owner) => {
+                tracing::warn!(
+                    client_id = &*client_id,
+                    owner,
+                    queued = handle.mailbox.backlog().pending(),
+                    inflight = handle.mailbox.backlog().inflight(),
+                    "a stored session's client id is another node's now: ended here"
+                );
+                shared.registry.take_over(&client_id);
+            }
+            None => {
+                if claims.claim(&client_id, false).await.is_err() {
+                    tracing::warn!(
+                        client_id = &*client_id,
+                        "a stored session's client id not claimed again"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -7,8 +7,9 @@
 //! awaiting PUBREL, and its messages, in order: those in flight with their packet ids (resent
 //! with DUP on attach [MQTT-4.4.0-1]) and those queued. Shared subscriptions' messages stay
 //! and go to another member of their group, as when any member leaves. On a node with
-//! persistence the adopted session and its subscriptions are written at once; the messages it
-//! brought are held in memory until delivered.
+//! persistence the adopted session, its subscriptions, ids and messages (each stored as if
+//! routed to it alone, at the state it moved in) are written in one batch, and the CONNECT
+//! that asked for it waits for that batch before its CONNACK.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,10 +112,47 @@ impl Session {
         }
     }
 
-    /// Starts, detached, a session that came from another node (see the module doc).
-    pub(super) fn adopt(shared: &Arc<Shared>, h: Handover) -> SessionHandle {
-        let sid = shared.store.as_ref().map(|s| s.new_sid());
+    /// Starts, detached, a session that came from another node (see the module doc); the
+    /// LSN its records are durable at (0 without a store).
+    pub(super) fn adopt(shared: &Arc<Shared>, h: Handover) -> (SessionHandle, u64) {
+        let store = shared.store.as_ref();
+        let sid = store.map(|s| s.new_sid());
+        // All of it in one batch, its messages before its actor can acknowledge any.
+        let together = store.map(|s| s.together());
         let subscriptions: BTreeMap<String, QoS> = h.subscriptions.into_iter().collect();
+        let mut queue = Vec::with_capacity(h.messages.len());
+        for m in h.messages {
+            let entry = QueueEntry {
+                qos: m.qos,
+                pkid: m.pkid,
+                released: m.released,
+                retain: m.retain,
+            };
+            // Stored here as a message routed to this session alone, at the state it moved in.
+            let id = match (store, sid) {
+                (Some(store), Some(sid)) => {
+                    let id = store.submit_for_one(&m.msg, sid, m.qos, m.retain);
+                    if entry.pkid != 0 {
+                        store.submit(Op::Sent { sid, id, entry });
+                    }
+                    id
+                }
+                _ => 0,
+            };
+            queue.push((id, m.msg, entry));
+        }
+        if let (Some(store), Some(sid)) = (store, sid) {
+            for &pkid in &h.awaiting_rel {
+                store.submit(Op::AwaitRel { sid, pkid });
+            }
+            for (filter, qos) in &subscriptions {
+                store.submit(Op::Subscribe {
+                    sid,
+                    filter: filter.as_str().into(),
+                    qos: *qos,
+                });
+            }
+        }
         let stored = RecoveredSession {
             client_id: h.client_id,
             sid: sid.unwrap_or(0),
@@ -125,33 +163,12 @@ impl Session {
                 .iter()
                 .map(|(f, q)| (Arc::from(f.as_str()), *q))
                 .collect(),
-            queue: h
-                .messages
-                .into_iter()
-                .map(|m| {
-                    let entry = QueueEntry {
-                        qos: m.qos,
-                        pkid: m.pkid,
-                        released: m.released,
-                        retain: m.retain,
-                    };
-                    (0, m.msg, entry)
-                })
-                .collect(),
+            queue,
             awaiting_rel: h.awaiting_rel,
         };
-        // Its record first (`restore_as`, as for a session that was attached), then its
-        // subscriptions, as a SUBSCRIBE here would have written them.
+        // Its record (`restore_as`, as for a session that was attached) joins the batch.
         let handle = Session::restore_as(shared, stored, sid);
-        if let (Some(store), Some(sid)) = (&shared.store, sid) {
-            for (filter, qos) in &subscriptions {
-                store.submit(Op::Subscribe {
-                    sid,
-                    filter: filter.as_str().into(),
-                    qos: *qos,
-                });
-            }
-        }
-        handle
+        drop(together);
+        (handle, store.map_or(0, |s| s.submitted()))
     }
 }

@@ -197,17 +197,18 @@ impl Registry {
     }
 
     /// Registers a session another node handed over, detached, for the CONNECT that asked
-    /// for it to attach to.
-    pub fn adopt(&self, shared: &Arc<Shared>, h: Handover) {
+    /// for it to attach to; the LSN its records are durable at (0 without a store).
+    pub fn adopt(&self, shared: &Arc<Shared>, h: Handover) -> u64 {
         let client_id = h.client_id.clone();
         let username = h.username.clone();
-        let handle = Session::adopt(shared, h);
+        let (handle, lsn) = Session::adopt(shared, h);
         if let Some(old) = self
             .sessions
             .insert(client_id, Registered { handle, username })
         {
             old.handle.mailbox.discard(Kick::Discarded);
         }
+        lsn
     }
 
     /// Closes every connection, its will published, keeping no session (a node that lost its

@@ -341,8 +341,19 @@ pub async fn binary_node(
     prefix: &str,
     ip: &str,
 ) -> crate::common::BinaryBroker {
+    binary_node_with(nats, name, prefix, ip, "").await
+}
+
+/// As `binary_node`, with `tables` (more TOML tables) in its configuration.
+pub async fn binary_node_with(
+    nats: &Nats,
+    name: &str,
+    prefix: &str,
+    ip: &str,
+    tables: &str,
+) -> crate::common::BinaryBroker {
     let text = format!(
-        "[[listener]]\nbind = \"{ip}:1883\"\n[sys]\nsys_interval = \"0s\"\n[cluster]\n\
+        "[[listener]]\nbind = \"{ip}:1883\"\n[sys]\nsys_interval = \"0s\"\n{tables}[cluster]\n\
          nats = {:?}\nnode_name = \"{name}\"\nprefix = \"{prefix}\"\nreplicas = 3\n\
          lease_interval = \"250ms\"\nfence_after = \"{FENCE_AFTER}\"\n\
          dead_after = \"{DEAD_AFTER}\"\nconnect_timeout = \"30s\"\n",
@@ -454,4 +465,26 @@ async fn bucket(nats: &Nats, prefix: &str, what: &str) -> async_nats::jetstream:
         .get_key_value(format!("{prefix}_{what}"))
         .await
         .expect("the bucket")
+}
+
+/// Waits until the cluster under `prefix` has `client_id` claimed by a node other than `not`.
+pub async fn wait_owned_elsewhere(nats: &Nats, prefix: &str, client_id: &str, not: &str) {
+    use sha2::Digest;
+    let clients = bucket(nats, prefix, "clients").await;
+    let key: String = sha2::Sha256::digest(client_id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    within(SLOW, async {
+        loop {
+            if let Ok(Some(owner)) = clients.get(&key).await {
+                if owner[..] != *not.as_bytes() {
+                    return;
+                }
+            }
+            // Another node's doing, on its clock: there is no event to await here.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
 }

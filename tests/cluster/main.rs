@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod moving;
 mod partition;
 mod retained;
 
@@ -189,74 +190,6 @@ async fn a_nats_server_killed_leaves_the_nodes_serving() {
     }
     nats.restart(0).await;
     let _again = harness::connect_until_accepted(n[0].addr, "after-restart", true).await;
-}
-
-#[tokio::test]
-async fn a_persistent_session_moves_with_its_messages_and_session_present() {
-    let nats = Nats::start(3).await;
-    let n = nodes(&nats, "handover").await;
-    let (mut sub, ack) = Raw::connect(n[1].addr, "mobile", false, 60).await;
-    assert!(!ack.session_present);
-    sub.subscribe(1, &[("s/#", QoS::AtLeastOnce)]).await;
-    let mut publisher = client(n[0].addr, "pub").await;
-    routed(&mut publisher, &mut sub, "s/probe").await;
-    // Five reach the subscriber and are never acknowledged: in flight on node 2.
-    send(&mut publisher, 0, 5).await;
-    for i in 0..5u8 {
-        loop {
-            let p = sub.recv_publish().await;
-            if p.payload[..] != b"probe"[..] {
-                assert_eq!(p.payload[..], [i]);
-                break;
-            }
-        }
-    }
-    drop(sub);
-    // Five more wait in its queue there.
-    send(&mut publisher, 5, 10).await;
-    within(WAIT, async {
-        while n[1].metrics.snapshot().clients_connected > 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    // [MQTT-3.2.2-2] resumed on node 3: session present, every message, in order, once.
-    let (mut moved, ack) = Raw::connect(n[2].addr, "mobile", false, 60).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
-    assert!(ack.session_present, "the session came along");
-    for i in 0..10u8 {
-        let p = moved.recv_publish().await;
-        // [MQTT-4.4.0-1] what was in flight is resent with DUP, under its packet id.
-        assert_eq!(
-            (p.payload[..].to_vec(), p.dup),
-            (vec![i], i < 5),
-            "message {i}"
-        );
-        moved
-            .send_packet(&Packet::PubAck(p.pkid.expect("QoS 1")))
-            .await;
-    }
-    moved.expect_silence(Duration::from_millis(300)).await;
-    // Its subscription lives on node 3 now: new messages come there.
-    let mut watcher = client(n[2].addr, "watch").await;
-    watcher.subscribe(1, &[("s/#", QoS::AtMostOnce)]).await;
-    routed(&mut publisher, &mut watcher, "s/probe").await;
-    publisher
-        .publish("s/x", QoS::AtLeastOnce, Some(20), false, b"new")
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubAck(20));
-    assert_eq!(next(&mut moved).await.1, b"new");
-}
-
-/// Publishes payloads `from..to` to `s/x` at QoS 1, each acknowledged.
-async fn send(publisher: &mut Raw, from: u8, to: u8) {
-    for i in from..to {
-        let id = 1 + i as u16;
-        publisher
-            .publish("s/x", QoS::AtLeastOnce, Some(id), false, &[i])
-            .await;
-        assert_eq!(publisher.recv().await, Packet::PubAck(id));
-    }
 }
 
 #[tokio::test]
