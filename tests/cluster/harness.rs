@@ -48,6 +48,11 @@ impl Nats {
     /// Starts `n` servers routed to each other and waits until each answers its health
     /// check with JetStream on.
     pub async fn start(n: usize) -> Nats {
+        Nats::start_with(n, &[]).await
+    }
+
+    /// As `start`, each server with `extra` arguments too.
+    async fn start_with(n: usize, extra: &[&str]) -> Nats {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -72,6 +77,7 @@ impl Nats {
                 "-m".into(),
                 monitor.to_string(),
             ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             if n > 1 {
                 let others: Vec<&str> = routes
                     .iter()
@@ -98,6 +104,11 @@ impl Nats {
             });
         }
         Nats::launch(servers, dir).await
+    }
+
+    /// One server with JetStream on 127.0.0.1, with `args` too (authorization, TLS).
+    pub async fn single(args: &[&str]) -> Nats {
+        Nats::start_with(1, args).await
     }
 
     /// One server on each of `hosts`, in its namespace, routed to the others.

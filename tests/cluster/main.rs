@@ -8,6 +8,7 @@ mod harness;
 mod moving;
 mod partition;
 mod retained;
+mod secured;
 
 use std::time::Duration;
 
