@@ -10,10 +10,11 @@ use bytes::Bytes;
 use tracing::{trace, warn};
 
 use super::inbound::Inbound;
-use super::{Boxed, Client, CloseReason, Connection, Flow, Transport};
+use super::{Boxed, Client, CloseReason, Connection, Flow, Routed, Transport};
 use crate::hooks::{ClientRef, PublishAction, Reply, SubscribeAction};
 use crate::message::{Message, QoS};
 use crate::routing::topic;
+use crate::sessions::SessionCmd;
 use crate::sessions::Shared;
 
 /// Where a packet whose hook answers later goes on.
@@ -26,6 +27,8 @@ pub(super) enum Resume {
         filters: Vec<(String, QoS)>,
         refused: Vec<usize>,
     },
+    /// A SUBSCRIBE whose interest NATS knows now, for its session, with its hold.
+    Known(SessionCmd, Routed),
 }
 
 impl Client {
@@ -126,6 +129,7 @@ impl<S: Transport> Connection<S> {
                 filters,
                 refused,
             } => Ok(self.subscribe(pkid, filters, &refused, client)),
+            Resume::Known(cmd, routed) => Ok(Flow::ToSessionThenHold(cmd, routed)),
         }
     }
 }

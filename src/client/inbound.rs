@@ -6,7 +6,8 @@ use tokio::sync::oneshot;
 
 use tracing::{debug, trace};
 
-use super::{Client, CloseReason, Connection, Flow, Transport};
+use super::hooked::Resume;
+use super::{Client, CloseReason, Connection, Flow, Routed, Transport};
 use crate::auth::Authz;
 use crate::client::protocol::{self, ProtocolError};
 use crate::codec::{self, Packet};
@@ -195,13 +196,13 @@ impl<S: Transport> Connection<S> {
                 return Ok(self.subscribe(s.pkid, s.filters, &[], client));
             }
             Packet::Unsubscribe(u) => {
-                let (routed, hold) = oneshot::channel();
+                let (routed, done) = oneshot::channel();
                 let cmd = SessionCmd::Unsubscribe {
                     pkid: u.pkid,
                     filters: u.filters.into(),
                     routed,
                 };
-                return Ok(Flow::ToSessionThenHold(cmd, hold));
+                return Ok(Flow::ToSessionThenHold(cmd, Routed { done, hold: None }));
             }
             Packet::PingReq => {
                 // [MQTT-3.12.4-1]
@@ -246,13 +247,33 @@ impl<S: Transport> Connection<S> {
                 *granted = None;
             }
         }
-        let (routed, hold) = oneshot::channel();
+        // In a cluster, the interest is known to NATS before the SUBACK (`Remote::hold`).
+        let (hold, known) = match self.shared.router.remote() {
+            Some(remote) => {
+                let granted: Vec<&str> = filters
+                    .iter()
+                    .filter(|(_, q)| q.is_some())
+                    .map(|(f, _)| f.as_str())
+                    .collect();
+                let (hold, known) = remote.hold(&granted);
+                (Some(hold), known)
+            }
+            None => (None, None),
+        };
+        let (routed, done) = oneshot::channel();
         let cmd = SessionCmd::Subscribe {
             pkid,
             filters: filters.into(),
             routed,
         };
-        Flow::ToSessionThenHold(cmd, hold)
+        let routed = Routed { done, hold };
+        match known {
+            None => Flow::ToSessionThenHold(cmd, routed),
+            Some(known) => Flow::Hook(Box::pin(async move {
+                known.await;
+                Resume::Known(cmd, routed)
+            })),
+        }
     }
 
     /// Routes a checked PUBLISH (`msg` is `None` if it is to be acknowledged and dropped) and

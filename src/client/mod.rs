@@ -315,10 +315,17 @@ enum Flow {
     /// Hand this command (SUBSCRIBE, UNSUBSCRIBE) to the session, and hold the input after
     /// it until the session has changed its routes: a PUBLISH sent right behind a SUBSCRIBE
     /// then reaches the new subscription, as it would on a broker with one thread.
-    ToSessionThenHold(SessionCmd, tokio::sync::oneshot::Receiver<()>),
+    ToSessionThenHold(SessionCmd, Routed),
     /// A hook answers later: the input after this packet waits for the answer, and the
     /// packet goes on from there (`Connection::resume`).
     Hook(Boxed<hooked::Resume>),
+}
+
+/// What a connection waits for after a SUBSCRIBE or UNSUBSCRIBE: the session's word that its
+/// routes changed, and the cluster interest held until then.
+pub(crate) struct Routed {
+    done: tokio::sync::oneshot::Receiver<()>,
+    hold: Option<crate::routing::remote::Hold>,
 }
 
 /// A byte stream the connection reads from. TCP waits for readability before it reserves a

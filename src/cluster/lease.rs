@@ -46,6 +46,18 @@ impl Leases {
         }
     }
 
+    /// Nodes whose lease changed within `within`: those that are renewing it.
+    pub(super) fn renewing(&self, within: Duration) -> Vec<String> {
+        self.seen
+            .lock()
+            .iter()
+            .filter_map(|(node, seen)| match seen {
+                Some((_, changed)) if changed.elapsed() <= within => Some(node.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Nodes whose lease has aged past `dead_after` (not those that gave it up), each with
     /// the lease's revision.
     fn aged_out(&self) -> Vec<(String, u64)> {

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::message::{Message, Publisher};
 use crate::observability::metrics::Metrics;
-use crate::routing::remote::Remote;
+use crate::routing::remote::{Hold, Known, Remote};
 use crate::routing::shared::ShareKey;
 use smallvec::SmallVec;
 
@@ -55,12 +55,76 @@ pub(super) enum Want {
 
 /// Filters and groups with routes here, as a count that the router moves by one when one
 /// gets its first route or loses its last (so the calls may arrive in any order and the sum
-/// is still right), and those changed since the routes task last looked.
+/// is still right), and a SUBSCRIBE on its way moves too (`Remote::hold`); those whose
+/// wanting changed since the routes task last looked; and how many such changes there were.
 #[derive(Default)]
 struct Interest {
     counts: HashMap<Want, i64>,
     dirty: HashSet<Want>,
+    requested: u64,
 }
+
+/// This node's interest, shared by the router's side and the SUBSCRIBEs that hold some.
+struct Table {
+    interest: Mutex<Interest>,
+    /// Wakes the routes task when `interest` changed.
+    changed: Notify,
+    /// The last of `Interest::requested` that NATS knows of (the routes task's round trip).
+    known: tokio::sync::watch::Sender<u64>,
+}
+
+impl Table {
+    /// Moves `want`'s count by one; the number of changes there have been, if it changed
+    /// whether this node wants it.
+    fn count(&self, want: &Want, added: bool) -> Option<u64> {
+        let changed = {
+            let mut i = self.interest.lock();
+            let n = i.counts.entry(want.clone()).or_default();
+            let before = *n > 0;
+            *n += if added { 1 } else { -1 };
+            if before == (*n > 0) {
+                None
+            } else {
+                i.dirty.insert(want.clone());
+                i.requested += 1;
+                Some(i.requested)
+            }
+        };
+        if changed.is_some() {
+            self.changed.notify_one();
+        }
+        changed
+    }
+}
+
+/// Interest a SUBSCRIBE on its way holds in its filters, let go when dropped (once its
+/// session's routes hold it).
+struct Held {
+    table: Arc<Table>,
+    wants: Vec<Want>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for w in &self.wants {
+            self.table.count(w, false);
+        }
+    }
+}
+
+/// What `filter` makes this node subscribe to in NATS.
+fn want_of(filter: &str) -> Want {
+    match crate::routing::shared::form(filter) {
+        crate::routing::shared::Form::Shared { filter: inner, .. } => {
+            Want::Group(filter.to_owned(), inner.to_owned())
+        }
+        _ => Want::Filter(filter.to_owned()),
+    }
+}
+
+/// How long a SUBSCRIBE waits for NATS to know its interest; past it (NATS unreachable),
+/// its SUBACK goes anyway.
+const KNOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A message to send to the other nodes, and the shared subscriptions' groups (by
 /// `group_hash`) that a member here already got it for.
@@ -84,9 +148,7 @@ pub(super) struct Link {
     retained: Arc<RetainedQueue>,
     wills: Arc<WillQueue>,
     sessions: Arc<SessionQueue>,
-    interest: Mutex<Interest>,
-    /// Wakes the routes task when `interest` changed.
-    pub(super) changed: Notify,
+    table: Arc<Table>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,8 +164,11 @@ impl Link {
             retained: retained.clone(),
             wills: wills.clone(),
             sessions: sessions.clone(),
-            interest: Mutex::default(),
-            changed: Notify::new(),
+            table: Arc::new(Table {
+                interest: Mutex::default(),
+                changed: Notify::new(),
+                known: tokio::sync::watch::Sender::new(0),
+            }),
             metrics,
         };
         let queues = Queues {
@@ -116,29 +181,36 @@ impl Link {
     }
 
     /// The filters whose interest changed since the last call, each with whether this node
-    /// has routes for it now.
-    pub(super) fn take_changes(&self) -> Vec<(Want, bool)> {
-        let mut i = self.interest.lock();
+    /// has routes for it now, and the number of changes they make up (for `known`).
+    pub(super) fn take_changes(&self) -> (Vec<(Want, bool)>, u64) {
+        let mut i = self.table.interest.lock();
         let dirty = std::mem::take(&mut i.dirty);
-        dirty
+        let changes = dirty
             .into_iter()
             .map(|f| {
-                let want = i.counts.get(&f).is_some_and(|&n| n > 0);
-                if !want {
+                let n = i.counts.get(&f).copied().unwrap_or(0);
+                // A count below zero is a removal that came before its add: kept.
+                if n == 0 {
                     i.counts.remove(&f);
                 }
-                (f, want)
+                (f, n > 0)
             })
-            .collect()
+            .collect();
+        (changes, i.requested)
     }
 
-    fn count(&self, want: Want, added: bool) {
-        {
-            let mut i = self.interest.lock();
-            *i.counts.entry(want.clone()).or_default() += if added { 1 } else { -1 };
-            i.dirty.insert(want);
-        }
-        self.changed.notify_one();
+    /// What the routes task waits on for a change of interest.
+    pub(super) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.table.changed.notified()
+    }
+
+    /// NATS knows this node's interest up to change `n`.
+    pub(super) fn known(&self, n: u64) {
+        self.table.known.send_if_modified(|k| {
+            let newer = n > *k;
+            *k = (*k).max(n);
+            newer
+        });
     }
 
     /// A connection's will set or cleared, for the wills bucket. Claim tokens grow with each
@@ -184,11 +256,34 @@ impl Remote for Link {
     }
 
     fn interest(&self, filter: &str, added: bool) {
-        self.count(Want::Filter(filter.to_owned()), added);
+        self.table.count(&Want::Filter(filter.to_owned()), added);
     }
 
     fn shared_interest(&self, key: &str, inner: &str, added: bool) {
-        self.count(Want::Group(key.to_owned(), inner.to_owned()), added);
+        self.table
+            .count(&Want::Group(key.to_owned(), inner.to_owned()), added);
+    }
+
+    fn hold(&self, filters: &[&str]) -> (Hold, Option<Known>) {
+        let wants: Vec<Want> = filters.iter().map(|f| want_of(f)).collect();
+        let mut last = None;
+        for w in &wants {
+            last = self.table.count(w, true).or(last);
+        }
+        let held: Hold = Box::new(Held {
+            table: self.table.clone(),
+            wants,
+        });
+        // None of them new: wait only if some change before is still on its way.
+        let wanted = last.unwrap_or_else(|| self.table.interest.lock().requested);
+        let mut known = self.table.known.subscribe();
+        if *known.borrow() >= wanted {
+            return (held, None);
+        }
+        let wait: Known = Box::pin(async move {
+            let _ = tokio::time::timeout(KNOWN_TIMEOUT, known.wait_for(|k| *k >= wanted)).await;
+        });
+        (held, Some(wait))
     }
 
     fn retained(&self, msg: &Arc<Message>, from: Option<&Publisher>) {

@@ -23,7 +23,8 @@
 //! Tasks, all on the broker's tracker: `routes::forward` (router -> NATS), `routes::run`
 //! (NATS subscriptions and what they bring), `retained::write` and `retained::watch`,
 //! `wills::write`, `sessions::write`,
-//! `claims::serve` (other nodes' takeover requests) and `lease::run`.
+//! `claims::serve` (other nodes' takeover requests), `routes::answer_sync` (other nodes'
+//! interest round trips) and `lease::run`.
 
 mod claims;
 mod frame;
@@ -162,6 +163,7 @@ impl Cluster {
         t.spawn(sessions::write(self.clone(), queues.sessions, stop));
         t.spawn(retained::watch(self.clone(), shared.clone(), watch));
         t.spawn(claims::serve(self.clone(), shared.clone()));
+        t.spawn(routes::answer_sync(self.clone(), shared.clone()));
         t.spawn(lease::run(self.clone(), shared.clone()));
         Ok(())
     }

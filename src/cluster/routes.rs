@@ -12,6 +12,10 @@
 //!
 //! The messages to forward go out here too: subject from the topic, payload a `frame` of
 //! every message on that topic waiting to go.
+//!
+//! A SUBSCRIBE that makes new interest waits for it to be known (`Remote::hold`): after its
+//! NATS subscriptions, this task makes a round trip to every other live node
+//! (`known_to_nats`), and only then tells the link the interest is known.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,8 +200,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                 _ = shared.shutdown.cancelled() => break,
             }
         }
-        let changed = cluster.link.changed.notified();
-        let changes = cluster.link.take_changes();
+        let changed = cluster.link.changed();
+        let (changes, requested) = cluster.link.take_changes();
         if !changes.is_empty() {
             for (want, wanted) in changes {
                 match (wanted, subscribed.contains_key(&want)) {
@@ -214,9 +218,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                     _ => {}
                 }
             }
-            if let Err(e) = cluster.client.flush().await {
-                tracing::debug!(error = %e, "NATS flush failed");
-            }
+            known_to_nats(&cluster).await;
+            cluster.link.known(requested);
             continue;
         }
         tokio::select! {
@@ -227,6 +230,66 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                 deliver(&prefix, &shared, &mut seen, group.as_deref(), m, congested);
             }
             _ = shared.shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// The subject `node` answers interest round trips on.
+fn sync_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.ctl.{node}.sync")
+}
+
+/// How long a round trip to another node may take; one that does not answer in time (cut
+/// off, its subscription not yet gone) is not waited for longer.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Waits until every other live node's NATS server knows the SUBSCRIBEs and UNSUBSCRIBEs
+/// this node sent before. NATS keeps order on a connection and on a route: a request sent
+/// behind them reaches the other node's server behind the interest they made, so its answer
+/// (or the "no responders" of this node's own server, when there is no other node) says
+/// that server has it.
+async fn known_to_nats(cluster: &Cluster) {
+    let (prefix, me) = (&cluster.cfg.prefix, &cluster.cfg.node_name);
+    let mut nodes = cluster.leases.renewing(cluster.cfg.lease_interval * 3);
+    nodes.retain(|n| n != me);
+    if nodes.is_empty() {
+        // This node's own subject: with `no_echo`, its server answers "no responders".
+        nodes.push(me.clone());
+    }
+    let asks = nodes.iter().map(|node| {
+        let asked = cluster
+            .client
+            .request(sync_subject(prefix, node), Bytes::new());
+        async move {
+            match tokio::time::timeout(SYNC_TIMEOUT, asked).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+                Ok(Err(e)) => tracing::debug!(node, error = %e, "interest round trip"),
+                Err(_) => tracing::debug!(node, "interest round trip not answered in time"),
+            }
+        }
+    });
+    futures_util::future::join_all(asks).await;
+}
+
+/// Answers other nodes' interest round trips (`known_to_nats`), until shutdown.
+pub(super) async fn answer_sync(cluster: Arc<Cluster>, shared: Arc<Shared>) {
+    let subject = sync_subject(&cluster.cfg.prefix, &cluster.cfg.node_name);
+    let mut asked = match cluster.client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot answer interest round trips");
+            return;
+        }
+    };
+    loop {
+        let req = tokio::select! {
+            r = asked.next() => r,
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let Some(req) = req else { break };
+        if let Some(reply) = req.reply {
+            let _ = cluster.client.publish(reply, Bytes::new()).await;
         }
     }
 }

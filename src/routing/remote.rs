@@ -5,10 +5,18 @@
 //! Each call runs in the publisher's or the subscriber's own task and must not wait: the
 //! cluster queues what goes to NATS (bounded, a full queue is a counted drop).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
 use crate::routing::shared::ShareKey;
+
+/// Interest that a SUBSCRIBE on its way holds, let go when dropped.
+pub type Hold = Box<dyn std::any::Any + Send>;
+
+/// Ends once NATS knows the interest asked for (or a bound has passed).
+pub type Known = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the router tells the other nodes of its cluster.
 pub trait Remote: Send + Sync + 'static {
@@ -24,6 +32,13 @@ pub trait Remote: Send + Sync + 'static {
     /// The shared subscription `key` (its group's `$share/...` filter; `inner` inside it)
     /// got its first member on this node, or lost its last.
     fn shared_interest(&self, key: &str, inner: &str, added: bool);
+
+    /// A SUBSCRIBE of `filters` is on its way to its session: this node's interest in them
+    /// is held (as if routed) until the hold is dropped, which the connection does once the
+    /// session's routes are in. If some interest is not yet known to NATS, the future ends
+    /// when it is: the SUBACK waits for it, so a message published on another node after
+    /// the SUBACK is not lost for want of a route.
+    fn hold(&self, filters: &[&str]) -> (Hold, Option<Known>);
 
     /// A retained message was set (or, with an empty payload, cleared) by a publish on this
     /// node: every node's retained store follows.

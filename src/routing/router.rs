@@ -132,6 +132,11 @@ impl<I: Inbox> Router<I> {
         self.hooks.as_deref()
     }
 
+    /// The other nodes of its cluster, if any.
+    pub fn remote(&self) -> Option<&dyn Remote> {
+        self.remote.as_deref()
+    }
+
     /// Counts (and logs) a dropped message, and tells the hooks: `client_id` lost it.
     pub fn dropped(&self, reason: DropReason, client_id: &str, msg: &Message) {
         self.metrics.dropped(reason, client_id, msg.topic_str());

@@ -12,7 +12,7 @@ mod secured;
 
 use std::time::Duration;
 
-use tern::codec::{ConnectReturnCode, Packet};
+use tern::codec::{ConnectReturnCode, Packet, SubAckCode};
 use tern::message::QoS;
 
 use common::{within, Raw, WAIT};
@@ -50,6 +50,37 @@ async fn a_message_crosses_nodes_at_every_qos() {
         other => panic!("expected PUBREL, got {other:?}"),
     }
     sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_message_published_on_another_node_right_after_the_suback_arrives() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "suback").await;
+    let mut publisher = client(n[0].addr, "pub").await;
+    // A fresh filter each round: its interest is new to the cluster when the SUBSCRIBE comes.
+    for round in 1..=20u16 {
+        let mut sub = client(n[1 + usize::from(round % 2)].addr, &format!("sub{round}")).await;
+        let filter = if round % 3 == 0 {
+            format!("fresh/{round}/#")
+        } else {
+            format!("fresh/{round}")
+        };
+        let codes = sub
+            .subscribe(1, &[(filter.as_str(), QoS::AtLeastOnce)])
+            .await;
+        assert_eq!(codes, vec![SubAckCode::Granted(QoS::AtLeastOnce)]);
+        // No probe: the SUBACK itself says other nodes will route to it.
+        let topic = format!("fresh/{round}");
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, Some(round), false, b"right after")
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(round));
+        let (got, payload, _) = next(&mut sub).await;
+        assert_eq!(
+            (got.as_str(), &payload[..]),
+            (topic.as_str(), &b"right after"[..])
+        );
+    }
 }
 
 #[tokio::test]

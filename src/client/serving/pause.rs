@@ -6,11 +6,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
 use super::Connected;
-use crate::client::{Boxed, Transport};
+use crate::client::{Boxed, Routed, Transport};
 use crate::codec::{self, DecodeError, Packet};
 
 /// The longest a SUBSCRIBE or UNSUBSCRIBE holds the input after it.
@@ -63,10 +62,12 @@ impl<S: Transport + 'static> Connected<S> {
     /// Holds the input after a SUBSCRIBE or UNSUBSCRIBE until the session has changed its
     /// routes (a pause, as for backpressure: acks and PINGREQ still go through). Handled only
     /// when no pause waits, so it replaces no relief.
-    pub(super) fn hold_until_routed(&mut self, routed: oneshot::Receiver<()>) {
+    pub(super) fn hold_until_routed(&mut self, routed: Routed) {
         let relief: Boxed<()> = Box::pin(async move {
             // A session that never answers is gone; the mailbox then closes the connection.
-            let _ = timeout(ROUTED_TIMEOUT, routed).await;
+            let _ = timeout(ROUTED_TIMEOUT, routed.done).await;
+            // Its routes hold the cluster interest now.
+            drop(routed.hold);
         });
         self.pause_with(relief);
     }
