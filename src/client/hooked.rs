@@ -11,11 +11,12 @@ use tracing::{trace, warn};
 
 use super::inbound::Inbound;
 use super::{Boxed, Client, CloseReason, Connection, Flow, Routed, Transport};
+use crate::codec::Packet;
 use crate::hooks::{ClientRef, PublishAction, Reply, SubscribeAction};
 use crate::message::{Message, QoS};
 use crate::routing::topic;
-use crate::sessions::SessionCmd;
-use crate::sessions::Shared;
+use crate::sessions::{SessionCmd, Shared};
+use crate::store::Wait;
 
 /// Where a packet whose hook answers later goes on.
 pub(super) enum Resume {
@@ -29,6 +30,9 @@ pub(super) enum Resume {
     },
     /// A SUBSCRIBE whose interest NATS knows now, for its session, with its hold.
     Known(SessionCmd, Routed),
+    /// A PUBACK or PUBREC whose retained message the cluster holds now, and what it waits
+    /// for besides.
+    Ack(Packet, Wait),
 }
 
 impl Client {
@@ -130,6 +134,10 @@ impl<S: Transport> Connection<S> {
                 refused,
             } => Ok(self.subscribe(pkid, filters, &refused, client)),
             Resume::Known(cmd, routed) => Ok(Flow::ToSessionThenHold(cmd, routed)),
+            Resume::Ack(ack, wait) => {
+                crate::codec::encode(&ack, self.out(wait));
+                Ok(Flow::Continue)
+            }
         }
     }
 }

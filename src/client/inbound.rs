@@ -13,6 +13,7 @@ use crate::client::protocol::{self, ProtocolError};
 use crate::codec::{self, Packet};
 use crate::message::{Message, QoS};
 use crate::observability::metrics::{DropReason, Metrics};
+use crate::routing::router::Replicated;
 use crate::sessions::{Outbound, SessionCmd};
 use crate::store::{Op, Store, Wait};
 
@@ -29,21 +30,48 @@ impl<S: Transport> Connection<S> {
 
     /// Routes a message whose deliveries wait for the store (see `Router::publish_deferred`);
     /// the LSN its acknowledgement waits for, at least `after`.
-    fn route_later(&mut self, msg: Arc<Message>, client: &mut Client, after: u64) -> u64 {
+    fn route_later(
+        &mut self,
+        msg: Arc<Message>,
+        client: &mut Client,
+        after: u64,
+    ) -> (Wait, Replicated) {
         let from = Some(client.publisher());
         let (published, later) = self.shared.router.publish_deferred(msg, from);
         let lsn = published.wait.lsn.max(after);
         self.gated
             .get_or_insert_with(Default::default)
             .defer(lsn, later);
-        lsn
+        (Wait::from(lsn), published.replicated)
     }
 
-    /// What its acknowledgement waits for (nothing, without a store).
-    fn route(&mut self, msg: Arc<Message>, client: &mut Client, backpressure: bool) -> Wait {
+    /// What its acknowledgement waits for: the store (nothing, without one), and in a
+    /// cluster a retained message's write to the cluster's bucket.
+    fn route(
+        &mut self,
+        msg: Arc<Message>,
+        client: &mut Client,
+        backpressure: bool,
+    ) -> (Wait, Replicated) {
         let from = Some(client.publisher());
         let congested = backpressure.then_some(&mut self.congested);
-        self.shared.router.publish_from(msg, from, congested).wait
+        let out = self.shared.router.publish_from(msg, from, congested);
+        (out.wait, out.replicated)
+    }
+
+    /// Encodes `ack` behind `wait`, once `replicated` is done if it is pending: the input
+    /// after it waits with it, so the client's acknowledgements keep their order.
+    fn acknowledge(&mut self, ack: Packet, (wait, replicated): (Wait, Replicated)) -> Flow {
+        match replicated.0 {
+            None => {
+                codec::encode(&ack, self.out(wait));
+                Flow::Continue
+            }
+            Some(written) => Flow::Hook(Box::pin(async move {
+                written.await;
+                Resume::Ack(ack, wait)
+            })),
+        }
     }
 
     #[inline]
@@ -301,8 +329,10 @@ impl<S: Transport> Connection<S> {
             (QoS::AtLeastOnce, Some(id)) => {
                 // PUBACK only after routing: the message is now owed to every subscriber (and
                 // with a store, once its records are durable).
-                let wait = msg.map_or(Wait::default(), |msg| self.route(msg, client, backpressure));
-                codec::encode(&Packet::PubAck(id), self.out(wait));
+                let wait = msg.map_or_else(Default::default, |msg| {
+                    self.route(msg, client, backpressure)
+                });
+                return Ok(self.acknowledge(Packet::PubAck(id), wait));
             }
             (_, pkid) => {
                 let pkid = pkid.unwrap_or(0);
@@ -320,19 +350,17 @@ impl<S: Transport> Connection<S> {
                         let _together = store.as_ref().map(Store::together);
                         let awaiting = self.stored(client, |sid| Op::AwaitRel { sid, pkid });
                         match msg {
-                            None => Wait::from(awaiting),
+                            None => (Wait::from(awaiting), Replicated::default()),
                             // Delivered only once on disk with its id: a crash before then
                             // leaves the publisher's resend as its first delivery.
-                            Some(msg) if awaiting > 0 => {
-                                Wait::from(self.route_later(msg, client, awaiting))
-                            }
+                            Some(msg) if awaiting > 0 => self.route_later(msg, client, awaiting),
                             Some(msg) => self.route(msg, client, backpressure),
                         }
                     }
-                    Some(false) => Wait::default(),
+                    Some(false) => Default::default(),
                     None => return Err(ProtocolError::TooManyAwaitingRel.into()),
                 };
-                codec::encode(&Packet::PubRec(pkid), self.out(wait));
+                return Ok(self.acknowledge(Packet::PubRec(pkid), wait));
             }
         }
         Ok(Flow::Continue)

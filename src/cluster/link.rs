@@ -28,8 +28,10 @@ pub(super) struct RetainedChange {
     pub(super) username: Option<Arc<str>>,
 }
 
+/// Who waits for a retained change to be in the bucket (the PUBACK of its publish).
+pub(super) type Acks = Vec<tokio::sync::oneshot::Sender<()>>;
 /// Retained changes waiting for the bucket, by topic.
-pub(super) type RetainedQueue = Latest<bytes::Bytes, RetainedChange>;
+pub(super) type RetainedQueue = Latest<bytes::Bytes, (RetainedChange, Acks)>;
 /// Will changes waiting for the bucket, by client id.
 pub(super) type WillQueue = Latest<ClientId, WillChange>;
 /// Session records waiting for the bucket, by client id.
@@ -122,8 +124,8 @@ fn want_of(filter: &str) -> Want {
     }
 }
 
-/// How long a SUBSCRIBE waits for NATS to know its interest; past it (NATS unreachable),
-/// its SUBACK goes anyway.
+/// How long a SUBSCRIBE waits for NATS to know its interest, or a retained publish for the
+/// bucket; past it (NATS unreachable), its SUBACK or PUBACK goes anyway.
 const KNOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A message to send to the other nodes, and the shared subscriptions' groups (by
@@ -286,18 +288,34 @@ impl Remote for Link {
         (held, Some(wait))
     }
 
-    fn retained(&self, msg: &Arc<Message>, from: Option<&Publisher>) {
+    fn retained(&self, msg: &Arc<Message>, from: Option<&Publisher>) -> Option<Known> {
         let change = RetainedChange {
             msg: msg.clone(),
             client_id: from.map(|p| p.client_id.clone()),
             username: from.and_then(|p| p.username.clone()),
         };
-        if !self.retained.put(msg.topic.clone(), change, |_, new| new) {
+        let (written, known) = tokio::sync::oneshot::channel();
+        // A newer change of the topic written answers for the older ones it replaced.
+        let merge = |waiting: Option<(RetainedChange, Acks)>, (change, mut acks): (_, Acks)| {
+            if let Some((_, older)) = waiting {
+                acks.extend(older);
+            }
+            (change, acks)
+        };
+        if !self
+            .retained
+            .put(msg.topic.clone(), (change, vec![written]), merge)
+        {
             tracing::warn!(
                 topic = msg.topic_str(),
                 "retained change not sent to the cluster"
             );
             self.drop_one("retained", msg.topic_str());
+            return None;
         }
+        Some(Box::pin(async move {
+            // Answered (or dropped, if the write failed) by the task that writes the bucket.
+            let _ = tokio::time::timeout(KNOWN_TIMEOUT, known).await;
+        }))
     }
 }

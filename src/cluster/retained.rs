@@ -4,7 +4,8 @@
 //! payload, so a node can tell its own changes from others'.
 //!
 //! A node applies its own change to its store at once (a subscriber here sees it with no
-//! round trip) and sends it to the bucket; until the bucket gives that change back, the
+//! round trip) and sends it to the bucket (a QoS 1 or 2 publish is acknowledged once the
+//! bucket has it: `Remote::retained`'s future); until the bucket gives that change back, the
 //! watch skips the key, so an older value in flight cannot undo a newer one here. The
 //! bucket's order is the cluster's: whatever it holds last, every node ends up holding.
 
@@ -181,7 +182,7 @@ pub(super) async fn write(
             b = queue.next_batch(WRITES_AT_ONCE) => b,
             _ = stop.cancelled() => break,
         };
-        let writes = batch.into_iter().map(|(_, change)| {
+        let writes = batch.into_iter().map(|(_, (change, acks))| {
             seq += 1;
             let key = key_of(&change.msg.topic);
             cluster.pending_retained.lock().insert(key.clone(), seq);
@@ -192,6 +193,10 @@ pub(super) async fn write(
                     cluster.pending_retained.lock().remove(&key);
                     Metrics::incr(&cluster.metrics.cluster_dropped);
                     tracing::warn!(topic = change.msg.topic_str(), error = %e, "retained change not stored in the cluster");
+                    return;
+                }
+                for written in acks {
+                    let _ = written.send(());
                 }
             }
         });

@@ -41,6 +41,11 @@ pub trait Remote: Send + Sync + 'static {
     fn hold(&self, filters: &[&str]) -> (Hold, Option<Known>);
 
     /// A retained message was set (or, with an empty payload, cleared) by a publish on this
-    /// node: every node's retained store follows.
-    fn retained(&self, msg: &Arc<Message>, from: Option<&crate::message::Publisher>);
+    /// node: every node's retained store follows. The future ends once the cluster holds
+    /// it (a QoS 1 or 2 publish is acknowledged then); none if it was dropped.
+    fn retained(
+        &self,
+        msg: &Arc<Message>,
+        from: Option<&crate::message::Publisher>,
+    ) -> Option<Known>;
 }

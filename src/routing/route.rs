@@ -102,7 +102,7 @@ pub(super) type Routes<I> = Arc<Vec<Route<I>>>;
 pub struct Deferred<I>(pub(super) Vec<(Route<I>, Delivery)>);
 
 /// What a publish did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Published {
     /// Sessions the message was handed to.
     pub delivered: usize,
@@ -113,4 +113,17 @@ pub struct Published {
     pub wait: Wait,
     /// The session of the bridge that published it, which it is not handed back to.
     pub from_bridge: Option<SessionId>,
+    /// In a cluster, a retained message's write to the cluster's bucket, which its
+    /// acknowledgement waits for too.
+    pub replicated: Replicated,
+}
+
+/// A retained message on its way to the cluster's bucket (`Remote::retained`).
+#[derive(Default)]
+pub struct Replicated(pub Option<crate::routing::remote::Known>);
+
+impl std::fmt::Debug for Replicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "pending" } else { "none" })
+    }
 }

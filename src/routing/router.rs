@@ -41,7 +41,7 @@ use crate::store::{Op, Owed, Store, Wait};
 pub use redispatch::Redispatched;
 
 use super::route::{upsert, Routes};
-pub use super::route::{Deferred, Delivery, Inbox, Offered, Published, Route};
+pub use super::route::{Deferred, Delivery, Inbox, Offered, Published, Replicated, Route};
 
 /// Routes and retained messages, shared by every connection and session; `I` is where a
 /// route delivers.
@@ -300,9 +300,10 @@ impl<I: Inbox> Router<I> {
         // What a client, a will or a bridge published here goes to the other nodes too; the
         // broker's own `$SYS` (no publisher) is this node's alone.
         let remote = self.remote.as_ref().filter(|_| from.is_some());
-        if let (Some(remote), Some(p), true) = (remote, from, msg.retain) {
-            remote.retained(&msg, Some(p));
-        }
+        let replicated = match (remote, from, msg.retain) {
+            (Some(remote), Some(p), true) => Replicated(remote.retained(&msg, Some(p))),
+            _ => Replicated::default(),
+        };
         let mut out_lsn = 0;
         let matched = if msg.retain {
             let (outcome, (matched, lsn)) = self.retain.set_then(&msg, from, |outcome, stored| {
@@ -338,6 +339,7 @@ impl<I: Inbox> Router<I> {
         let mut out = Published {
             wait: Wait::from(out_lsn),
             from_bridge: from.and_then(|p| p.bridge_session),
+            replicated,
             ..Published::default()
         };
         if self.shared.is_empty() {

@@ -499,3 +499,18 @@ pub async fn wait_owned_elsewhere(nats: &Nats, prefix: &str, client_id: &str, no
     })
     .await
 }
+
+/// The cluster's retained bucket under `prefix`, read straight from NATS; `get` with
+/// `retained_key` (the value is encoded: the payload is at its end).
+pub async fn retained_bucket(nats: &Nats, prefix: &str) -> async_nats::jetstream::kv::Store {
+    bucket(nats, prefix, "retained").await
+}
+
+/// The key of `topic` in the retained bucket.
+pub fn retained_key(topic: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(topic.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

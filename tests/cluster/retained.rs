@@ -139,3 +139,56 @@ async fn a_burst_of_retained_changes_faster_than_the_bucket_arrives_whole() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_retained_message_is_in_the_cluster_when_its_acknowledgement_comes() {
+    let nats = Nats::start(3).await;
+    let n = nodes(&nats, "held").await;
+    let mut p = client(n[0].addr, "pub").await;
+    let bucket = harness::retained_bucket(&nats, "held").await;
+    let read = |topic: String| {
+        let bucket = bucket.clone();
+        async move {
+            let key = harness::retained_key(&topic);
+            bucket.get(key).await.expect("the bucket answers")
+        }
+    };
+    for round in 1..=10u16 {
+        let topic = format!("held/{round}");
+        let payload = format!("value {round}");
+        // [MQTT-3.3.1-5] stored as the topic's retained message, by the time of the PUBACK in
+        // the whole cluster: a node that dies right after it cannot lose it.
+        p.publish(
+            &topic,
+            QoS::AtLeastOnce,
+            Some(round),
+            true,
+            payload.as_bytes(),
+        )
+        .await;
+        assert_eq!(p.recv().await, Packet::PubAck(round));
+        let held = read(topic.clone()).await;
+        assert!(
+            held.is_some_and(|v| v.ends_with(payload.as_bytes())),
+            "round {round}: not in the bucket at PUBACK"
+        );
+        // And at PUBREC, for QoS 2.
+        let payload = format!("exactly {round}");
+        p.publish(
+            &topic,
+            QoS::ExactlyOnce,
+            Some(100 + round),
+            true,
+            payload.as_bytes(),
+        )
+        .await;
+        assert_eq!(p.recv().await, Packet::PubRec(100 + round));
+        let held = read(topic.clone()).await;
+        assert!(
+            held.is_some_and(|v| v.ends_with(payload.as_bytes())),
+            "round {round}: not in the bucket at PUBREC"
+        );
+        p.send_packet(&Packet::PubRel(100 + round)).await;
+        assert_eq!(p.recv().await, Packet::PubComp(100 + round));
+    }
+}
