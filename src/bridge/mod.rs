@@ -11,8 +11,8 @@
 //!   sends the bridge back what it published: two brokers bridged both ways pass a message
 //!   once, and retained messages keep their flag across.
 //! - The local connection lives only while the remote one does. The bridge's session here
-//!   is made at start (subscribed, then left offline), so from the start, while the remote is
-//!   unreachable, it queues what the out rules match, up to `max_queued_messages` (counted
+//!   is made at start, before the listeners serve (subscribed, then left offline), so from
+//!   the first moment, while the remote is unreachable, it queues what the out rules match, up to `max_queued_messages` (counted
 //!   drops beyond), on disk too with persistence on; the next connection drains it in order.
 //!   The bridge itself holds no state between connections. (With `clean_session = true`
 //!   nothing waits: the session ends with each connection.)
@@ -91,10 +91,15 @@ impl Bridges {
         Ok(Bridges(ready))
     }
 
-    /// Starts each bridge's task.
-    pub fn start(self, shared: &Arc<Shared>) {
+    /// Makes each persistent bridge's session, then starts each bridge's task; before the
+    /// listeners serve, so nothing published from the first moment misses a bridge.
+    pub async fn start(self, shared: &Arc<Shared>) {
         for (cfg, tls) in self.0 {
-            shared.tracker.spawn(run::run(shared.clone(), cfg, tls));
+            let stats = run::stats(&cfg);
+            run::make_session(shared, &cfg, &stats).await;
+            shared
+                .tracker
+                .spawn(run::run(shared.clone(), cfg, tls, stats));
         }
     }
 }

@@ -26,22 +26,42 @@ use crate::sessions::Shared;
 /// The pipe between the bridge and this broker's connection task.
 const PIPE_BYTES: usize = 64 * 1024;
 
-/// Runs the bridge until the broker stops.
-pub async fn run(shared: Arc<Shared>, cfg: BridgeConfig, tls: Option<TlsConnector>) {
-    let (base, cap) = cfg.restart_timeout;
-    let mut wait = base;
-    let stats = Arc::new(ListenerStats {
+/// The bridge's connections here, as the listeners' counters count them.
+pub fn stats(cfg: &BridgeConfig) -> Arc<ListenerStats> {
+    Arc::new(ListenerStats {
         listener: format!("bridge {}", cfg.name),
         transport: "bridge",
         accepted: AtomicU64::new(0),
         open: AtomicU64::new(0),
-    });
-    notify(&shared, &cfg, false);
-    if !cfg.clean_session {
-        if let Err(e) = prime(&shared, &cfg, &stats).await {
-            tracing::warn!(bridge = %cfg.name, error = %e, "bridge session not made");
-        }
+    })
+}
+
+/// How long making a bridge's session may hold the broker's start.
+const PRIME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Makes a persistent bridge's session here (`prime`), before the listeners serve: what a
+/// client publishes from the first moment then waits for the remote.
+pub async fn make_session(shared: &Arc<Shared>, cfg: &BridgeConfig, stats: &Arc<ListenerStats>) {
+    if cfg.clean_session {
+        return;
     }
+    match tokio::time::timeout(PRIME_TIMEOUT, prime(shared, cfg, stats)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(bridge = %cfg.name, error = %e, "bridge session not made"),
+        Err(_) => tracing::warn!(bridge = %cfg.name, "bridge session not made in time"),
+    }
+}
+
+/// Runs the bridge until the broker stops.
+pub async fn run(
+    shared: Arc<Shared>,
+    cfg: BridgeConfig,
+    tls: Option<TlsConnector>,
+    stats: Arc<ListenerStats>,
+) {
+    let (base, cap) = cfg.restart_timeout;
+    let mut wait = base;
+    notify(&shared, &cfg, false);
     for attempt in 0usize.. {
         let address = &cfg.address[attempt % cfg.address.len()];
         let mut connected = false;

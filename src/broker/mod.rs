@@ -226,6 +226,7 @@ impl Broker {
     /// (at most a few seconds) for them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
+        self.bridges.start(&shared).await;
         for ((socket, cfg, stats), door) in self.listeners.into_iter().zip(self.doors.iter()) {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening");
@@ -245,7 +246,6 @@ impl Broker {
         if let Some(http) = self.http {
             shared.tracker.spawn(http.serve());
         }
-        self.bridges.start(&shared);
         if let Some(h) = &self.http_handle {
             h.ready.store(true, std::sync::atomic::Ordering::Release);
         }
