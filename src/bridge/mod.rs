@@ -12,10 +12,11 @@
 //!   once, and retained messages keep their flag across.
 //! - The local connection lives only while the remote one does. The bridge's session here
 //!   is made at start, before the listeners serve (subscribed, then left offline), so from
-//!   the first moment, while the remote is unreachable, it queues what the out rules match, up to `max_queued_messages` (counted
-//!   drops beyond), on disk too with persistence on; the next connection drains it in order.
-//!   The bridge itself holds no state between connections. (With `clean_session = true`
-//!   nothing waits: the session ends with each connection.)
+//!   the first moment, while the remote is unreachable, it queues what the out rules match,
+//!   up to `max_queued_messages` (counted drops beyond), on disk too with persistence on;
+//!   the next connection drains it in order. The bridge itself holds no state between
+//!   connections. (With `clean_session = true` nothing waits: the session ends with each
+//!   connection.)
 //! - Connection state goes to `notification_topic`, retained, `1` and `0`; connecting again
 //!   waits `restart_timeout`, doubling up to its cap while attempts fail.
 

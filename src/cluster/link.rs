@@ -294,18 +294,23 @@ impl Remote for Link {
             client_id: from.map(|p| p.client_id.clone()),
             username: from.and_then(|p| p.username.clone()),
         };
-        let (written, known) = tokio::sync::oneshot::channel();
-        // A newer change of the topic written answers for the older ones it replaced.
+        // Only a QoS 1 or 2 publish waits (its PUBACK or PUBREC).
+        let (acks, known) = if msg.qos == crate::message::QoS::AtMostOnce {
+            (Vec::new(), None)
+        } else {
+            let (written, known) = tokio::sync::oneshot::channel();
+            (vec![written], Some(known))
+        };
+        // A newer change of the topic written answers for the older ones it replaced; those
+        // nobody waits for any more (a will's, a publisher gone) are let go here, so a topic
+        // changed again and again holds no more than its waiting publishers.
         let merge = |waiting: Option<(RetainedChange, Acks)>, (change, mut acks): (_, Acks)| {
             if let Some((_, older)) = waiting {
-                acks.extend(older);
+                acks.extend(older.into_iter().filter(|a| !a.is_closed()));
             }
             (change, acks)
         };
-        if !self
-            .retained
-            .put(msg.topic.clone(), (change, vec![written]), merge)
-        {
+        if !self.retained.put(msg.topic.clone(), (change, acks), merge) {
             tracing::warn!(
                 topic = msg.topic_str(),
                 "retained change not sent to the cluster"
@@ -313,6 +318,7 @@ impl Remote for Link {
             self.drop_one("retained", msg.topic_str());
             return None;
         }
+        let known = known?;
         Some(Box::pin(async move {
             // Answered (or dropped, if the write failed) by the task that writes the bucket.
             let _ = tokio::time::timeout(KNOWN_TIMEOUT, known).await;

@@ -216,6 +216,15 @@ async fn current(bucket: &kv::Store, key: &str) -> Option<kv::Entry> {
     (entry.operation == kv::Operation::Put).then_some(entry)
 }
 
+/// Takes `key` out of `bucket` if it is still at `revision`, the one read: true for the one
+/// node that gets there first, which then acts on it (publishes a will, restores a session).
+async fn take_first(bucket: &kv::Store, key: &str, revision: u64) -> bool {
+    bucket
+        .delete_expect_revision(key, Some(revision))
+        .await
+        .is_ok()
+}
+
 /// The keys of `bucket` that belong to `node` (`NODE.`...).
 async fn keys_of(bucket: &kv::Store, node: &str) -> Vec<String> {
     use futures_util::StreamExt;

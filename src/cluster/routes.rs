@@ -218,8 +218,13 @@ pub(super) async fn run(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                     _ => {}
                 }
             }
-            known_to_nats(&cluster).await;
-            cluster.link.known(requested);
+            // Off this task, which meanwhile goes on delivering what NATS brings: a later
+            // round trip answered first covers the earlier changes too (it went behind them).
+            let asking = cluster.clone();
+            shared.tracker.spawn(async move {
+                known_to_nats(&asking).await;
+                asking.link.known(requested);
+            });
             continue;
         }
         tokio::select! {

@@ -105,20 +105,14 @@ pub(super) async fn restore_left(cluster: &Cluster, shared: &Arc<Shared>, node: 
         // Its client came back elsewhere already: that session is the one that counts.
         let back = claims.owner(&h.client_id).await;
         if back.is_some_and(|owner| owner != node) {
-            let _ = bucket
-                .delete_expect_revision(&key, Some(entry.revision))
-                .await;
+            super::take_first(bucket, &key, entry.revision).await;
             continue;
         }
         // Ours from now on: claimed, so a CONNECT anywhere takes it over from here.
         if claims.claim(&h.client_id, false).await.is_err() {
             continue;
         }
-        if bucket
-            .delete_expect_revision(&key, Some(entry.revision))
-            .await
-            .is_err()
-        {
+        if !super::take_first(bucket, &key, entry.revision).await {
             continue;
         }
         tracing::info!(

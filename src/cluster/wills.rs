@@ -105,11 +105,7 @@ pub(super) async fn publish_left(cluster: &Cluster, shared: &Shared, node: &str)
             continue;
         };
         // Deleted first, at the revision read: if another node got there, it publishes.
-        if bucket
-            .delete_expect_revision(&key, Some(entry.revision))
-            .await
-            .is_err()
-        {
+        if !super::take_first(bucket, &key, entry.revision).await {
             continue;
         }
         if let Some(v) = retained::decode(entry.value) {
